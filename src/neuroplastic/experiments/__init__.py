@@ -1,0 +1,29 @@
+"""The registered experiments, one readable file per paper claim.
+
+To add one: write ``experiments/<name>.py`` ending in an ``EXPERIMENT = Experiment(...)`` value
+(see ``base.py``) and list its module here.
+"""
+
+from __future__ import annotations
+
+from neuroplastic.errors import ConfigError
+from neuroplastic.experiments import mnist_backprop
+from neuroplastic.experiments.base import Experiment, RunContext, RunResult, Verdict
+
+EXPERIMENTS: dict[str, Experiment] = {
+    module.EXPERIMENT.name: module.EXPERIMENT for module in (mnist_backprop,)
+}
+
+
+def get_experiment(name: str) -> Experiment:
+    """The experiment called ``name``; a ConfigError listing the valid names otherwise."""
+    try:
+        return EXPERIMENTS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown experiment '{name}'",
+            hint=f"choose one of: {', '.join(EXPERIMENTS)} (see `neuroplastic list`)",
+        ) from None
+
+
+__all__ = ["EXPERIMENTS", "Experiment", "RunContext", "RunResult", "Verdict", "get_experiment"]

@@ -1,0 +1,317 @@
+"""The ``neuroplastic`` command: list, run, report and show experiments.
+
+Errors a user can fix (bad --set key, missing or corrupt data, unknown run id) are printed as one
+clear message with its fix and exit with status 2; a run that fails (e.g. diverges) is recorded as
+failed and the command exits with status 1 after the other seeds; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from neuroplastic.config import apply_overrides, describe_keys, diff_from_default
+from neuroplastic.errors import NeuroplasticError
+
+DEFAULT_STORE = "neuroplastic-results.db"
+
+app = typer.Typer(
+    help="Brain-inspired learning rules, reproduced and compared with backprop.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole
+
+
+def default_store() -> Path:
+    return Path(os.environ.get("NEUROPLASTIC_STORE", DEFAULT_STORE))
+
+
+StoreOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--store",
+        help=f"SQLite results file [default: $NEUROPLASTIC_STORE or ./{DEFAULT_STORE}]",
+        show_default=False,
+    ),
+]
+
+
+class RichProgress:
+    """A progress bar with ETA for the run in flight; the previous run's bar is cleared."""
+
+    def __init__(self, progress: Progress):
+        self._progress = progress
+        self._task: TaskID | None = None
+
+    def start(self, total: int, description: str) -> None:
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(description, total=total, status="")
+
+    def advance(self, steps: int = 1, **status: float) -> None:
+        if self._task is None:
+            return
+        text = "  ".join(f"{key} {value:.4g}" for key, value in status.items())
+        self._progress.update(self._task, advance=steps, status=text)
+
+
+def make_progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=errors,
+        disable=quiet,
+        transient=True,
+    )
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        json.dump(payload, handle, indent=2, allow_nan=True)
+    os.replace(handle.name, path)
+
+
+def summary_table(title: str, rows: list) -> Table:
+    from neuroplastic.report import format_row
+
+    table = Table(title=title)
+    for column in ("method", "metric", "mean ± 95 % CI", "n"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.method, row.metric, format_row(row), str(row.summary.n))
+    return table
+
+
+@app.command("list")
+def list_experiments(
+    name: Annotated[
+        str | None, typer.Argument(help="Show this experiment's config keys.", show_default=False)
+    ] = None,
+) -> None:
+    """List the experiments, or one experiment's config keys with types and defaults."""
+    from neuroplastic.experiments import EXPERIMENTS, get_experiment
+
+    if name is not None:
+        experiment = get_experiment(name)
+        console.print(f"[bold]{experiment.name}[/]: {experiment.claim}\n")
+        console.print(describe_keys(experiment.config_cls), markup=False, highlight=False)
+        return
+    table = Table()
+    for column in ("name", "paper", "claim"):
+        table.add_column(column)
+    for experiment in EXPERIMENTS.values():
+        table.add_row(experiment.name, experiment.paper, experiment.claim)
+    console.print(table)
+
+
+@app.command()
+def run(
+    name: Annotated[str, typer.Argument(help="Experiment name (see `neuroplastic list`).")],
+    seeds: Annotated[int, typer.Option(min=1, help="Number of seeds: 0, 1, ..., N-1.")] = 1,
+    first_seed: Annotated[int, typer.Option(help="Seed to count from.")] = 0,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Shorter training (same dataset): a smoke test.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory holding mnist/ [default: $NEUROPLASTIC_DATA or the user cache dir]",
+            show_default=False,
+        ),
+    ] = None,
+    store: StoreOption = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Also write the seeds' records and a summary here."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key: --set key=value (repeatable)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip seeds already finished for this config.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run an experiment over seeds, record every run, and print mean ± 95 % CI."""
+    from neuroplastic.experiments import get_experiment
+    from neuroplastic.runner import run_experiment
+    from neuroplastic.stats import summarise
+    from neuroplastic.store import Store
+
+    experiment = get_experiment(name)
+    config = apply_overrides(experiment.config_cls(), set_ or [])  # before anything is written
+    seed_list = list(range(first_seed, first_seed + seeds))
+    store_path = store or default_store()
+
+    with Store(store_path) as results, make_progress(quiet) as progress:
+        outcome = run_experiment(
+            experiment,
+            config,
+            seed_list,
+            results,
+            device=device,
+            data_dir=data_dir,
+            quick=quick,
+            resume=resume,
+            progress=RichProgress(progress),
+        )
+
+    changed = diff_from_default(outcome.config)
+    label = ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
+    rows = summarise([record.metrics for record in outcome.records])
+    if outcome.skipped_seeds:
+        console.print(f"resumed: seeds {outcome.skipped_seeds} were already finished")
+    if rows:
+        console.print(summary_table(f"{name} ({label})", rows))
+        ids = ", ".join(str(record.id) for record in outcome.records)
+        console.print(f"recorded runs {ids} in {store_path}")
+    for seed, message in outcome.failures:
+        errors.print(Text.assemble((f"seed {seed} failed: ", "red"), message))
+
+    if json_path is not None:
+        write_json(
+            json_path,
+            {
+                "experiment": name,
+                "config": changed | {"quick": quick},
+                "records": [record.to_dict() for record in outcome.records],
+                "failures": [{"seed": s, "error": m} for s, m in outcome.failures],
+                "summary": [row.to_dict() for row in rows],
+            },
+        )
+    if outcome.failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="Experiment to report; omit for the table of all experiments."),
+    ] = None,
+    store: StoreOption = None,
+    out: Annotated[Path, typer.Option(help="Directory for the report and plots.")] = Path(
+        "reports"
+    ),
+    fmt: Annotated[str, typer.Option("--format", help="md or html.")] = "md",
+    readme: Annotated[
+        Path | None,
+        typer.Option(help="Rewrite the experiments table in this README (all experiments)."),
+    ] = None,
+) -> None:
+    """Tables (mean ± 95 % CI over seeds) and learning-curve plots, from the store only."""
+    from neuroplastic.experiments import EXPERIMENTS, get_experiment
+    from neuroplastic.report import experiment_report, overview_markdown, replace_readme_table
+    from neuroplastic.store import Store
+
+    if fmt not in ("md", "html"):
+        raise NeuroplasticError(f"unknown format '{fmt}'", hint="use --format md or --format html")
+    store_path = store or default_store()
+    if not store_path.exists():
+        raise NeuroplasticError(
+            f"no results store at {store_path}",
+            hint="run an experiment first (`neuroplastic run NAME`) or pass --store FILE",
+        )
+    with Store(store_path) as results:
+        if name is not None:
+            experiment = get_experiment(name)
+            path = experiment_report(experiment, results.runs(name), out, fmt)
+            if fmt == "md":
+                console.print(path.read_text(), markup=False, highlight=False)
+            console.print(f"wrote {path}")
+            return
+        records = {n: results.runs(n) for n in EXPERIMENTS}
+    table = overview_markdown(list(EXPERIMENTS.values()), records)
+    if readme is not None:
+        try:
+            readme.write_text(replace_readme_table(readme.read_text(), table))
+        except ValueError as error:
+            raise NeuroplasticError(str(error)) from None
+        console.print(f"updated the experiments table in {readme}")
+    else:
+        console.print(table, markup=False, highlight=False)
+
+
+@app.command()
+def show(
+    run_id: Annotated[int, typer.Argument(help="Run id, as `run` and `report` print them.")],
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
+    """Print one recorded run: config, provenance, status and final metrics."""
+    from neuroplastic.store import Store
+
+    store_path = store or default_store()
+    if not store_path.exists():
+        raise NeuroplasticError(f"no results store at {store_path}", hint="pass --store FILE")
+    with Store(store_path) as results:
+        record = results.get(run_id)
+    if as_json:
+        console.print_json(json.dumps(record.to_dict()))
+        return
+    table = Table(title=f"run {record.id}: {record.experiment} seed {record.seed}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key in ("status", "dataset", "device", "quick", "version", "git_rev", "started_at",
+                "ended_at", "config_hash"):
+        table.add_row(key, str(getattr(record, key)))
+    table.add_row("config", json.dumps(record.config))
+    for key, value in record.metrics.items():
+        table.add_row(key, f"{value:.6g}")
+    if record.error:
+        table.add_row("error", record.error)
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user-fixable errors become one clear message and exit status 2."""
+    command = typer.main.get_command(app)
+    try:
+        exit_code = command.main(args=argv, prog_name="neuroplastic", standalone_mode=False)
+    except NeuroplasticError as error:
+        errors.print(Text.assemble(("error: ", "bold red"), str(error)))
+        sys.exit(2)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        errors.print("interrupted: finished seeds are recorded; rerun with --resume to go on")
+        sys.exit(130)
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""What every experiment provides, and what the runner hands it.
+
+An experiment is one readable file (see ``mnist_backprop.py``): a ``Config`` dataclass with the
+paper's defaults, a ``run(config, seed, context) -> RunResult`` function, the claim it tests, and a
+``verdict`` that reads finished runs from the store and says whether the claim holds. The file ends
+with an :class:`Experiment` value that the registry in ``experiments/__init__.py`` lists.
+
+``run`` must be self-contained (a config and a seed in, a result out) so that any executor, in-process
+or distributed, can call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from neuroplastic.store import RunRecord
+    from neuroplastic.tasks.datasets import Dataset
+
+
+class Progress(Protocol):
+    """How a run reports progress; the runner supplies a progress bar or a silent one."""
+
+    def start(self, total: int, description: str) -> None: ...
+
+    def advance(self, steps: int = 1, **status: float) -> None: ...
+
+
+class SilentProgress:
+    """Progress that shows nothing (``--quiet``, tests, remote workers)."""
+
+    def start(self, total: int, description: str) -> None:
+        pass
+
+    def advance(self, steps: int = 1, **status: float) -> None:
+        pass
+
+
+@dataclass
+class RunContext:
+    """Everything a run needs besides its config and seed."""
+
+    device: torch.device
+    data_dir: Path | None = None
+    progress: Progress = field(default_factory=SilentProgress)
+    _datasets: dict[str, Dataset] = field(default_factory=dict, repr=False)
+
+    def load_dataset(self, name: str) -> Dataset:
+        """The named dataset on this context's device, read from disk once per context."""
+        if name not in self._datasets:
+            from neuroplastic.tasks.datasets import load_dataset
+
+            self._datasets[name] = load_dataset(name, self.data_dir, device=self.device)
+        return self._datasets[name]
+
+
+@dataclass
+class RunResult:
+    """What one seed of an experiment produced.
+
+    ``metrics`` and ``curves`` are keyed ``"<method>/<metric>"`` (``"backprop/test_error"``) so that
+    one experiment can compare several methods and the report can group rows by method.
+    """
+
+    metrics: dict[str, float]
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    curve_x_label: str = "epoch"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a claim holds, as the README's experiments table shows it."""
+
+    status: str
+    """``holds``, ``does not hold``, ``partly holds`` or ``not run``."""
+    headline: str
+    """The measured figure(s) behind the status, with n."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A registered experiment: a paper's claim and how to test it."""
+
+    name: str
+    paper: str
+    claim: str
+    config_cls: type
+    run: Callable[[Any, int, RunContext], RunResult]
+    verdict: Callable[[Sequence[RunRecord]], Verdict]
+    quick: Callable[[Any], Any]
+    """Maps a config to its ``--quick`` version: shorter training, never another dataset."""
+    command: str
+    """The command whose runs the verdict reads, as written in the README."""

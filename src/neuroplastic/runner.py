@@ -1,0 +1,205 @@
+"""Runs an experiment over seeds and records every run in the store.
+
+The unit of work is a :class:`RunSpec`: an experiment name, a config as plain data and a seed, which
+is all a worker needs to reproduce the run anywhere. Specs go through an executor; the in-process one
+runs them in order and shares loaded datasets between them. A distributed executor (Ray) only has to
+implement the same ``map``.
+
+Recording is the driver's job, never the worker's: a run is written as ``running`` when it starts and
+turned ``finished`` in one transaction with its metrics, so Ctrl-C or ``kill -9`` can cost the run in
+flight but never a finished seed, and ``--resume`` skips what is finished.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+import neuroplastic
+from neuroplastic.config import config_from_dict, config_to_dict
+from neuroplastic.errors import ConfigError, NeuroplasticError
+from neuroplastic.experiments import get_experiment
+from neuroplastic.experiments.base import Experiment, Progress, RunContext, RunResult, SilentProgress
+from neuroplastic.store import RunRecord, Store, config_hash
+from neuroplastic.tasks.datasets import DATASETS
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One self-contained run: everything a worker needs, as plain data."""
+
+    experiment: str
+    config: dict[str, Any]
+    seed: int
+
+
+def execute(spec: RunSpec, context: RunContext) -> RunResult:
+    """Run one spec: look the experiment up, rebuild its config, call its ``run``."""
+    experiment = get_experiment(spec.experiment)
+    config = config_from_dict(experiment.config_cls, spec.config)
+    return experiment.run(config, spec.seed, context)
+
+
+class Executor(Protocol):
+    """Runs specs and yields each with its result, or with the NeuroplasticError it raised.
+
+    ``on_start`` is called as each spec starts. Errors that are bugs, and KeyboardInterrupt,
+    propagate to the caller.
+    """
+
+    def map(
+        self,
+        specs: Sequence[RunSpec],
+        context: RunContext,
+        on_start: Callable[[RunSpec], None],
+    ) -> Iterator[tuple[RunSpec, RunResult | NeuroplasticError]]: ...
+
+
+class InProcessExecutor:
+    """Runs specs one after another in this process."""
+
+    def map(
+        self,
+        specs: Sequence[RunSpec],
+        context: RunContext,
+        on_start: Callable[[RunSpec], None],
+    ) -> Iterator[tuple[RunSpec, RunResult | NeuroplasticError]]:
+        for spec in specs:
+            on_start(spec)
+            try:
+                result = execute(spec, context)
+            except NeuroplasticError as error:
+                yield spec, error
+            else:
+                yield spec, result
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without it is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {name} was asked for but PyTorch sees no CUDA device",
+            hint="use --device cpu (or auto), or install a CUDA build of PyTorch",
+        )
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"unknown device '{name}'", hint="use --device auto, cpu or cuda"
+        ) from None
+
+
+def git_revision() -> str | None:
+    """The commit the library was run from (``+dirty`` if modified), or None outside a checkout."""
+    source_dir = Path(neuroplastic.__file__).parent
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source_dir, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source_dir,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return revision + ("+dirty" if changes else "")
+
+
+@dataclass
+class RunOutcome:
+    """What ``run_experiment`` did: every record for the requested seeds, and what failed."""
+
+    records: list[RunRecord]
+    """Finished records of the requested seeds, in seed order (resumed ones included)."""
+    skipped_seeds: list[int] = field(default_factory=list)
+    """Seeds already finished for this config and skipped because of ``resume``."""
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    """(seed, error message) of runs that failed."""
+    config: Any = None
+    """The config that ran (after ``--quick``)."""
+
+
+def run_experiment(
+    experiment: Experiment,
+    config: Any,
+    seeds: Sequence[int],
+    store: Store,
+    *,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    quick: bool = False,
+    resume: bool = False,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+) -> RunOutcome:
+    """Run ``experiment`` once per seed and record each run in ``store``.
+
+    The dataset is loaded (and verified) before anything is recorded, so a missing or corrupt file
+    leaves the store untouched. A run that raises a NeuroplasticError (e.g. divergence) is recorded
+    as failed and the other seeds go on; Ctrl-C marks the run in flight as interrupted.
+    """
+    if quick:
+        config = experiment.quick(config)
+    context = RunContext(
+        device=resolve_device(device),
+        data_dir=Path(data_dir) if data_dir is not None else None,
+        progress=progress or SilentProgress(),
+    )
+    dataset = getattr(config, "dataset", "none")
+    if dataset in DATASETS:
+        context.load_dataset(dataset)
+
+    config_dict = config_to_dict(config)
+    digest = config_hash(config_dict)
+    finished = store.finished_seeds(experiment.name, digest) if resume else {}
+    outcome = RunOutcome(records=[], config=config)
+    outcome.skipped_seeds = [seed for seed in seeds if seed in finished]
+    record_ids = {seed: finished[seed] for seed in outcome.skipped_seeds}
+    specs = [RunSpec(experiment.name, config_dict, seed) for seed in seeds if seed not in finished]
+
+    revision = git_revision()
+    in_flight: dict[int, int] = {}  # seed -> run id
+
+    def on_start(spec: RunSpec) -> None:
+        in_flight[spec.seed] = store.start_run(
+            experiment=experiment.name,
+            config=config_dict,
+            seed=spec.seed,
+            quick=quick,
+            dataset=dataset,
+            device=str(context.device),
+            version=neuroplastic.__version__,
+            git_rev=revision,
+        )
+
+    try:
+        for spec, result in (executor or InProcessExecutor()).map(specs, context, on_start):
+            run_id = in_flight.pop(spec.seed)
+            if isinstance(result, NeuroplasticError):
+                store.mark_run(run_id, "failed", str(result))
+                outcome.failures.append((spec.seed, str(result)))
+            else:
+                store.finish_run(run_id, result.metrics, result.curves, result.curve_x_label)
+                record_ids[spec.seed] = run_id
+    except KeyboardInterrupt:
+        for run_id in in_flight.values():
+            store.mark_run(run_id, "interrupted", "interrupted by the user (Ctrl-C)")
+        raise
+    except Exception:
+        for run_id in in_flight.values():
+            store.mark_run(run_id, "failed", traceback.format_exc())
+        raise
+
+    outcome.records = [store.get(record_ids[seed]) for seed in seeds if seed in record_ids]
+    return outcome

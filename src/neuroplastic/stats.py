@@ -1,0 +1,76 @@
+"""Summaries over seeds: mean with a 95 % Student-t confidence interval."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean of ``n`` values and the half-width of its confidence interval (nan when n < 2)."""
+
+    mean: float
+    ci95: float
+    n: int
+
+    def format(self, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+        if self.n == 0:
+            return "n/a"
+        spread = "" if math.isnan(self.ci95) else f" ± {self.ci95 * scale:.{digits}f}"
+        return f"{self.mean * scale:.{digits}f}{spread}{unit} (n={self.n})"
+
+
+def mean_ci(values: Iterable[float], confidence: float = 0.95) -> Summary:
+    """Mean and Student-t half-width ``t_{(1+c)/2, n-1} * s / sqrt(n)`` of finite values.
+
+    Non-finite values (a diverged seed) are not silently averaged: they make the mean nan.
+    """
+    array = np.asarray(list(values), dtype=float)
+    n = int(array.size)
+    if n == 0:
+        return Summary(float("nan"), float("nan"), 0)
+    mean = float(array.mean())
+    if n < 2 or not np.isfinite(array).all():
+        return Summary(mean, float("nan"), n)
+    sem = float(array.std(ddof=1)) / math.sqrt(n)
+    t_quantile = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1))
+    return Summary(mean, t_quantile * sem, n)
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    method: str
+    metric: str
+    summary: Summary
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "metric": self.metric,
+            "mean": self.summary.mean,
+            "ci95": self.summary.ci95,
+            "n": self.summary.n,
+        }
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``"backprop/test_error"`` -> ``("backprop", "test_error")``; no slash -> method ``""``."""
+    method, _, metric = key.rpartition("/")
+    return method, metric
+
+
+def summarise(metrics_per_seed: Sequence[dict[str, float]]) -> list[SummaryRow]:
+    """One row per metric key over the seeds that reported it, in first-seen order."""
+    keys: dict[str, None] = {}
+    for metrics in metrics_per_seed:
+        keys.update(dict.fromkeys(metrics))
+    rows = []
+    for key in keys:
+        values = [metrics[key] for metrics in metrics_per_seed if key in metrics]
+        rows.append(SummaryRow(*split_key(key), mean_ci(values)))
+    return rows
