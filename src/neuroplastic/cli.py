@@ -280,11 +280,22 @@ def show(
     if as_json:
         console.print_json(json.dumps(record.to_dict()))
         return
-    table = Table(title=f"run {record.id}: {record.experiment} seed {record.seed}", show_header=False)
+    table = Table(
+        title=f"run {record.id}: {record.experiment} seed {record.seed}", show_header=False
+    )
     table.add_column(style="bold")
     table.add_column()
-    for key in ("status", "dataset", "device", "quick", "version", "git_rev", "started_at",
-                "ended_at", "config_hash"):
+    for key in (
+        "status",
+        "dataset",
+        "device",
+        "quick",
+        "version",
+        "git_rev",
+        "started_at",
+        "ended_at",
+        "config_hash",
+    ):
         table.add_row(key, str(getattr(record, key)))
     table.add_row("config", json.dumps(record.config))
     for key, value in record.metrics.items():

@@ -9,8 +9,9 @@ a table of hyper-parameters with the paper's defaults::
         lr: float = 0.05
         \"\"\"Learning rate of SGD.\"\"\"
 
-``--set key=value`` overrides are parsed by the field's type, and an unknown key or a value that does
-not parse is a :class:`~neuroplastic.errors.ConfigError` listing every valid key with its type.
+``--set key=value`` overrides are parsed by the field's type, and an unknown key or a value
+that does not parse is a :class:`~neuroplastic.errors.ConfigError` listing every valid key with
+its type.
 """
 
 from __future__ import annotations

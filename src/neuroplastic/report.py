@@ -135,7 +135,9 @@ def experiment_report(
     for group in group_runs(experiment, records):
         rows = [[r.method, r.metric, format_row(r), str(r.summary.n)] for r in group.rows]
         plot = plot_curves(
-            group, f"{experiment.name}: {group.label}", out_dir / f"{experiment.name}-{group.config_hash}.png"
+            group,
+            f"{experiment.name}: {group.label}",
+            out_dir / f"{experiment.name}-{group.config_hash}.png",
         )
         sections.append((group.label, rows, plot, [r.id for r in group.records]))
 
@@ -202,6 +204,7 @@ def replace_readme_table(readme_text: str, table: str) -> str:
     end = readme_text.find(README_END)
     if begin < 0 or end < begin:
         raise ValueError(
-            f"the README has no generated-table markers: add the lines\n{README_BEGIN}\n{README_END}"
+            "the README has no generated-table markers: add the lines\n"
+            f"{README_BEGIN}\n{README_END}"
         )
     return readme_text[: begin + len(README_BEGIN)] + "\n" + table + "\n" + readme_text[end:]

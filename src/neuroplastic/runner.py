@@ -1,13 +1,13 @@
 """Runs an experiment over seeds and records every run in the store.
 
-The unit of work is a :class:`RunSpec`: an experiment name, a config as plain data and a seed, which
-is all a worker needs to reproduce the run anywhere. Specs go through an executor; the in-process one
-runs them in order and shares loaded datasets between them. A distributed executor (Ray) only has to
-implement the same ``map``.
+The unit of work is a :class:`RunSpec`: an experiment name, a config as plain data and a seed,
+which is all a worker needs to reproduce the run anywhere. Specs go through an executor; the
+in-process one runs them in order and shares loaded datasets between them. A distributed executor
+(Ray) only has to implement the same ``map``.
 
-Recording is the driver's job, never the worker's: a run is written as ``running`` when it starts and
-turned ``finished`` in one transaction with its metrics, so Ctrl-C or ``kill -9`` can cost the run in
-flight but never a finished seed, and ``--resume`` skips what is finished.
+Recording is the driver's job, never the worker's: a run is written as ``running`` when it starts
+and turned ``finished`` in one transaction with its metrics, so Ctrl-C or ``kill -9`` can cost the
+run in flight but never a finished seed, and ``--resume`` skips what is finished.
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ import neuroplastic
 from neuroplastic.config import config_from_dict, config_to_dict
 from neuroplastic.errors import ConfigError, NeuroplasticError
 from neuroplastic.experiments import get_experiment
-from neuroplastic.experiments.base import Experiment, Progress, RunContext, RunResult, SilentProgress
+from neuroplastic.experiments.base import (
+    Experiment,
+    Progress,
+    RunContext,
+    RunResult,
+    SilentProgress,
+)
 from neuroplastic.store import RunRecord, Store, config_hash
 from neuroplastic.tasks.datasets import DATASETS
 
@@ -81,7 +87,7 @@ class InProcessExecutor:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without it is an error, not a fallback."""
+    """``auto`` picks CUDA when available; CUDA asked for but absent is an error, not a fallback."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -5,8 +5,8 @@ paper's defaults, a ``run(config, seed, context) -> RunResult`` function, the cl
 ``verdict`` that reads finished runs from the store and says whether the claim holds. The file ends
 with an :class:`Experiment` value that the registry in ``experiments/__init__.py`` lists.
 
-``run`` must be self-contained (a config and a seed in, a result out) so that any executor, in-process
-or distributed, can call it.
+``run`` must be self-contained (a config and a seed in, a result out) so that any executor,
+in-process or distributed, can call it.
 """
 
 from __future__ import annotations

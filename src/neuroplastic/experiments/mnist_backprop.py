@@ -83,7 +83,10 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
     n_validation = round(config.validation_fraction * len(data.train_y))
     train_index, validation_index = validation_split(len(data.train_y), n_validation)
     train_x, train_y = data.train_x[train_index.to(device)], data.train_y[train_index.to(device)]
-    val_x, val_y = data.train_x[validation_index.to(device)], data.train_y[validation_index.to(device)]
+    val_x, val_y = (
+        data.train_x[validation_index.to(device)],
+        data.train_y[validation_index.to(device)],
+    )
 
     generator = torch.Generator().manual_seed(seed)
     model = MLP((train_x.shape[1], *config.hidden, 10), config.activation, generator).to(device)

@@ -78,8 +78,9 @@ def _decay_from_tau(tau: Any, tau_0: Any, where: str = "") -> Hyper:
             f"got {len(taus)} and {len(tau_0s)}"
         )
     # math.exp, element by element, so that a replica gets bit for bit the decay of a float run.
-    return torch.tensor([math.exp(-a / b) for a, b in zip(taus, tau_0s, strict=True)],
-                        dtype=torch.float64)
+    return torch.tensor(
+        [math.exp(-a / b) for a, b in zip(taus, tau_0s, strict=True)], dtype=torch.float64
+    )
 
 
 def update_eta(
