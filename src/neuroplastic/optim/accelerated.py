@@ -1,8 +1,8 @@
 """Accelerated, time-dependent learning steps after Sardi et al. (2020).
 
-S. Sardi, R. Vardi, Y. Meir, Y. Tugendhaft (Tevet), S. Hodassman, A. Goldental, I. Kanter, "Brain
-experiments imply adaptation mechanisms which outperform common AI learning algorithms",
-Scientific Reports 10:6923 (2020), doi:10.1038/s41598-020-63755-5, arXiv:2005.04106. Paper sheet:
+Sardi, Vardi, Meir, Tevet, Hodassman, Goldental and Kanter, "Brain experiments imply adaptation
+mechanisms which outperform common AI learning algorithms", Scientific Reports 10:6923 (2020),
+doi:10.1038/s41598-020-63755-5, arXiv:2005.04106. Paper sheet:
 ``shared/papers/kanter2020-accelerated-learning.md``.
 
 What the paper fixes, and what it leaves to us
@@ -12,9 +12,9 @@ and Eq. 2, the momentum baseline with weight regularisation, are taken from the 
 the two accelerated methods compared on MNIST, the text we could read (abstract and introduction of
 the published article; the sheet's quotes) says only that "a local learning step-size increases for
 coherent consecutive learning steps" / "eta increased based on coherent consecutive gradients".
-The exact form of the increment of those methods was *not* available to us: the stored copies of
-the article (nature.com) and of arXiv:2005.04106 that we could search hold the abstract and the
-introduction only, not the results or methods. So:
+The exact form of the increment of those methods was *not* available to us: a search of the
+stored public text (the nature.com article pages and listings of arXiv:2005.04106) returned the
+abstract and the introduction only, not the results or the methods. So:
 
 - ``variant="every_step"`` (A1) is Eq. 1 taken literally: Delta is added at every learning step of
   the weight. The paper's, as far as Eq. 1 goes.
@@ -158,7 +158,12 @@ class AcceleratedSGD(_ReplicaOptimizer):
     consecutive learning steps"; the exact increment could not be read), A3 is ours.
 
     With ``delta=0``, ``decay=1`` and ``momentum=0`` every variant is plain SGD (bit for bit
-    ``torch.optim.SGD(lr=lr)``); with ``delta=0``, ``decay=1`` it is :class:`MomentumSGD`.
+    ``torch.optim.SGD(lr=lr)``, tested on CPU); with ``delta=0``, ``decay=1`` it is
+    :class:`MomentumSGD`, bit for bit.
+
+    ``lr`` is eta's initial value (and A2's reset value), read when a parameter takes its first
+    step: changing ``group["lr"]`` later, e.g. with a ``torch.optim.lr_scheduler``, does not
+    rescale the eta already in the state.
 
     Args:
         params: iterable of parameters or dicts defining parameter groups.

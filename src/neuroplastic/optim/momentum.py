@@ -207,7 +207,8 @@ def _momentum_step(
     displacement actually made, ``W_{t+1} - W_t``, which is Eq. 2's dW_{t+1}. The order of the
     floating-point operations is fixed so that a term whose coefficient is 0 (float or tensor
     entry) adds an exact zero: a batched optimiser then reproduces separate ones bit for bit, and
-    ``mu = alpha = 0`` rounds exactly as ``torch.optim.SGD`` does (one fused multiply-add).
+    ``mu = alpha = 0`` rounds as ``torch.optim.SGD`` does (``W - eta * g`` with one rounding, as
+    ``add(alpha=)`` and ``addcmul`` do on CPU; tested there).
     """
     dW: Tensor | None = state.get("momentum_buffer")
     correction: Tensor | None = None  # mu * dW_t - alpha * W_t

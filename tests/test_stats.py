@@ -1,0 +1,30 @@
+"""Mean and 95 % confidence interval over seeds."""
+
+import math
+
+import pytest
+
+from neuroplastic.stats import mean_ci, split_key, summarise
+
+
+def test_student_t_interval_matches_the_textbook_value():
+    # n = 3, s = 1: half-width = t_{0.975, 2} / sqrt(3) = 4.302653 / 1.732051
+    summary = mean_ci([1.0, 2.0, 3.0])
+    assert summary.mean == 2.0
+    assert summary.ci95 == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert summary.n == 3
+
+
+def test_degenerate_inputs():
+    assert mean_ci([]).n == 0 and math.isnan(mean_ci([]).mean)
+    single = mean_ci([0.5])
+    assert single.mean == 0.5 and math.isnan(single.ci95)
+    diverged = mean_ci([0.1, float("nan")])
+    assert math.isnan(diverged.mean)  # a diverged seed is never averaged away
+
+
+def test_summarise_groups_by_method_and_metric():
+    rows = summarise([{"bp/err": 0.1, "fa/err": 0.2}, {"bp/err": 0.3}])
+    assert [(r.method, r.metric, r.summary.n) for r in rows] == [("bp", "err", 2), ("fa", "err", 1)]
+    assert rows[0].summary.mean == pytest.approx(0.2)
+    assert split_key("loss") == ("", "loss")
