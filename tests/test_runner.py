@@ -133,3 +133,28 @@ def test_ctrl_c_marks_the_run_in_flight_and_keeps_finished_seeds(tmp_path, fake)
             run_experiment(fake, FakeConfig(interrupt_on_seed=1), [0, 1, 2], store)
         statuses = {r.seed: r.status for r in store.runs()}
     assert statuses == {0: "finished", 1: "interrupted"}
+
+
+def test_batched_experiments_get_all_seeds_in_one_call(tmp_path, fake, monkeypatch):
+    calls = []
+
+    def run_batch(config, seeds, context):
+        calls.append(tuple(seeds))
+        outcomes = []
+        for seed in seeds:  # a batch reports a diverged replica in its place
+            try:
+                outcomes.append(fake_run(config, seed, context))
+            except DivergenceError as error:
+                outcomes.append(error)
+        return outcomes
+
+    batched = dataclasses.replace(fake, run_batch=run_batch)
+    monkeypatch.setitem(EXPERIMENTS, "fake", batched)
+    with Store(tmp_path / "a.db") as store:
+        run_experiment(batched, FakeConfig(), [0], store)
+        outcome = run_experiment(batched, FakeConfig(fail_on_seed=2), [0, 1, 2], store)
+        again = run_experiment(batched, FakeConfig(fail_on_seed=2), [0, 1], store, resume=True)
+    assert calls == [(0,), (0, 1, 2)]  # the resumed call had nothing left to run
+    assert [r.metrics["fake/value"] for r in outcome.records] == [0.0, 1.0]
+    assert [seed for seed, _ in outcome.failures] == [2]
+    assert again.skipped_seeds == [0, 1]

@@ -1,7 +1,7 @@
 """Runs an experiment over seeds and records every run in the store.
 
-The unit of work is a :class:`RunSpec`: an experiment name, a config as plain data and a seed,
-which is all a worker needs to reproduce the run anywhere. Specs go through an executor; the
+The unit of work is a :class:`RunSpec`: an experiment name, a config as plain data and its seeds,
+which is all a worker needs to reproduce the runs anywhere. Specs go through an executor; the
 in-process one runs them in order and shares loaded datasets between them. A distributed executor
 (Ray) only has to implement the same ``map``.
 
@@ -38,22 +38,41 @@ from neuroplastic.tasks.datasets import DATASETS
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One self-contained run: everything a worker needs, as plain data."""
+    """Self-contained work: everything a worker needs, as plain data.
+
+    One seed for most experiments; all the requested seeds at once for experiments with a
+    ``run_batch`` (replicas simulated as one batched computation).
+    """
 
     experiment: str
     config: dict[str, Any]
-    seed: int
+    seeds: tuple[int, ...]
 
 
-def execute(spec: RunSpec, context: RunContext) -> RunResult:
-    """Run one spec: look the experiment up, rebuild its config, call its ``run``."""
+Outcome = RunResult | NeuroplasticError
+"""A run's result, or the NeuroplasticError (e.g. divergence) that ended it."""
+
+
+def execute(spec: RunSpec, context: RunContext) -> list[Outcome]:
+    """Run a spec: look the experiment up, rebuild its config, one outcome per seed."""
     experiment = get_experiment(spec.experiment)
     config = config_from_dict(experiment.config_cls, spec.config)
-    return experiment.run(config, spec.seed, context)
+    if experiment.run_batch is not None:
+        try:
+            return list(experiment.run_batch(config, spec.seeds, context))
+        except NeuroplasticError as error:
+            return [error] * len(spec.seeds)
+    outcomes: list[Outcome] = []
+    for seed in spec.seeds:
+        try:
+            outcomes.append(experiment.run(config, seed, context))
+        except NeuroplasticError as error:
+            outcomes.append(error)
+    return outcomes
 
 
 class Executor(Protocol):
-    """Runs specs and yields each with its result, or with the NeuroplasticError it raised.
+    """Runs specs and yields each with one outcome per seed, in the spec's seed order.
 
     ``on_start`` is called as each spec starts. Errors that are bugs, and KeyboardInterrupt,
     propagate to the caller.
@@ -64,7 +83,7 @@ class Executor(Protocol):
         specs: Sequence[RunSpec],
         context: RunContext,
         on_start: Callable[[RunSpec], None],
-    ) -> Iterator[tuple[RunSpec, RunResult | NeuroplasticError]]: ...
+    ) -> Iterator[tuple[RunSpec, list[Outcome]]]: ...
 
 
 class InProcessExecutor:
@@ -75,15 +94,10 @@ class InProcessExecutor:
         specs: Sequence[RunSpec],
         context: RunContext,
         on_start: Callable[[RunSpec], None],
-    ) -> Iterator[tuple[RunSpec, RunResult | NeuroplasticError]]:
+    ) -> Iterator[tuple[RunSpec, list[Outcome]]]:
         for spec in specs:
             on_start(spec)
-            try:
-                result = execute(spec, context)
-            except NeuroplasticError as error:
-                yield spec, error
-            else:
-                yield spec, result
+            yield spec, execute(spec, context)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -172,32 +186,38 @@ def run_experiment(
     outcome = RunOutcome(records=[], config=config)
     outcome.skipped_seeds = [seed for seed in seeds if seed in finished]
     record_ids = {seed: finished[seed] for seed in outcome.skipped_seeds}
-    specs = [RunSpec(experiment.name, config_dict, seed) for seed in seeds if seed not in finished]
+    todo = tuple(seed for seed in seeds if seed not in finished)
+    if experiment.run_batch is not None:
+        specs = [RunSpec(experiment.name, config_dict, todo)] if todo else []
+    else:
+        specs = [RunSpec(experiment.name, config_dict, (seed,)) for seed in todo]
 
     revision = git_revision()
     in_flight: dict[int, int] = {}  # seed -> run id
 
     def on_start(spec: RunSpec) -> None:
-        in_flight[spec.seed] = store.start_run(
-            experiment=experiment.name,
-            config=config_dict,
-            seed=spec.seed,
-            quick=quick,
-            dataset=dataset,
-            device=str(context.device),
-            version=neuroplastic.__version__,
-            git_rev=revision,
-        )
+        for seed in spec.seeds:
+            in_flight[seed] = store.start_run(
+                experiment=experiment.name,
+                config=config_dict,
+                seed=seed,
+                quick=quick,
+                dataset=dataset,
+                device=str(context.device),
+                version=neuroplastic.__version__,
+                git_rev=revision,
+            )
 
     try:
-        for spec, result in (executor or InProcessExecutor()).map(specs, context, on_start):
-            run_id = in_flight.pop(spec.seed)
-            if isinstance(result, NeuroplasticError):
-                store.mark_run(run_id, "failed", str(result))
-                outcome.failures.append((spec.seed, str(result)))
-            else:
-                store.finish_run(run_id, result.metrics, result.curves, result.curve_x_label)
-                record_ids[spec.seed] = run_id
+        for spec, results in (executor or InProcessExecutor()).map(specs, context, on_start):
+            for seed, result in zip(spec.seeds, results, strict=True):
+                run_id = in_flight.pop(seed)
+                if isinstance(result, NeuroplasticError):
+                    store.mark_run(run_id, "failed", str(result))
+                    outcome.failures.append((seed, str(result)))
+                else:
+                    store.finish_run(run_id, result.metrics, result.curves, result.curve_x_label)
+                    record_ids[seed] = run_id
     except KeyboardInterrupt:
         for run_id in in_flight.values():
             store.mark_run(run_id, "interrupted", "interrupted by the user (Ctrl-C)")

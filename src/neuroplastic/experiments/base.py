@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from neuroplastic.errors import NeuroplasticError
+
 if TYPE_CHECKING:
     from neuroplastic.store import RunRecord
     from neuroplastic.tasks.datasets import Dataset
@@ -96,3 +98,9 @@ class Experiment:
     """Maps a config to its ``--quick`` version: shorter training, never another dataset."""
     command: str
     """The command whose runs the verdict reads, as written in the README."""
+    run_batch: (
+        Callable[[Any, Sequence[int], RunContext], Sequence[RunResult | NeuroplasticError]] | None
+    ) = None
+    """Optional: all seeds as one batched computation (a replica dimension), one outcome per seed
+    in order, each equal to what ``run`` gives for that seed alone (a diverged replica is a
+    NeuroplasticError in its place)."""

@@ -188,9 +188,14 @@ def _make_progress_bar() -> Progress:
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=_progress_console(),
         transient=True,
     )
+
+
+def _progress_console() -> Console:
+    """Where the bar is drawn: stderr (a seam that tests redirect)."""
+    return Console(stderr=True)
 
 
 def uncompressed_sha256(path: Path) -> str:

@@ -123,8 +123,7 @@ def _missing_files_error(directory: Path, missing: list[str]) -> DataError:
     names = ", ".join(f"{stem}[.gz]" for stem in missing)
     return DataError(
         f"MNIST file(s) not found in {directory}: {names}",
-        "allow downloading (the default; do not pass download=False / --no-download), or "
-        + offline_hint(directory),
+        "downloading was turned off (download=False): allow it, or " + offline_hint(directory),
     )
 
 
