@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -174,18 +173,22 @@ def run(
     seed_list = list(range(first_seed, first_seed + seeds))
     store_path = store or default_store()
 
-    with Store(store_path) as results, make_progress(quiet) as progress:
-        outcome = run_experiment(
-            experiment,
-            config,
-            seed_list,
-            results,
-            device=device,
-            data_dir=data_dir,
-            quick=quick,
-            resume=resume,
-            progress=RichProgress(progress),
-        )
+    try:
+        with Store(store_path) as results, make_progress(quiet) as progress:
+            outcome = run_experiment(
+                experiment,
+                config,
+                seed_list,
+                results,
+                device=device,
+                data_dir=data_dir,
+                quick=quick,
+                resume=resume,
+                progress=RichProgress(progress),
+            )
+    except KeyboardInterrupt:
+        errors.print("interrupted: finished seeds are recorded; rerun with --resume to go on")
+        raise typer.Exit(130) from None
 
     changed = diff_from_default(outcome.config)
     label = ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
@@ -307,21 +310,11 @@ def show(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user-fixable errors become one clear message and exit status 2."""
-    command = typer.main.get_command(app)
     try:
-        exit_code = command.main(args=argv, prog_name="neuroplastic", standalone_mode=False)
+        app(args=argv, prog_name="neuroplastic")
     except NeuroplasticError as error:
         errors.print(Text.assemble(("error: ", "bold red"), str(error)))
         sys.exit(2)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        errors.print("interrupted: finished seeds are recorded; rerun with --resume to go on")
-        sys.exit(130)
-    sys.exit(exit_code if isinstance(exit_code, int) else 0)
 
 
 if __name__ == "__main__":
