@@ -9,9 +9,11 @@ parameter of its group (see ``neuroplastic.optim.momentum``).
   in three variants (every step, sign agreement, graded), with the momentum of Eq. 2.
 - :class:`MomentumSGD`: Eq. 2 of the same paper, momentum with weight regularisation.
 - :class:`DeltaBarDelta`: Jacobs (1988), the prior art of per-weight growing steps.
+- :class:`ReplicaAdam`: Adam (Kingma & Ba 2015) as ``torch.optim.Adam``, with per-replica values.
 """
 
 from .accelerated import ON_DISAGREEMENT, VARIANTS, AcceleratedSGD, update_eta
+from .adam import ReplicaAdam
 from .delta_bar_delta import DeltaBarDelta
 from .momentum import MomentumSGD
 
@@ -20,6 +22,7 @@ __all__ = [
     "DeltaBarDelta",
     "MomentumSGD",
     "ON_DISAGREEMENT",
+    "ReplicaAdam",
     "VARIANTS",
     "update_eta",
 ]

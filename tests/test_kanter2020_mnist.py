@@ -1,0 +1,141 @@
+"""kanter2020-mnist: balanced data, replica batching, tuning that never sees the test set."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from neuroplastic.experiments import kanter2020_mnist as experiment
+from neuroplastic.experiments.base import RunContext
+from neuroplastic.models.mlp import MLP
+from neuroplastic.models.replica_mlp import ReplicaMLP
+from neuroplastic.store import RunRecord
+
+TINY = experiment.Config(
+    sizes=(20,),
+    costs=("cross_entropy",),
+    methods=("sgd", "accelerated-sign"),
+    hidden=8,
+    trials=2,
+    tuning_seeds=1,
+    curve_points=2,
+)
+
+
+@pytest.fixture(scope="module")
+def context():
+    return RunContext(device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def pools(context):
+    data = context.load_dataset("mnist-mini")
+    return experiment.carve_validation(data.train_y, 100), data
+
+
+def test_replica_r_is_the_mlp_of_seed_r():
+    x = torch.rand(5, 12)
+    replicas = ReplicaMLP((12, 7, 3), "sigmoid", seeds=[4, 9])
+    for r, seed in enumerate([4, 9]):
+        single = MLP((12, 7, 3), "sigmoid", torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(replicas(x)[r], single(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(replicas.replica(r)(x), single(x), rtol=0, atol=0)
+
+
+def test_training_sets_are_balanced_in_blocks_of_ten_and_avoid_validation(pools):
+    (label_pools, validation), data = pools
+    order = experiment.training_sets(label_pools, 300, [0, 1])
+    assert order.shape == (2, 300)
+    labels = data.train_y[order[0]]
+    for block in labels.view(30, 10):
+        assert sorted(block.tolist()) == list(range(10))
+    assert len(set(order[0].tolist())) == 300  # no example twice
+    assert not set(order.flatten().tolist()) & set(validation.tolist())
+    assert len(validation) == 1000
+    assert torch.equal(order, experiment.training_sets(label_pools, 300, [0, 1]))
+    assert not torch.equal(order[0], order[1])
+
+
+def test_a_batch_of_replicas_trains_exactly_like_each_replica_alone(pools):
+    (label_pools, validation), data = pools
+    config = dataclasses.replace(TINY, sizes=(30,))
+    order = experiment.training_sets(label_pools, 30, [0, 1, 2])
+    hyper = {"lr": torch.tensor([0.5, 0.1, 1.0], dtype=torch.float64),
+             "delta": torch.tensor([0.01, 0.1, 0.001], dtype=torch.float64),
+             "decay": torch.tensor([0.9, 0.99, 0.5], dtype=torch.float64)}  # fmt: skip
+    args = (
+        data.train_x,
+        data.train_y,
+        data.train_x[validation],
+        data.train_y[validation],
+        [10, 30],
+    )
+    batch, _ = experiment.train_replicas(
+        config, "accelerated-sign", "square", hyper, [0, 1, 2], order, *args
+    )
+    for r in range(3):
+        alone, _ = experiment.train_replicas(
+            config, "accelerated-sign", "square", {k: v[r : r + 1] for k, v in hyper.items()},
+            [r], order[r : r + 1], *args,
+        )  # fmt: skip
+        torch.testing.assert_close(batch[r], alone[0], rtol=0, atol=0)
+
+
+def test_a_seed_gives_the_same_record_alone_or_in_a_batch(context):
+    together = experiment.run_batch(TINY, [0, 1], context)
+    alone = experiment.run(TINY, 1, context)
+    assert together[1].metrics == alone.metrics
+    assert together[0].metrics != alone.metrics
+    assert set(alone.metrics) >= {
+        "sgd n=20 ce/test_accuracy",
+        "sgd n=20 ce/tuned_lr",
+        "accelerated-sign n=20 ce/tuned_decay",
+    }
+    assert alone.curves["sgd n=20 ce/test_accuracy"]["x"] == [10, 20]
+
+
+def test_tuning_never_reads_the_test_set(context, monkeypatch):
+    data = context.load_dataset("mnist-mini")
+    scrambled = dataclasses.replace(data, test_y=torch.zeros_like(data.test_y))
+    other = RunContext(device=torch.device("cpu"))
+    monkeypatch.setattr(other, "load_dataset", lambda name: scrambled)
+    honest = experiment.run(TINY, 0, context).metrics
+    blind = experiment.run(TINY, 0, other).metrics
+    for key, value in honest.items():
+        if "/tuned_" in key or "/val_accuracy" in key:
+            assert blind[key] == value, key
+
+
+def test_learning_is_visible_at_300_examples(context):
+    config = dataclasses.replace(TINY, sizes=(300,), hidden=30, trials=3)
+    metrics = experiment.run(config, 0, context).metrics
+    assert metrics["sgd n=300 ce/test_accuracy"] > 0.5  # chance is 0.1
+
+
+def test_config_rejects_unknown_methods_and_unbalanced_sizes():
+    with pytest.raises(ValueError, match="unknown methods"):
+        experiment.Config(methods=("rprop",))
+    with pytest.raises(ValueError, match="multiples of 10"):
+        experiment.Config(sizes=(305,))
+
+
+def record(seed, accelerated, momentum):
+    key = lambda m: f"{experiment.label(m, 300, 'cross_entropy')}/test_accuracy"  # noqa: E731
+    from neuroplastic.config import config_to_dict
+    from neuroplastic.store import config_hash
+
+    config = config_to_dict(experiment.Config())
+    return RunRecord(
+        id=seed, experiment=experiment.NAME, config=config, config_hash=config_hash(config),
+        seed=seed, quick=False, dataset="mnist-mini", device="cpu", version="0", git_rev=None,
+        status="finished", started_at="", ended_at="", curves={}, curve_x_label=None, error=None,
+        metrics={key("accelerated-sign"): accelerated, key("momentum"): momentum, key("adam"): 0.6},
+    )  # fmt: skip
+
+
+def test_verdict_uses_the_paired_difference():
+    wins = [record(s, 0.55 + 0.001 * s, 0.43 + 0.001 * s) for s in range(20)]
+    assert experiment.verdict(wins).status == "holds"
+    losses = [record(s, 0.43 + (0.01 if s % 2 else -0.01), 0.43) for s in range(20)]
+    assert experiment.verdict(losses).status == "does not hold"
+    assert experiment.verdict(wins[:5]).status == "not run"
