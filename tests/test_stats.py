@@ -15,6 +15,11 @@ def test_student_t_interval_matches_the_textbook_value():
     assert summary.n == 3
 
 
+def test_identical_values_have_an_exact_zero_interval():
+    summary = mean_ci([0.1] * 7)  # np.mean would give 0.09999999999999999
+    assert summary.mean == 0.1 and summary.ci95 == 0.0
+
+
 def test_degenerate_inputs():
     assert mean_ci([]).n == 0 and math.isnan(mean_ci([]).mean)
     single = mean_ci([0.5])

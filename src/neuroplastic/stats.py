@@ -37,6 +37,8 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> Summary:
     mean = float(array.mean())
     if n < 2 or not np.isfinite(array).all():
         return Summary(mean, float("nan"), n)
+    if (array == array[0]).all():  # e.g. a tuned setting shared by all seeds: no rounding noise
+        return Summary(float(array[0]), 0.0, n)
     sem = float(array.std(ddof=1)) / math.sqrt(n)
     t_quantile = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1))
     return Summary(mean, t_quantile * sem, n)

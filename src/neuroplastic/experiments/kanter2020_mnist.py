@@ -352,7 +352,7 @@ def run_batch(
                 )
             metrics = results[r].metrics
             metrics[f"{key}/test_accuracy"] = float(scores[r, -1])
-            metrics[f"{key}/val_accuracy_tuned"] = val_accuracy
+            metrics[f"{key}/val_accuracy"] = val_accuracy  # of the tuned setting
             metrics.update({f"{key}/tuned_{k}": v for k, v in best.items()})
             results[r].curves[f"{key}/test_accuracy"] = {"x": steps, "y": scores[r].tolist()}
         context.progress.advance(**{"val acc": val_accuracy})
