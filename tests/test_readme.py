@@ -1,5 +1,6 @@
 """The README's experiments table is what the committed results store says, not typed by hand."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -28,3 +29,12 @@ def test_readme_table_is_generated_from_the_committed_store(tmp_path):
 def test_replace_readme_table_needs_the_markers():
     with pytest.raises(ValueError, match="markers"):
         replace_readme_table("# no table here\n", "| a |")
+
+
+def test_readme_python_examples_run():
+    """Every ```python block of the README runs as written."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README shows no Python example"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

@@ -85,6 +85,15 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class ReportTable:
+    """A table an experiment adds to its report."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass(frozen=True)
 class Experiment:
     """A registered experiment: a paper's claim and how to test it."""
 
@@ -98,6 +107,11 @@ class Experiment:
     """Maps a config to its ``--quick`` version: shorter training, never another dataset."""
     command: str
     """The command whose runs the verdict reads, as written in the README."""
+    plot_panel: Callable[[str], tuple[str, str]] | None = None
+    """Optional: maps a curve key to (panel title, line label) so related curves share a panel;
+    by default each metric is a panel and each method a line."""
+    tables: Callable[[Sequence[RunRecord]], list[ReportTable]] | None = None
+    """Optional: extra tables for the report (e.g. methods against sizes), from finished runs."""
     run_batch: (
         Callable[[Any, Sequence[int], RunContext], Sequence[RunResult | NeuroplasticError]] | None
     ) = None

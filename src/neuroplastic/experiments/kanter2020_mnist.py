@@ -44,7 +44,13 @@ import torch.nn.functional as F
 
 from neuroplastic.config import config_to_dict
 from neuroplastic.errors import DivergenceError, NeuroplasticError
-from neuroplastic.experiments.base import Experiment, RunContext, RunResult, Verdict
+from neuroplastic.experiments.base import (
+    Experiment,
+    ReportTable,
+    RunContext,
+    RunResult,
+    Verdict,
+)
 from neuroplastic.models.replica_mlp import ReplicaMLP
 from neuroplastic.optim import AcceleratedSGD, DeltaBarDelta, MomentumSGD
 from neuroplastic.seeding import derive_seed, generator
@@ -392,6 +398,41 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     return Verdict(status, headline)
 
 
+def plot_panel(key: str) -> tuple[str, str]:
+    """One panel per (size, cost), one line per method."""
+    method, size, cost = key.rpartition("/")[0].split(" ")
+    return f"{size} {cost}: test accuracy", method
+
+
+def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
+    """Test accuracy, methods against training-set sizes, one table per config and cost."""
+    groups: dict[str, list[RunRecord]] = {}
+    for record in records:
+        if record.status == "finished":
+            groups.setdefault(record.config_hash, []).append(record)
+    result = []
+    for digest, runs in groups.items():
+        config = runs[0].config
+        kind = "quick" if runs[0].quick else "full"
+        for cost in config["costs"]:
+            rows = []
+            for method in config["methods"]:
+                cells = []
+                for size in config["sizes"]:
+                    key = f"{label(method, size, cost)}/test_accuracy"
+                    summary = mean_ci([r.metrics[key] for r in runs if key in r.metrics])
+                    cells.append(summary.format(scale=100, digits=1).rsplit(" (n=", 1)[0])
+                rows.append([method, *cells])
+            result.append(
+                ReportTable(
+                    f"Test accuracy (%), {cost}, {kind} config {digest[:8]}, n={len(runs)} seeds",
+                    ["method", *(f"{size} examples" for size in config["sizes"])],
+                    rows,
+                )
+            )
+    return result
+
+
 EXPERIMENT = Experiment(
     name=NAME,
     paper="Sardi et al. 2020, Sci. Rep. 10:6923",
@@ -405,4 +446,6 @@ EXPERIMENT = Experiment(
     verdict=verdict,
     quick=quick,
     command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
+    plot_panel=plot_panel,
+    tables=tables,
 )
