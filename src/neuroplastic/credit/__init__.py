@@ -5,5 +5,30 @@ See ``base.py`` for the contract every rule keeps.
 
 from neuroplastic.credit.backprop import Backprop
 from neuroplastic.credit.base import LOSSES, CreditRule, loss_per_example, output_error
+from neuroplastic.credit.diagnostics import feedback_weight_angles, update_angles
+from neuroplastic.credit.direct_feedback_alignment import DirectFeedbackAlignment
+from neuroplastic.credit.feedback_alignment import FeedbackAlignment
+from neuroplastic.credit.sign_symmetry import SignSymmetry
 
-__all__ = ["LOSSES", "Backprop", "CreditRule", "loss_per_example", "output_error"]
+# Every rule, by name; each is built as ``RULES[name](model, generator=...)``. The shared
+# conformance suite (tests/test_credit_conformance.py) runs over this dict.
+RULES: dict[str, type[CreditRule]] = {
+    "backprop": Backprop,
+    "fa": FeedbackAlignment,
+    "dfa": DirectFeedbackAlignment,
+    "sign-symmetry": SignSymmetry,
+}
+
+__all__ = [
+    "LOSSES",
+    "RULES",
+    "Backprop",
+    "CreditRule",
+    "DirectFeedbackAlignment",
+    "FeedbackAlignment",
+    "SignSymmetry",
+    "feedback_weight_angles",
+    "loss_per_example",
+    "output_error",
+    "update_angles",
+]
