@@ -50,6 +50,9 @@ class RunContext:
     device: torch.device
     data_dir: Path | None = None
     progress: Progress = field(default_factory=SilentProgress)
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+    """Results an experiment may reuse across the seeds of one invocation (e.g. a tuning search
+    that depends only on the config): deterministic work, so a fresh process recomputes it."""
     _datasets: dict[str, Dataset] = field(default_factory=dict, repr=False)
 
     def load_dataset(self, name: str) -> Dataset:

@@ -134,7 +134,7 @@ class Config:
     """Hidden non-linearity."""
     epochs: int = 1
     """Passes over the training set, one example per step (1: size steps)."""
-    trials: int = 24
+    trials: int = 16
     """Random-search settings per method, size and cost: the same budget for every method."""
     tuning_seeds: int = 2
     """Training sets per tuning trial; the score is their mean validation accuracy."""
@@ -142,7 +142,7 @@ class Config:
     """Seed of the search (settings and tuning training sets), independent of the run's seeds."""
     validation_per_class: int = 100
     """Training images per label held out for validation (never trained on, never tested on)."""
-    curve_points: int = 10
+    curve_points: int = 5
     """Test-accuracy evaluations along training for the accuracy-against-steps curves."""
 
     def __post_init__(self) -> None:
