@@ -106,10 +106,12 @@ def update_eta(
     elif variant == "sign_agreement":
         # sign(g) * sign(g_prev), not sign(g * g_prev): the product of two tiny gradients can
         # underflow to 0 and hide their agreement.
-        coherence = torch.sign(g) * torch.sign(g_prev)  # -1, 0 or +1 per weight
-        eta.copy_(torch.where(coherence > 0, eta + delta, eta))
+        coherence = torch.sign(g).mul_(torch.sign(g_prev))  # -1, 0 or +1 per weight
         if on_disagreement == "reset":
             eta.copy_(torch.where(coherence < 0, lr, eta))
+        # eta + [coherence > 0] * delta, with fewer passes over memory than a where(): the
+        # product is exactly delta or 0, so the sum rounds as eta + delta or is eta itself.
+        eta.addcmul_(coherence.clamp_(min=0.0), torch.as_tensor(delta, dtype=eta.dtype))
     elif variant == "graded":
         increment = torch.tanh((g * g_prev).mul_(beta)).mul_(delta)
         eta.add_(increment).clamp_(min=0.0)
