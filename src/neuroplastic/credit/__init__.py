@@ -8,7 +8,9 @@ from neuroplastic.credit.base import LOSSES, CreditRule, loss_per_example, outpu
 from neuroplastic.credit.diagnostics import feedback_weight_angles, update_angles
 from neuroplastic.credit.direct_feedback_alignment import DirectFeedbackAlignment
 from neuroplastic.credit.feedback_alignment import FeedbackAlignment
+from neuroplastic.credit.node_perturbation import NodePerturbation
 from neuroplastic.credit.sign_symmetry import SignSymmetry
+from neuroplastic.credit.weight_perturbation import WeightPerturbation
 
 # Every rule, by name; each is built as ``RULES[name](model, generator=...)``. The shared
 # conformance suite (tests/test_credit_conformance.py) runs over this dict.
@@ -17,6 +19,8 @@ RULES: dict[str, type[CreditRule]] = {
     "fa": FeedbackAlignment,
     "dfa": DirectFeedbackAlignment,
     "sign-symmetry": SignSymmetry,
+    "node-perturbation": NodePerturbation,
+    "weight-perturbation": WeightPerturbation,
 }
 
 __all__ = [
@@ -26,7 +30,9 @@ __all__ = [
     "CreditRule",
     "DirectFeedbackAlignment",
     "FeedbackAlignment",
+    "NodePerturbation",
     "SignSymmetry",
+    "WeightPerturbation",
     "feedback_weight_angles",
     "loss_per_example",
     "output_error",

@@ -50,10 +50,11 @@ rho(s_l)^T`` and ``dF/db_l = -rho(s_{l+1})``, Theorem 1 (``dL/dtheta = d/dbeta d
 at ``beta = 0``, ``L(theta) = C(s^0(theta))``) gives the estimate written into ``.grad``, averaged
 over the batch::
 
-    one-sided (S&B 2017):      grad W_l = -(1/beta) * mean_b[ rho(s_{l+1}^beta) rho(s_l^beta)^T
-                                                              - rho(s_{l+1}^0) rho(s_l^0)^T ]
-    symmetric (Laborieux 2021): grad W_l = -(1/(2 beta)) * mean_b[ rho(s_{l+1}^{+beta}) rho(s_l^{+beta})^T
-                                                                   - rho(s_{l+1}^{-beta}) rho(s_l^{-beta})^T ]
+    one-sided (S&B 2017, section 2):
+        grad W_l = -(1/beta) mean_b[rho(s_{l+1}^beta) rho(s_l^beta)^T - rho(s_{l+1}^0) rho(s_l^0)^T]
+    symmetric (Laborieux et al. 2021, section 2):
+        grad W_l = -(1/(2 beta)) mean_b[rho(s_{l+1}^{+beta}) rho(s_l^{+beta})^T
+                                        - rho(s_{l+1}^{-beta}) rho(s_l^{-beta})^T]
     biases alike, with rho(s_l) replaced by 1.
 
 ``grad W`` approaches ``dL/dW`` as ``beta -> 0``, with an O(beta) bias one-sided and O(beta^2)
@@ -68,17 +69,22 @@ model's own ``activation`` is not used (the energy's ``rho`` is); cross-entropy 
 (Laborieux et al.'s cross-entropy variant changes the architecture: a softmax read-out that is
 not part of the energy), so ``supported_losses = ("square",)``.
 
-Two implementations of the settling, tested equal: :func:`settle_reference` takes ``dF/ds`` from
-torch autograd of :func:`energy` as written above (the paper's formulation, slow), and
-:func:`settle` uses the closed form with the input drive ``W_0 x + b_0`` computed once per call
-(the fast path, batched over the minibatch: no Python loop over examples). ``compile=True`` runs
-:func:`settle` through ``torch.compile``.
+Two implementations, tested equal to rounding: the reference, :func:`settle_reference` and
+:func:`ep_gradient_reference`, takes ``dF/ds`` and ``dF/dtheta`` from torch autograd of
+:func:`energy` as written above (plain and slow); the fast path, :func:`settle` and
+:func:`ep_gradient`, which the rule runs, uses the closed forms, batched over the minibatch (no
+Python loop over examples), with the input drive ``W_0 x + b_0`` computed once per batch and
+``dt``, ``beta`` and the target folded into per-phase constants (:class:`Phase`), so that a
+hidden layer's step is two matrix products, one ``addcmul`` and one ``clamp``. ``compile=True``
+runs that step through ``torch.compile``: equal to the eager step (tested), but not faster on a
+CPU (see ``benchmarks/equilibrium_settling.py``); it is there for accelerators.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -113,8 +119,9 @@ def energy(
     biases: Sequence[Tensor],
     activation: str = "hard_sigmoid",
 ) -> Tensor:
-    """Hopfield-like energy ``E(s)`` per example ``(B,)``, input ``x`` ``(B, n_0)`` clamped,
-    ``states[l]`` ``(B, n_{l+1})``, ``weights[l]`` ``(n_{l+1}, n_l)``, ``biases[l]`` ``(n_{l+1},)``."""
+    """Hopfield-like energy ``E(s)`` per example ``(B,)``; input ``x`` ``(B, n_0)`` clamped,
+    ``states[l]`` ``(B, n_{l+1})``, ``weights[l]`` ``(n_{l+1}, n_l)``, ``biases[l]``
+    ``(n_{l+1},)``."""
     rates = [x] + [rho(s, activation) for s in states]  # rho(s_0) := x
     e = 0.5 * sum(s.pow(2).sum(dim=-1) for s in states)  # (B,)
     for pre, post, w, b in zip(rates[:-1], rates[1:], weights, biases, strict=True):
@@ -123,7 +130,8 @@ def energy(
 
 
 def cost(states: Sequence[Tensor], target: Tensor) -> Tensor:
-    """Square cost ``C = 1/2 ||s_L - d||^2`` per example ``(B,)``, ``target`` = ``d`` ``(B, n_L)``."""
+    """Square cost ``C = 1/2 ||s_L - d||^2`` per example ``(B,)``; ``target`` is ``d``
+    ``(B, n_L)``."""
     return 0.5 * (states[-1] - target).pow(2).sum(dim=-1)
 
 
@@ -189,65 +197,92 @@ def settle_reference(
     return states
 
 
-def settle_step(
+class Phase(NamedTuple):
+    """What stays constant while the states settle in one phase, folded for :func:`settle_step`
+    (built once per phase by :func:`make_phase`).
+
+    One Euler step of layer ``l`` is ``s_l - dt dF/ds_l = (1 - dt k_l) s_l + dt (rho'(s_l) h_l +
+    beta d [l = L])``, with ``k_l = 1`` except ``k_L = 1 + beta`` for the output layer of a nudged
+    phase (``dF/ds_L = s_L - rho'(s_L) h_L + beta (s_L - d)``). ``dt`` is folded into the drives
+    and matrices, so that ``dt h_l`` comes out of the matrix products directly; for the hard
+    sigmoid (``rho' = 1`` on the box) ``dt beta d`` is folded into the output layer's drive too.
+    Nothing is divided by ``k_L``, which is 0 at ``beta = -1`` (the paper's code nudges at
+    ``beta = -1`` with its random sign)."""
+
+    drive: list[Tensor]  # dt * (layer l's constant input): W_0 x + b_0 for l = 1, b_{l-1} above
+    up: list[Tensor | None]  # dt W_{l-1}^T: rho(s_{l-1}) @ up[l]; None for the first layer
+    down: list[Tensor | None]  # dt W_l: rho(s_{l+1}) @ down[l]; None for the output layer
+    keep: list[Tensor]  # 1 - dt k_l, 0-d (a tensor, so a compiled step is not specialised on it)
+    nudge: Tensor | None  # dt beta d on the output layer, smooth sigmoid only
+
+
+def make_phase(
     drive: Tensor,
-    states: Sequence[Tensor],
     weights: Sequence[Tensor],
     biases: Sequence[Tensor],
     target: Tensor | None,
-    beta: float | Tensor,
+    beta: float,
     dt: float,
     activation: str = "hard_sigmoid",
-) -> States:
-    """One projected Euler step ``s <- P(s - dt dF/ds)`` of every layer at once, from the
-    closed-form ``dF/ds``.
+) -> Phase:
+    """The :class:`Phase` of a free (``target=None``) or nudged phase. ``drive = x @ W_0^T + b_0``
+    ``(B, n_1)``: the clamped input's contribution to the first layer, computed once per batch."""
+    n = len(weights)
+    inputs = [dt * drive] + [dt * b for b in biases[1:]]
+    up: list[Tensor | None] = [None] + [dt * w.T for w in weights[1:]]
+    down: list[Tensor | None] = [dt * w for w in weights[1:]] + [None]
+    keep = [drive.new_tensor(1.0 - dt) for _ in range(n)]
+    nudge = None
+    if target is not None:
+        keep[-1] = drive.new_tensor(1.0 - dt * (1.0 + beta))
+        if activation == "hard_sigmoid":
+            inputs[-1] = inputs[-1] + (dt * beta) * target  # (B, n_L)
+        else:
+            nudge = (dt * beta) * target  # (B, n_L)
+    return Phase(inputs, up, down, keep, nudge)
 
-    ``drive = x @ W_0^T + b_0`` ``(B, n_1)``, the clamped input's constant contribution to the
-    first layer, is computed once by the caller. For the hard sigmoid the states stay in [0, 1]
-    (the start must be in the box), where ``rho(s) = s`` and ``rho'(s) = 1``. ``target=None``
-    is the free phase (``beta`` ignored); ``beta`` may be a 0-d tensor (the compiled path passes
-    one, so that new values of beta do not recompile)."""
+
+def settle_step(states: Sequence[Tensor], phase: Phase, activation: str = "hard_sigmoid") -> States:
+    """One projected Euler step ``s <- P(s - dt dF/ds)`` of every layer at once (from the
+    previous states), by the closed-form ``dF/ds`` folded as in :class:`Phase`.
+
+    For the hard sigmoid the states stay in [0, 1] (the start must be in the box), where
+    ``rho(s) = s`` and ``rho'(s) = 1``, so a hidden layer's step is
+    ``clamp((1 - dt) s_l + dt (W_{l-1} s_{l-1} + b_{l-1} + W_l^T s_{l+1}), 0, 1)``: two matrix
+    products, one ``addcmul`` and one ``clamp``."""
     hard = activation == "hard_sigmoid"
     n = len(states)
-    rates = states if hard else [torch.sigmoid(4.0 * s - 2.0) for s in states]
+    rates = list(states) if hard else [torch.sigmoid(4.0 * s - 2.0) for s in states]
     new = []
     for l in range(n):  # noqa: E741 (l is the paper's layer index)
-        s = states[l]  # (B, n_{l+1})
-        if l == 0:
-            h = drive  # W_0 x + b_0
-        else:
-            h = torch.addmm(biases[l], rates[l - 1], weights[l].T)  # W_l rho(s_l) + b_l
+        e = phase.drive[l]  # dt h_l, built up: (B, n_l), or (n_l,) until a product is added
+        if l > 0:
+            e = torch.addmm(e, rates[l - 1], phase.up[l])  # + dt W_{l-1} rho(s_{l-1})
         if l + 1 < n:
-            h = torch.addmm(h, rates[l + 1], weights[l + 1])  # + W_{l+1}^T rho(s_{l+2})
+            e = torch.addmm(e, rates[l + 1], phase.down[l])  # + dt W_l^T rho(s_{l+1})
         if hard:
-            grad = s - h  # dE/ds_{l+1} on the box
+            new.append(torch.addcmul(e, states[l], phase.keep[l]).clamp_(0.0, 1.0))
         else:
             r = rates[l]
-            grad = s - 4.0 * r * (1.0 - r) * h  # s - rho'(s) h
-        if l == n - 1 and target is not None:
-            grad = grad + beta * (s - target)  # + beta dC/ds_L
-        s = s - dt * grad
-        new.append(s.clamp(0.0, 1.0) if hard else s)
+            e = 4.0 * r * (1.0 - r) * e  # dt rho'(s) h
+            if l == n - 1 and phase.nudge is not None:
+                e = e + phase.nudge  # + dt beta d
+            new.append(torch.addcmul(e, states[l], phase.keep[l]))
     return new
 
 
 def settle(
-    drive: Tensor,
     states: Sequence[Tensor],
-    weights: Sequence[Tensor],
-    biases: Sequence[Tensor],
-    target: Tensor | None,
-    beta: float | Tensor,
+    phase: Phase,
     steps: int,
-    dt: float,
     activation: str = "hard_sigmoid",
     step: Callable[..., States] = settle_step,
 ) -> States:
-    """The same steps as :func:`settle_reference`, by :func:`settle_step` (or ``step``, e.g. its
-    compiled version), from ``drive = x @ W_0^T + b_0`` instead of ``x``."""
+    """``steps`` steps of :func:`settle_step` (or ``step``, e.g. :func:`compiled_settle_step`):
+    the same dynamics as :func:`settle_reference`, fast."""
     states = list(states)
     for _ in range(steps):
-        states = step(drive, states, weights, biases, target, beta, dt, activation)
+        states = step(states, phase, activation)
     return states
 
 
@@ -255,13 +290,15 @@ _compiled_step: Callable[..., States] | None = None
 
 
 def compiled_settle_step() -> Callable[..., States]:
-    """:func:`settle_step` through ``torch.compile`` (one graph per step: compiling the whole
-    unrolled phase took 25 to 60 s on a CPU, one step a few seconds). Built once per process and
-    shared by every rule; a new dtype, activation, depth or ``dt`` compiles once more, and so does
-    the second batch size seen (then with a dynamic batch dimension)."""
+    """:func:`settle_step` through ``torch.compile``, built once per process and shared by every
+    rule. One graph per step: compiling a whole unrolled phase took 25 to 60 s on a CPU, one step
+    a few seconds. The batch dimension is dynamic; a new dtype, activation, depth or device, batch
+    size 1 after larger ones (or the reverse), and for the smooth sigmoid the nudged phase after
+    the free one, each compile once more (past torch's recompile limit, 8, torch runs the step
+    eagerly and warns)."""
     global _compiled_step
     if _compiled_step is None:
-        _compiled_step = torch.compile(settle_step, fullgraph=True)
+        _compiled_step = torch.compile(settle_step, dynamic=True)
     return _compiled_step
 
 
@@ -282,13 +319,14 @@ def ep_gradient(
     grad_w, grad_b = [], []
     for l in range(len(states_a)):  # noqa: E741
         post_a, post_b = rates_a[l + 1], rates_b[l + 1]  # (B, n_{l+1})
+        diff = (post_b - post_a) * scale  # (B, n_{l+1})
         if l == 0:  # the clamped input is the same in both states: one product
-            gw = (post_b - post_a).T @ x * scale  # (n_1, n_0)
+            gw = diff.T @ x  # (n_1, n_0)
         else:
             gw = post_b.T @ rates_b[l]  # (n_{l+1}, n_l)
             gw = torch.addmm(gw, post_a.T, rates_a[l], beta=scale, alpha=-scale)
         grad_w.append(gw)
-        grad_b.append((post_b - post_a).sum(dim=0) * scale)  # (n_{l+1},)
+        grad_b.append(diff.sum(dim=0))  # (n_{l+1},)
     return grad_w, grad_b
 
 
@@ -335,8 +373,8 @@ class EquilibriumPropagation(CreditRule):
         random_sign: draw the sign of ``beta`` at random (probability 1/2) at each ``backward``,
             as the paper's code does; one-sided only.
         activation: ``"hard_sigmoid"`` (paper) or ``"sigmoid"`` (``sigmoid(4 s - 2)``).
-        compile: settle with ``torch.compile(settle)`` (same steps; equal to the eager path to
-            rounding, tested). Each new batch shape compiles once.
+        compile: run each settling step through ``torch.compile`` (:func:`compiled_settle_step`;
+            equal to the eager step to rounding, tested). The first call compiles (seconds).
 
     Algorithm, one ``backward(x, y)`` (names as in the code)::
 
@@ -397,13 +435,9 @@ class EquilibriumPropagation(CreditRule):
 
     def _settle(self, drive, states, target, beta, steps) -> States:
         weights, biases = self._weights()
-        step = settle_step
-        if self.compile:
-            step = compiled_settle_step()
-            beta = drive.new_tensor(beta)  # a tensor, so that beta's sign does not recompile
-        return settle(
-            drive, states, weights, biases, target, beta, steps, self.dt, self.activation, step
-        )
+        phase = make_phase(drive, weights, biases, target, beta, self.dt, self.activation)
+        step = compiled_settle_step() if self.compile else settle_step
+        return settle(states, phase, steps, self.activation, step)
 
     def _drive(self, x: Tensor) -> Tensor:
         first = self.model.layers[0]
@@ -452,6 +486,9 @@ class EquilibriumPropagation(CreditRule):
         else:
             grad_w, grad_b = ep_gradient(x, nudged, free, beta, 0.0, self.activation)
         for layer, gw, gb in zip(self.model.layers, grad_w, grad_b, strict=True):
-            self._accumulate(layer.weight, gw)
-            self._accumulate(layer.bias, gb)
+            for param, update in ((layer.weight, gw), (layer.bias, gb)):
+                if param.grad is None:
+                    param.grad = update  # a fresh tensor: no copy needed
+                else:
+                    param.grad.add_(update)
         return loss_per_example(free[-1], y, "square").mean().detach()

@@ -65,7 +65,8 @@ class NodePerturbation(PerturbationRule):
         a~_l = W_l h~_{l-1} + b_l + xi_l,  h~_l = f(a~_l)  (h~_0 = x; no f on the output)
         dC_b = C_b(xi) - C_b(0)               (forward)
         dC_b = (C_b(xi) - C_b(-xi)) / 2       (central)
-        dW_l = sum_b dC_b xi_{l,b} h_{l-1,b}^T / (B sigma^2),   db_l = sum_b dC_b xi_{l,b} / (B sigma^2)
+        dW_l = sum_b dC_b xi_{l,b} h_{l-1,b}^T / (B sigma^2)
+        db_l = sum_b dC_b xi_{l,b} / (B sigma^2)
 
     and ``.grad += mean over draws``. ``generator=None`` means ``torch.Generator().manual_seed(0)``.
     """
@@ -87,7 +88,7 @@ class NodePerturbation(PerturbationRule):
         widest = max(layer.in_features for layer in self.model.layers)
         per_draw = batch_size * (units + widest) * self.passes_per_draw()
         if per_draw_estimates:
-            per_draw += sum(p.numel() for p in self.parameters)
+            per_draw += sum(p.numel() for p in self.params)
         return max(1, CHUNK_ELEMENTS // per_draw)
 
     @torch.no_grad()
@@ -148,7 +149,7 @@ class NodePerturbation(PerturbationRule):
         if noise is not None:
             chunks = [noise]
         else:
-            draws = self.samples if draws is None else draws
+            draws = self._check_draws(self.samples if draws is None else draws)
             chunk = self._chunk(len(y), per_draw_estimates=True)
             chunks = (
                 self.draw_noise(min(chunk, draws - start), len(y))

@@ -58,7 +58,7 @@ class Estimates(NamedTuple):
     """Per-draw gradient estimates of a perturbation rule and the clean pass's mean loss."""
 
     grads: list[Tensor]
-    """One tensor ``(draws, *param.shape)`` per parameter, in the order of ``rule.parameters``
+    """One tensor ``(draws, *param.shape)`` per parameter, in the order of ``rule.params``
     (weight then bias of each layer); each slice is the single-draw estimate."""
     loss: Tensor
     """Mean loss of the batch under the unperturbed network (detached scalar)."""
@@ -95,7 +95,7 @@ class PerturbationRule(CreditRule):
         """Perturbation draws so far (a central difference's +xi and -xi are one draw)."""
 
     @property
-    def parameters(self) -> list[torch.nn.Parameter]:
+    def params(self) -> list[torch.nn.Parameter]:
         """Every weight and bias of the network, layer by layer: ``[W_1, b_1, W_2, b_2, ...]``."""
         return [p for layer in self.model.layers for p in (layer.weight, layer.bias)]
 
@@ -115,19 +115,22 @@ class PerturbationRule(CreditRule):
         """Accumulate the mean of ``samples`` single-draw estimates into ``.grad``; return the
         clean pass's mean loss."""
         total, clean_loss = self._estimate_sum(x, y, loss, self.samples)
-        for param, update in zip(self.parameters, total, strict=True):
+        for param, update in zip(self.params, total, strict=True):
             self._accumulate(param, update / self.samples)
         return clean_loss
 
+    @abstractmethod
     def _estimate_sum(
         self, x: Tensor, y: Tensor, loss: str, draws: int
     ) -> tuple[list[Tensor], Tensor]:
-        """Sum over ``draws`` single-draw estimates, one tensor per parameter, and the clean loss.
+        """Sum over ``draws`` single-draw estimates, one tensor per parameter (without
+        materialising each draw), and the clean loss."""
 
-        The default goes through :meth:`estimates`; subclasses may avoid materialising each draw.
-        """
-        estimates = self.estimates(x, y, loss, draws=draws)
-        return [g.sum(dim=0) for g in estimates.grads], estimates.loss
+    @staticmethod
+    def _check_draws(draws: int) -> int:
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+            raise ValueError(f"draws must be a positive integer, got {draws!r}")
+        return draws
 
     @abstractmethod
     def estimates(
@@ -161,16 +164,20 @@ class WeightPerturbation(PerturbationRule):
     """
 
     name = "weight-perturbation"
+    learns_quickly = False
+    """One draw's squared error is ``(P + 1)|g|^2``: a few SGD steps at a step size fit for backprop
+    (the conformance suite's check) overshoot; the step must shrink like ``1 / P`` (tested in
+    ``tests/test_perturbation.py`` and measured by the perturbation-scaling experiment)."""
 
     def draw_noise(self, draws: int) -> list[Tensor]:
         """``draws`` perturbations, one tensor ``(draws, *param.shape)`` per parameter, drawn
         draw by draw from the rule's generator (so the stream does not depend on chunking)."""
-        params = self.parameters
+        params = self.params
         per_draw = [[self._randn(p.shape, p) for p in params] for _ in range(draws)]
         return [torch.stack([d[i] for d in per_draw]) for i in range(len(params))]
 
     def _chunk(self) -> int:
-        n_params = sum(p.numel() for p in self.parameters)
+        n_params = sum(p.numel() for p in self.params)
         return max(1, CHUNK_ELEMENTS // (n_params * self.passes_per_draw()))
 
     @torch.no_grad()
@@ -189,7 +196,7 @@ class WeightPerturbation(PerturbationRule):
         generator's draws; otherwise ``draws`` (default ``samples``) are drawn.
         """
         if noise is None:
-            draws = self.samples if draws is None else draws
+            draws = self._check_draws(self.samples if draws is None else draws)
             chunk = self._chunk()
             clean = self._clean_loss(x, y, loss)
             parts = []
@@ -205,7 +212,7 @@ class WeightPerturbation(PerturbationRule):
         self, x: Tensor, y: Tensor, loss: str, draws: int
     ) -> tuple[list[Tensor], Tensor]:
         clean = self._clean_loss(x, y, loss)
-        total = [torch.zeros_like(p) for p in self.parameters]
+        total = [torch.zeros_like(p) for p in self.params]
         chunk = self._chunk()
         for start in range(0, draws, chunk):
             noise = self.draw_noise(min(chunk, draws - start))

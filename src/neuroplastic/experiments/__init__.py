@@ -7,12 +7,17 @@ To add one: write ``experiments/<name>.py`` ending in an ``EXPERIMENT = Experime
 from __future__ import annotations
 
 from neuroplastic.errors import ConfigError
-from neuroplastic.experiments import kanter2020_mnist, kanter2020_perceptron, mnist_backprop
+from neuroplastic.experiments import (
+    kanter2020_mnist,
+    kanter2020_perceptron,
+    mnist_backprop,
+    perturbation_scaling,
+)
 from neuroplastic.experiments.base import Experiment, RunContext, RunResult, Verdict
 
 EXPERIMENTS: dict[str, Experiment] = {
     module.EXPERIMENT.name: module.EXPERIMENT
-    for module in (mnist_backprop, kanter2020_mnist, kanter2020_perceptron)
+    for module in (mnist_backprop, kanter2020_mnist, kanter2020_perceptron, perturbation_scaling)
 }
 
 

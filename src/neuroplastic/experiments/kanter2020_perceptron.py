@@ -81,8 +81,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -113,6 +112,7 @@ from neuroplastic.models.lif_perceptron import (
 )
 from neuroplastic.stats import Summary, mean_ci
 from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.threads import one_cpu_thread
 
 NAME = "kanter2020-perceptron"
 SCENARIOS = ("synaptic", "dendritic")
@@ -386,27 +386,6 @@ def generalisation_error(
         fires = respond(weights, inputs, threshold).fires  # (R, m)
         wrong += (fires != batch.evaluation_labels[task_of, part]).sum(dim=-1)
     return wrong.to(DTYPE) / n_examples
-
-
-@contextmanager
-def one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run the enclosed code with one intra-op thread on the CPU, then restore the setting.
-
-    The tensors here are small (at most a few times 10^4 elements per op) and the ops many: the
-    OpenMP barrier of a parallel op costs more than it saves, and on a machine shared with other
-    processes its threads spin-wait for cores (measured: a 20-seed run went from 35 s to over
-    8 min next to another job). One thread also makes the results independent of the machine's
-    thread count.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @torch.no_grad()

@@ -1,0 +1,582 @@
+"""perturbation-scaling: weight against node perturbation against backprop as networks grow.
+
+Claim tested (Marblestone, Wayne & Kording 2016, "Toward an integration of deep learning and
+neuroscience", Front. Comput. Neurosci. 10:94, section 2, after Werfel, Xie & Seung 2005; sheet
+``shared/papers/credit-assignment.md``): the variance of parallel *weight* perturbation's gradient
+estimate grows with the number of synapses, that of *node* perturbation's with the number of
+neurons; so, at the same number of forward passes, node perturbation learns faster than weight
+perturbation.
+
+(a) Variance. For each architecture ``n_in-H-10`` (ReLU hidden layer; by default H = 16 ... 256
+on 28x28 images, plus 7x7 and 14x14 average-pooled images at H = 64, which add synapses at a
+fixed number of neurons) and each seed: a fresh network, one minibatch of training images, the
+backprop gradient ``g`` of its mean loss, and ``variance_draws`` single-draw estimates ``g_hat``
+of each perturbation rule (``samples = 1``: each estimate costs two forward passes, one clean and
+one perturbed, for both rules). The metric is the relative variance
+
+    V = mean over draws of |g_hat - g|^2 / |g|^2
+
+(the mean squared error against backprop, normalised by the squared gradient norm; the bias is
+O(sigma^2) and negligible at the default sigma, so this is the variance). Synapses ``P`` count
+every perturbed weight and bias, neurons ``N`` every perturbed unit (hidden and output). Per seed,
+``log V = alpha log P + beta log N + c`` is fitted by least squares over all architectures: the
+claim says ``alpha ~ 1, beta ~ 0`` for weight perturbation (theory: ``V = P + 1`` exactly as sigma
+-> 0) and ``alpha ~ 0, beta ~ 1`` for node perturbation. The plain slopes of ``log V`` against
+``log P`` and against ``log N`` over the width sweep alone are recorded too (there P and N both
+grow with H, so those two slopes cannot tell the scalings apart; the pooled inputs can).
+
+(b) Learning. At each width of ``train_widths`` every method trains the same initial network on
+the same minibatch sequence with plain SGD until it has spent ``budget`` forward passes. Counting:
+a perturbation step costs its rule's ``forward_passes`` (1 clean + 1 perturbed pass with forward
+differences and ``samples = 1``); a backprop step is charged ``backprop_pass_cost`` passes (default
+2: one forward and one backward pass, so all three methods take the same number of steps; in
+multiply-adds a backward pass costs about two forwards, which ``--set backprop_pass_cost=3``
+models). The training loss on a fixed set of ``n_train_eval`` training images is read every
+``budget / curve_points`` passes (not counted). Learning rates: every method gets the same grid
+``lrs`` (the same tuning budget), each value trained once from ``tuning_seed`` and scored by the
+loss on the validation split carved from the training images (never the test set); the tuning
+depends on the config only and is computed once per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from neuroplastic.config import config_to_dict
+from neuroplastic.credit.backprop import Backprop
+from neuroplastic.credit.base import CreditRule, loss_per_example
+from neuroplastic.credit.node_perturbation import NodePerturbation
+from neuroplastic.credit.weight_perturbation import PerturbationRule, WeightPerturbation
+from neuroplastic.errors import DivergenceError
+from neuroplastic.experiments.base import Experiment, ReportTable, RunContext, RunResult, Verdict
+from neuroplastic.models.mlp import MLP
+from neuroplastic.stats import Summary, mean_ci
+from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.tasks.splits import validation_split
+from neuroplastic.threads import one_cpu_thread
+
+NAME = "perturbation-scaling"
+WEIGHT, NODE, BACKPROP = "weight-perturbation", "node-perturbation", "backprop"
+METHODS = (WEIGHT, NODE, BACKPROP)
+PERTURBATION_METHODS = (WEIGHT, NODE)
+RULES: dict[str, type[PerturbationRule]] = {WEIGHT: WeightPerturbation, NODE: NodePerturbation}
+MIN_SEEDS = 5
+IMAGE_SIDE = 28
+N_CLASSES = 10
+EXPONENT_TOLERANCE = 0.25
+"""The variance claim holds for a rule when its fitted exponent of the named count is within this
+of 1 and that of the other count within this of 0 (seed means)."""
+_ROLE_INIT, _ROLE_ORDER, _ROLE_NOISE, _ROLE_BATCH = range(4)
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: str = "mnist-mini"
+    """Dataset: ``mnist-mini`` (the bundled 6,000 training images) or ``mnist``."""
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+    """Hidden widths H of the 784-H-10 networks whose gradient estimates are measured (a)."""
+    input_sides: tuple[int, ...] = (7, 14)
+    """Side lengths of average-pooled images (7: 49 inputs, 14: 196) measured at
+    ``input_sweep_width`` (a): more synapses at the same number of neurons."""
+    input_sweep_width: int = 64
+    """Hidden width of the pooled-input networks."""
+    activation: Literal["relu", "tanh", "sigmoid"] = "relu"
+    """Non-linearity of the hidden layer."""
+    loss: Literal["cross_entropy", "square"] = "cross_entropy"
+    """Cost: cross-entropy on softmax, or 0.5 ||z - onehot||^2 on the outputs."""
+    sigma: float = 1e-3
+    """Standard deviation of the weight or node noise."""
+    difference: Literal["forward", "central"] = "forward"
+    """Finite difference of both perturbation rules: forward, C(+xi) - C(0) (2 passes per
+    estimate), or central, (C(+xi) - C(-xi)) / 2 (3 passes with the clean one)."""
+    batch_size: int = 100
+    """Examples per minibatch, for the variance measurements and for training."""
+    variance_draws: int = 128
+    """Single-draw estimates per rule and architecture from which V is measured."""
+    train_widths: tuple[int, ...] = (32, 128)
+    """Hidden widths at which the three methods are trained (b)."""
+    budget: int = 2000
+    """Forward passes each method may spend on training (b)."""
+    curve_points: int = 20
+    """Points of each training-loss curve after the initial one (one every budget/curve_points
+    passes)."""
+    n_train_eval: int = 1000
+    """Training images (fixed: the first of the training split) on which the curves' loss is
+    read."""
+    lrs: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    """Learning-rate grid of SGD, the same for every method (the equal tuning budget)."""
+    backprop_pass_cost: float = 2.0
+    """Forward passes charged for one backprop step (a forward and a backward pass)."""
+    validation_fraction: float = 0.1
+    """Share of the training images held out to score the learning rates (a fixed split)."""
+    tuning_seed: int = 1000
+    """Seed of the networks, minibatches and noise of the learning-rate search."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "input_sweep_width",
+            "batch_size",
+            "variance_draws",
+            "budget",
+            "curve_points",
+            "n_train_eval",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if len(set(self.widths)) < 2 or min(self.widths) < 1:
+            raise ValueError(
+                f"widths must hold at least two distinct positive widths: {self.widths}"
+            )
+        if not self.input_sides or not all(1 <= s < IMAGE_SIDE for s in self.input_sides):
+            raise ValueError(
+                f"input_sides must hold at least one side in [1, {IMAGE_SIDE}) (the joint fit "
+                f"needs networks with fewer synapses at a fixed number of neurons): "
+                f"{self.input_sides}"
+            )
+        if not self.train_widths or min(self.train_widths) < 1:
+            raise ValueError(f"train_widths must hold positive widths: {self.train_widths}")
+        if not self.lrs or not all(0 < lr < math.inf for lr in self.lrs):
+            raise ValueError(f"lrs must hold positive finite learning rates: {self.lrs}")
+        if not (0 < self.sigma < math.inf):
+            raise ValueError(f"sigma must be positive, got {self.sigma}")
+        if not self.backprop_pass_cost > 0:
+            raise ValueError(f"backprop_pass_cost must be positive, got {self.backprop_pass_cost}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
+            )
+
+
+def quick(config: Config) -> Config:
+    """The two smallest widths, one pooled size at H <= 16, 32 draws, the smallest training width,
+    at most 400 passes, every other learning rate: a smoke test of seconds."""
+    return dataclasses.replace(
+        config,
+        widths=tuple(sorted(config.widths)[:2]),
+        input_sides=tuple(sorted(config.input_sides)[-1:]),
+        input_sweep_width=min(config.input_sweep_width, 16),
+        variance_draws=min(config.variance_draws, 32),
+        train_widths=tuple(sorted(config.train_widths)[:1]),
+        budget=min(config.budget, 400),
+        curve_points=min(config.curve_points, 8),
+        lrs=config.lrs[1::2] or config.lrs,
+    )
+
+
+# -- architectures and data -----------------------------------------------------------------------
+
+
+def architectures(config: Config) -> list[tuple[int, int]]:
+    """``(n_in, H)`` of every network whose estimates are measured: the width sweep on full
+    images, then the pooled-input sweep."""
+    full = [(IMAGE_SIDE**2, width) for width in config.widths]
+    pooled = [(side**2, config.input_sweep_width) for side in config.input_sides]
+    return full + pooled
+
+
+def variance_key(n_in: int, width: int) -> str:
+    """``relative_variance_w256`` on full images, ``relative_variance_in49_w64`` otherwise."""
+    if n_in == IMAGE_SIDE**2:
+        return f"relative_variance_w{width}"
+    return f"relative_variance_in{n_in}_w{width}"
+
+
+def synapses(n_in: int, width: int) -> int:
+    """Perturbed weights and biases of ``n_in-width-10``."""
+    return n_in * width + width + width * N_CLASSES + N_CLASSES
+
+
+def neurons(width: int) -> int:
+    """Perturbed units (hidden and output) of ``n_in-width-10``."""
+    return width + N_CLASSES
+
+
+def pool(images: Tensor, n_in: int) -> Tensor:
+    """``(B, 784)`` images average-pooled to ``(B, n_in)``, ``n_in`` a square side**2."""
+    side = math.isqrt(n_in)
+    if side == IMAGE_SIDE:
+        return images
+    grid = images.view(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
+    return F.adaptive_avg_pool2d(grid, side).flatten(1)
+
+
+def generator(seed: int, role: int, *key: int) -> torch.Generator:
+    """An independent stream for (seed, role, key): networks, orders and noise never overlap."""
+    sequence = np.random.SeedSequence(seed % 2**64, spawn_key=(role, *key))
+    return torch.Generator().manual_seed(int(sequence.generate_state(1, dtype=np.uint64)[0]))
+
+
+def make_rule(method: str, model: MLP, config: Config, noise: torch.Generator) -> CreditRule:
+    if method == BACKPROP:
+        return Backprop(model)
+    rule_cls = RULES[method]
+    return rule_cls(model, generator=noise, sigma=config.sigma, difference=config.difference)
+
+
+def fit_exponents(
+    log_variance: Sequence[float], log_synapses: Sequence[float], log_neurons: Sequence[float]
+) -> tuple[float, float]:
+    """Least-squares ``(alpha, beta)`` of ``log V = alpha log P + beta log N + c``."""
+    design = np.column_stack([log_synapses, log_neurons, np.ones(len(log_variance))])
+    coefficients, *_ = np.linalg.lstsq(design, np.asarray(log_variance), rcond=None)
+    return float(coefficients[0]), float(coefficients[1])
+
+
+def slope(log_y: Sequence[float], log_x: Sequence[float]) -> float:
+    """Least-squares slope of ``log_y`` against ``log_x``."""
+    return float(np.polyfit(np.asarray(log_x), np.asarray(log_y), 1)[0])
+
+
+# -- (a) the variance of the estimates ------------------------------------------------------------
+
+
+@torch.no_grad()
+def relative_variances(
+    config: Config, seed: int, n_in: int, width: int, x: Tensor, y: Tensor
+) -> dict[str, float]:
+    """V of each perturbation rule for a fresh ``n_in-width-10`` network of ``seed`` on
+    ``(x, y)``."""
+    model = MLP(
+        (n_in, width, N_CLASSES), config.activation, generator(seed, _ROLE_INIT, n_in, width)
+    )
+    model = model.to(x.device)
+    with torch.enable_grad():
+        Backprop(model).backward(x, y, config.loss)
+    gradient = [
+        p.grad.detach().clone() for layer in model.layers for p in (layer.weight, layer.bias)
+    ]
+    model.zero_grad(set_to_none=True)
+    norm2 = sum(float(g.pow(2).sum()) for g in gradient)
+    result = {}
+    for index, method in enumerate(PERTURBATION_METHODS):
+        noise = generator(seed, _ROLE_NOISE, n_in, width, index)
+        rule = RULES[method](
+            model, generator=noise, sigma=config.sigma, difference=config.difference
+        )
+        total, chunk = 0.0, 32
+        for start in range(0, config.variance_draws, chunk):
+            draws = min(chunk, config.variance_draws - start)
+            estimates = rule.estimates(x, y, config.loss, draws=draws)
+            error = sum(
+                (e - g).flatten(1).pow(2).sum(dim=1)
+                for e, g in zip(estimates.grads, gradient, strict=True)
+            )
+            total += float(error.sum())
+        value = total / config.variance_draws / norm2
+        if not math.isfinite(value):
+            raise DivergenceError(
+                f"{method} gave a non-finite gradient estimate for {n_in}-{width}-10 (seed {seed})",
+                hint=f"try another sigma (now {config.sigma}) with --set sigma=...",
+            )
+        result[method] = value
+    return result
+
+
+# -- (b) learning against forward passes ----------------------------------------------------------
+
+
+@dataclass
+class Splits:
+    """The training images (minus the validation carve), the validation carve, the fixed
+    evaluation subset of the training images."""
+
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    eval_x: Tensor
+    eval_y: Tensor
+
+
+def make_splits(config: Config, context: RunContext) -> Splits:
+    data = context.load_dataset(config.dataset)
+    device = data.train_x.device
+    n_validation = round(config.validation_fraction * len(data.train_y))
+    train_index, val_index = validation_split(len(data.train_y), n_validation)
+    train_x, train_y = data.train_x[train_index.to(device)], data.train_y[train_index.to(device)]
+    n_eval = min(config.n_train_eval, len(train_y))
+    return Splits(
+        train_x,
+        train_y,
+        data.train_x[val_index.to(device)],
+        data.train_y[val_index.to(device)],
+        train_x[:n_eval],
+        train_y[:n_eval],
+    )
+
+
+@torch.no_grad()
+def mean_loss(model: MLP, x: Tensor, y: Tensor, loss: str) -> float:
+    return float(loss_per_example(model(x), y, loss).mean())
+
+
+def train(
+    config: Config, method: str, width: int, lr: float, seed: int, splits: Splits
+) -> tuple[list[float], list[float], MLP]:
+    """Plain SGD with ``method`` on ``784-width-10`` from ``seed`` until ``budget`` forward passes
+    are spent; the training loss on the evaluation images at every ``budget/curve_points``."""
+    n_in = IMAGE_SIDE**2
+    device = splits.train_x.device
+    model = MLP(
+        (n_in, width, N_CLASSES), config.activation, generator(seed, _ROLE_INIT, n_in, width)
+    )
+    model = model.to(device)
+    noise = generator(seed, _ROLE_NOISE, n_in, width, METHODS.index(method))
+    rule = make_rule(method, model, config, noise)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    order_generator = generator(seed, _ROLE_ORDER, width)
+    order = torch.empty(0, dtype=torch.long)
+    passes, steps, position = 0.0, 0, 0
+    passes_axis = [0.0]
+    losses = [mean_loss(model, splits.eval_x, splits.eval_y, config.loss)]
+    interval = config.budget / config.curve_points
+    if isinstance(rule, PerturbationRule):
+        step_cost = 1 + rule.samples * rule.passes_per_draw()
+    else:
+        step_cost = config.backprop_pass_cost
+    while passes + step_cost <= config.budget + 1e-9:
+        if position + config.batch_size > len(order):
+            order = torch.randperm(len(splits.train_y), generator=order_generator)
+            position = 0
+        batch = order[position : position + config.batch_size].to(device)
+        position += config.batch_size
+        optimizer.zero_grad(set_to_none=True)
+        loss = rule.backward(splits.train_x[batch], splits.train_y[batch], config.loss)
+        if not math.isfinite(float(loss)):
+            raise DivergenceError(
+                f"{method} training loss became {float(loss)} at width {width}, lr {lr} "
+                f"(seed {seed})",
+                hint="narrow the learning-rate grid with --set lrs=...",
+            )
+        optimizer.step()
+        steps += 1
+        passes = rule.forward_passes if isinstance(rule, PerturbationRule) else steps * step_cost
+        if passes >= interval * len(passes_axis) - 1e-9:
+            passes_axis.append(float(passes))
+            losses.append(mean_loss(model, splits.eval_x, splits.eval_y, config.loss))
+            if not math.isfinite(losses[-1]):
+                raise DivergenceError(
+                    f"{method} training loss became {losses[-1]} at width {width}, lr {lr} "
+                    f"(seed {seed})",
+                    hint="narrow the learning-rate grid with --set lrs=...",
+                )
+    return passes_axis, losses, model
+
+
+_TUNED: dict[tuple[Config, str], dict[tuple[str, int], float]] = {}
+
+
+def tuned_learning_rates(config: Config, splits: Splits) -> dict[tuple[str, int], float]:
+    """The grid value with the lowest validation loss after the budget, per (method, width).
+
+    Trained from ``tuning_seed`` (never a run's seed); a diverging value scores infinity. Cached
+    per config and device, so the seeds of one process share it.
+    """
+    key = (config, str(splits.train_x.device))
+    if key in _TUNED:
+        return _TUNED[key]
+    chosen = {}
+    for width in config.train_widths:
+        for method in METHODS:
+            scores = []
+            for lr in config.lrs:
+                try:
+                    model = train(config, method, width, lr, config.tuning_seed, splits)[2]
+                    score = mean_loss(model, splits.val_x, splits.val_y, config.loss)
+                except DivergenceError:
+                    score = math.inf
+                scores.append(score if math.isfinite(score) else math.inf)
+            if not math.isfinite(min(scores)):
+                raise DivergenceError(
+                    f"{method} diverged at every learning rate of {config.lrs} (width {width})",
+                    hint="add smaller learning rates with --set lrs=...",
+                )
+            chosen[method, width] = config.lrs[int(np.argmin(scores))]
+    _TUNED[key] = chosen
+    return chosen
+
+
+# -- one seed -------------------------------------------------------------------------------------
+
+
+def run(config: Config, seed: int, context: RunContext) -> RunResult:
+    """Measure V at every architecture, then train the three methods at ``train_widths``.
+
+    Runs with one intra-op thread on the CPU (:func:`one_cpu_thread`): the ops are small and
+    many, and the results do not depend on the machine's thread count.
+    """
+    with one_cpu_thread(context.device):
+        return _run(config, seed, context)
+
+
+def _run(config: Config, seed: int, context: RunContext) -> RunResult:
+    splits = make_splits(config, context)
+    archs = architectures(config)
+    context.progress.start(len(archs) + len(config.train_widths) * len(METHODS), f"{NAME} {seed}")
+
+    batch_generator = generator(seed, _ROLE_BATCH)
+    batch = torch.randperm(len(splits.train_y), generator=batch_generator)[: config.batch_size]
+    x_full = splits.train_x[batch.to(splits.train_x.device)]
+    y = splits.train_y[batch.to(splits.train_y.device)]
+
+    metrics: dict[str, float] = {}
+    log_v: dict[str, list[float]] = {method: [] for method in PERTURBATION_METHODS}
+    for n_in, width in archs:
+        values = relative_variances(config, seed, n_in, width, pool(x_full, n_in), y)
+        for method, value in values.items():
+            metrics[f"{method}/{variance_key(n_in, width)}"] = value
+            log_v[method].append(math.log(value))
+        context.progress.advance()
+    log_p = [math.log(synapses(n_in, width)) for n_in, width in archs]
+    log_n = [math.log(neurons(width)) for _, width in archs]
+    sweep = len(config.widths)
+    for method in PERTURBATION_METHODS:
+        alpha, beta = fit_exponents(log_v[method], log_p, log_n)
+        metrics[f"{method}/synapse_exponent"] = alpha
+        metrics[f"{method}/neuron_exponent"] = beta
+        metrics[f"{method}/slope_synapses"] = slope(log_v[method][:sweep], log_p[:sweep])
+        metrics[f"{method}/slope_neurons"] = slope(log_v[method][:sweep], log_n[:sweep])
+
+    rates = tuned_learning_rates(config, splits)
+    curves: dict[str, dict[str, list[float]]] = {}
+    for width in config.train_widths:
+        for method in METHODS:
+            lr = rates[method, width]
+            passes, losses, _ = train(config, method, width, lr, seed, splits)
+            curves[f"{method}/train_loss_w{width}"] = {"x": passes, "y": losses}
+            metrics[f"{method}/train_loss_w{width}"] = losses[-1]
+            metrics[f"{method}/lr_w{width}"] = lr
+            context.progress.advance(loss=losses[-1])
+    return RunResult(metrics=metrics, curves=curves, curve_x_label="forward passes")
+
+
+# -- verdict and report ---------------------------------------------------------------------------
+
+
+def verdict(records: Sequence[RunRecord]) -> Verdict:
+    """Reads the default config's runs (at least ``MIN_SEEDS``).
+
+    Variance: weight perturbation's fitted exponents (seed means) within ``EXPONENT_TOLERANCE``
+    of 1 on synapses and of 0 on neurons, node perturbation's within it of 0 on synapses and of 1
+    on neurons. Learning: node perturbation's final training loss below weight perturbation's
+    at every training width (the paired 95 % interval of the difference below 0). Both parts:
+    holds; one: partly holds; neither: does not hold.
+    """
+    default = Config()
+    default_hash = config_hash(config_to_dict(default))
+    runs = [
+        r
+        for r in records
+        if r.status == "finished" and not r.quick and r.config_hash == default_hash
+    ]
+    if len(runs) < MIN_SEEDS:
+        return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
+
+    def summary(key: str) -> Summary:
+        return mean_ci([r.metrics[key] for r in runs])
+
+    def near(value: Summary, target: float) -> bool:
+        return abs(value.mean - target) <= EXPONENT_TOLERANCE
+
+    alpha_w, beta_w = summary(f"{WEIGHT}/synapse_exponent"), summary(f"{WEIGHT}/neuron_exponent")
+    alpha_n, beta_n = summary(f"{NODE}/synapse_exponent"), summary(f"{NODE}/neuron_exponent")
+    weight_holds = near(alpha_w, 1.0) and near(beta_w, 0.0)
+    node_holds = near(alpha_n, 0.0) and near(beta_n, 1.0)
+    learning_holds = True
+    loss_parts = []
+    for width in default.train_widths:
+        gap = mean_ci(
+            [
+                r.metrics[f"{NODE}/train_loss_w{width}"]
+                - r.metrics[f"{WEIGHT}/train_loss_w{width}"]
+                for r in runs
+            ]
+        )
+        learning_holds = learning_holds and gap.mean + gap.ci95 < 0
+        losses = ", ".join(
+            f"{short} {summary(f'{method}/train_loss_w{width}').format()}"
+            for short, method in (("node", NODE), ("weight", WEIGHT), ("backprop", BACKPROP))
+        )
+        loss_parts.append(f"H={width}: {losses}")
+    variance_holds = weight_holds and node_holds
+    status = {2: "holds", 1: "partly holds", 0: "does not hold"}[
+        int(variance_holds) + int(learning_holds)
+    ]
+
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "no"
+
+    headline = (
+        f"variance exponents on (log synapses, log neurons): weight perturbation "
+        f"({alpha_w.format()}, {beta_w.format()}) [~(1, 0): {yes(weight_holds)}], node "
+        f"perturbation ({alpha_n.format()}, {beta_n.format()}) [~(0, 1): {yes(node_holds)}]; "
+        f"training loss after {default.budget} forward passes [node < weight: "
+        f"{yes(learning_holds)}]: " + "; ".join(loss_parts)
+    )
+    return Verdict(status, headline)
+
+
+def plot_panel(key: str) -> tuple[str, str]:
+    """One panel per training width, one line per method."""
+    method, metric = key.rsplit("/", 1)
+    width = metric.rpartition("_w")[2]
+    return f"training loss, 784-{width}-10", method
+
+
+def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
+    """Relative variance V per rule and architecture (with P and N), one table per config."""
+    groups: dict[str, list[RunRecord]] = {}
+    for record in records:
+        if record.status == "finished":
+            groups.setdefault(record.config_hash, []).append(record)
+    result = []
+    for digest, runs in groups.items():
+        config = runs[0].config
+        kind = "quick" if runs[0].quick else "full"
+        archs = [(IMAGE_SIDE**2, w) for w in config["widths"]] + [
+            (s**2, config["input_sweep_width"]) for s in config["input_sides"]
+        ]
+        rows = []
+        for n_in, width in archs:
+            cells = [f"{n_in}-{width}-10", str(synapses(n_in, width)), str(neurons(width))]
+            for method in PERTURBATION_METHODS:
+                key = f"{method}/{variance_key(n_in, width)}"
+                values = [r.metrics[key] for r in runs if key in r.metrics]
+                cells.append(mean_ci(values).format(digits=1).rsplit(" (n=", 1)[0])
+            rows.append(cells)
+        result.append(
+            ReportTable(
+                f"Relative variance |g_hat - g|^2 / |g|^2 of one estimate, {kind} config "
+                f"{digest[:8]}, n={len(runs)} seeds",
+                ["network", "synapses P", "neurons N", WEIGHT, NODE],
+                rows,
+            )
+        )
+    return result
+
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    paper="Marblestone, Wayne & Kording 2016 (sec. 2); Werfel, Xie & Seung 2005",
+    claim=(
+        "Weight perturbation's gradient variance grows with the number of synapses, node "
+        "perturbation's with the number of neurons; at equal forward passes node perturbation "
+        "learns faster than weight perturbation."
+    ),
+    config_cls=Config,
+    run=run,
+    verdict=verdict,
+    quick=quick,
+    command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
+    plot_panel=plot_panel,
+    tables=tables,
+)

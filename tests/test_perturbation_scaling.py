@@ -1,0 +1,199 @@
+"""perturbation-scaling: a tiny config runs end to end; the pieces it is built from; the verdict."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import neuroplastic.experiments
+from neuroplastic.config import config_to_dict
+from neuroplastic.errors import DivergenceError
+from neuroplastic.experiments import perturbation_scaling as ps
+from neuroplastic.experiments.base import RunContext
+from neuroplastic.models.mlp import MLP
+from neuroplastic.runner import run_experiment
+from neuroplastic.store import RunRecord, Store, config_hash
+
+TINY = ps.Config(
+    widths=(4, 8),
+    input_sides=(7,),
+    input_sweep_width=4,
+    batch_size=20,
+    variance_draws=8,
+    train_widths=(4,),
+    budget=40,
+    curve_points=4,
+    n_train_eval=200,
+    lrs=(1e-2, 1e-1),
+)
+"""Seconds: two widths and one pooled size for (a), 20 steps per method for (b)."""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one intra-op thread is faster, above all on a loaded machine (set before
+    the module-scoped run below)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def context():
+    return RunContext(device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def tiny_result(context):
+    return ps.run(TINY, 0, context)
+
+
+def test_a_tiny_config_produces_the_metrics_and_curves(tiny_result):
+    metrics = tiny_result.metrics
+    for method in ps.PERTURBATION_METHODS:
+        for key in ("relative_variance_w4", "relative_variance_w8", "relative_variance_in49_w4"):
+            assert metrics[f"{method}/{key}"] > 0
+        for key in ("synapse_exponent", "neuron_exponent", "slope_synapses", "slope_neurons"):
+            assert math.isfinite(metrics[f"{method}/{key}"])
+    for method in ps.METHODS:
+        assert metrics[f"{method}/lr_w4"] in TINY.lrs
+        curve = tiny_result.curves[f"{method}/train_loss_w4"]
+        assert curve["x"][0] == 0 and len(curve["x"]) == TINY.curve_points + 1
+        assert all(a < b for a, b in zip(curve["x"], curve["x"][1:], strict=False))
+        assert curve["x"][-1] <= TINY.budget
+        assert metrics[f"{method}/train_loss_w4"] == curve["y"][-1]
+        assert all(math.isfinite(v) for v in curve["y"])
+    assert tiny_result.curve_x_label == "forward passes"
+    # weight perturbation pays for every synapse, node perturbation for every unit
+    for key in ("relative_variance_w4", "relative_variance_w8"):
+        assert metrics[f"{ps.NODE}/{key}"] < metrics[f"{ps.WEIGHT}/{key}"]
+
+
+def test_the_same_seed_gives_the_same_record(context, tiny_result):
+    again = ps.run(TINY, 0, context)
+    assert again.metrics == tiny_result.metrics
+    assert again.curves == tiny_result.curves
+
+
+def test_each_method_spends_the_budget_in_equal_steps(context):
+    splits = ps.make_splits(TINY, context)
+    for method in ps.METHODS:
+        passes, _, _ = ps.train(TINY, method, 4, 0.01, 0, splits)
+        assert passes[-1] == TINY.budget  # 20 steps of 2 passes each, for every method
+    central = dataclasses.replace(TINY, difference="central", budget=30, curve_points=2)
+    passes, _, _ = ps.train(central, ps.NODE, 4, 0.01, 0, splits)
+    assert passes == [0.0, 15.0, 30.0]  # 1 clean + 2 perturbed passes per step
+
+
+def test_counts_pooling_and_the_exponent_fit():
+    for n_in, width in [(784, 16), (49, 64)]:
+        model = MLP((n_in, width, 10))
+        assert ps.synapses(n_in, width) == sum(p.numel() for p in model.parameters())
+        assert ps.neurons(width) == width + 10
+    images = torch.rand(3, 784)
+    assert ps.pool(images, 784) is images
+    pooled = ps.pool(images, 49)
+    assert pooled.shape == (3, 49)
+    torch.testing.assert_close(pooled[:, 0], images.view(3, 28, 28)[:, :4, :4].mean(dim=(1, 2)))
+    log_p = np.log([100.0, 400.0, 1600.0, 800.0])
+    log_n = np.log([10.0, 20.0, 40.0, 10.0])
+    log_v = 0.9 * log_p + 0.2 * log_n + 1.0
+    alpha, beta = ps.fit_exponents(log_v, log_p, log_n)
+    assert alpha == pytest.approx(0.9) and beta == pytest.approx(0.2)
+    assert ps.slope(2 * log_p, log_p) == pytest.approx(2.0)
+
+
+def test_weight_perturbation_variance_is_about_the_number_of_synapses(context):
+    """Theory: V = P + 1 for small sigma; 64 draws resolve it to about 20 %."""
+    config = dataclasses.replace(TINY, variance_draws=64)
+    splits = ps.make_splits(config, context)
+    x, y = splits.train_x[:20], splits.train_y[:20]
+    values = ps.relative_variances(config, 0, 49, 8, ps.pool(x, 49), y)
+    assert values[ps.WEIGHT] == pytest.approx(ps.synapses(49, 8) + 1, rel=0.5)
+    assert values[ps.NODE] < 0.1 * values[ps.WEIGHT]
+
+
+def test_a_diverging_run_raises_divergence_error(context):
+    config = dataclasses.replace(TINY, lrs=(1e6,), loss="square")
+    with pytest.raises(DivergenceError):
+        ps.run(config, 0, context)
+
+
+def test_runs_through_the_runner_and_the_store(tmp_path, monkeypatch):
+    monkeypatch.setitem(neuroplastic.experiments.EXPERIMENTS, ps.NAME, ps.EXPERIMENT)
+    with Store(tmp_path / "runs.db") as store:
+        outcome = run_experiment(ps.EXPERIMENT, TINY, [1], store, device="cpu")
+        assert not outcome.failures
+        (record,) = store.runs(ps.NAME)
+    assert record.status == "finished" and record.curve_x_label == "forward passes"
+    (table,) = ps.tables([record])
+    assert [row[0] for row in table.rows] == ["784-4-10", "784-8-10", "49-4-10"]
+    assert ps.plot_panel(f"{ps.NODE}/train_loss_w4") == ("training loss, 784-4-10", ps.NODE)
+    assert ps.EXPERIMENT.verdict([record]).status == "not run"
+
+
+def test_quick_is_smaller_and_keeps_the_dataset():
+    full = ps.Config()
+    quick = ps.quick(full)
+    assert quick.dataset == full.dataset
+    assert len(quick.widths) == 2 and quick.budget < full.budget and len(quick.lrs) < len(full.lrs)
+    ps.Config(**{**config_to_dict(quick), "widths": quick.widths})  # still a valid config
+    with pytest.raises(ValueError):
+        ps.Config(widths=(16,))
+    with pytest.raises(ValueError):
+        ps.Config(input_sides=())
+
+
+# -- the verdict on fake records -------------------------------------------------------------------
+
+
+def record(seed: int, exponents: dict[str, tuple[float, float]], losses: dict[str, float]):
+    config = config_to_dict(ps.Config())
+    metrics = {}
+    for method, (alpha, beta) in exponents.items():
+        metrics[f"{method}/synapse_exponent"] = alpha + 0.01 * seed
+        metrics[f"{method}/neuron_exponent"] = beta - 0.01 * seed
+    for width in ps.Config().train_widths:
+        for method, loss in losses.items():
+            metrics[f"{method}/train_loss_w{width}"] = loss + 0.01 * seed
+    return RunRecord(
+        id=seed, experiment=ps.NAME, config=config, config_hash=config_hash(config), seed=seed,
+        quick=False, dataset="mnist-mini", device="cpu", version="0", git_rev=None,
+        status="finished", started_at="", ended_at="", curves={}, curve_x_label=None, error=None,
+        metrics=metrics,
+    )  # fmt: skip
+
+
+SCALING = {ps.WEIGHT: (1.0, 0.0), ps.NODE: (0.05, 0.95)}
+LEARNING = {ps.NODE: 0.6, ps.WEIGHT: 2.1, ps.BACKPROP: 0.2}
+
+
+def test_verdict_holds_when_both_parts_hold():
+    verdict = ps.verdict([record(s, SCALING, LEARNING) for s in range(5)])
+    assert verdict.status == "holds"
+    assert "1.02" in verdict.headline and "n=5" in verdict.headline  # the fitted exponents
+
+
+def test_verdict_partly_holds_when_node_variance_also_follows_synapses():
+    scaling = {ps.WEIGHT: (1.0, 0.0), ps.NODE: (0.5, 0.5)}
+    verdict = ps.verdict([record(s, scaling, LEARNING) for s in range(5)])
+    assert verdict.status == "partly holds"
+    assert "[~(0, 1): no]" in verdict.headline and "node < weight: yes" in verdict.headline
+
+
+def test_verdict_does_not_hold_when_neither_part_holds():
+    scaling = {ps.WEIGHT: (0.5, 0.5), ps.NODE: (1.0, 0.0)}
+    learning = {ps.NODE: 2.1, ps.WEIGHT: 0.6, ps.BACKPROP: 0.2}
+    assert ps.verdict([record(s, scaling, learning) for s in range(5)]).status == "does not hold"
+
+
+def test_verdict_needs_five_default_seeds():
+    runs = [record(s, SCALING, LEARNING) for s in range(4)]
+    assert ps.verdict(runs).status == "not run"
+    quick = dataclasses.replace(record(4, SCALING, LEARNING), quick=True)
+    assert ps.verdict([*runs, quick]).status == "not run"
