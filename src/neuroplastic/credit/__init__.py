@@ -7,6 +7,7 @@ from neuroplastic.credit.backprop import Backprop
 from neuroplastic.credit.base import LOSSES, CreditRule, loss_per_example, output_error
 from neuroplastic.credit.diagnostics import feedback_weight_angles, update_angles
 from neuroplastic.credit.direct_feedback_alignment import DirectFeedbackAlignment
+from neuroplastic.credit.equilibrium_propagation import EquilibriumPropagation
 from neuroplastic.credit.feedback_alignment import FeedbackAlignment
 from neuroplastic.credit.node_perturbation import NodePerturbation
 from neuroplastic.credit.sign_symmetry import SignSymmetry
@@ -21,6 +22,7 @@ RULES: dict[str, type[CreditRule]] = {
     "sign-symmetry": SignSymmetry,
     "node-perturbation": NodePerturbation,
     "weight-perturbation": WeightPerturbation,
+    "equilibrium-propagation": EquilibriumPropagation,
 }
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "Backprop",
     "CreditRule",
     "DirectFeedbackAlignment",
+    "EquilibriumPropagation",
     "FeedbackAlignment",
     "NodePerturbation",
     "SignSymmetry",

@@ -362,7 +362,8 @@ class EquilibriumPropagation(CreditRule):
     Args:
         model: the MLP whose ``layers`` hold ``W_l``, ``b_l`` (its ``activation`` is not used).
         generator: draws the sign of ``beta`` when ``random_sign`` (needed only then).
-        beta: nudging strength, > 0. The paper's one-hidden-layer MNIST run used 0.5.
+        beta: nudging strength, > 0 (the paper's code: 0.5 for one hidden layer, 1 for two and
+            three).
         free_steps: settling steps of the free phase (paper's code: ``n_it_neg`` = 20 for one
             hidden layer, 150 for two, 500 for three).
         nudged_steps: settling steps of each nudged phase (``n_it_pos`` = 4, 6, 8 there).
@@ -378,10 +379,14 @@ class EquilibriumPropagation(CreditRule):
 
     Algorithm, one ``backward(x, y)`` (names as in the code)::
 
-        drive  = x W_0^T + b_0                                    # input clamped, computed once
-        free   = settle(drive, 0, beta=0, free_steps)             # s^0
-        if symmetric: a, b = settle(free, +beta), settle(free, -beta);  delta = 2 beta
-        else:         a, b = settle(free, beta), free;                   delta = beta
+        drive = x W_0^T + b_0                            # input clamped, once per batch
+        free = settle(zeros, phase(drive, None, 0), free_steps)                    # s^0
+        nudged = settle(free, phase(drive, d, beta), nudged_steps)                 # s^beta
+        if symmetric:
+            opposite = settle(free, phase(drive, d, -beta), nudged_steps)          # s^-beta
+            a, b, delta = nudged, opposite, 2 beta
+        else:
+            a, b, delta = nudged, free, beta
         W_l.grad += -(1 / delta) mean_b[rho(a_{l+1}) rho(a_l)^T - rho(b_{l+1}) rho(b_l)^T]
         b_l.grad += -(1 / delta) mean_b[rho(a_{l+1}) - rho(b_{l+1})]
         return mean_b C(free)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from neuroplastic.errors import ConfigError
 from neuroplastic.experiments import (
+    credit_mnist,
     kanter2020_mnist,
     kanter2020_perceptron,
     mnist_backprop,
@@ -17,7 +18,13 @@ from neuroplastic.experiments.base import Experiment, RunContext, RunResult, Ver
 
 EXPERIMENTS: dict[str, Experiment] = {
     module.EXPERIMENT.name: module.EXPERIMENT
-    for module in (mnist_backprop, kanter2020_mnist, kanter2020_perceptron, perturbation_scaling)
+    for module in (
+        mnist_backprop,
+        kanter2020_mnist,
+        kanter2020_perceptron,
+        credit_mnist,
+        perturbation_scaling,
+    )
 }
 
 
