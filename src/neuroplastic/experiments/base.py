@@ -121,3 +121,25 @@ class Experiment:
     """Optional: all seeds as one batched computation (a replica dimension), one outcome per seed
     in order, each equal to what ``run`` gives for that seed alone (a diverged replica is a
     NeuroplasticError in its place)."""
+
+
+def finished_by_config(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Finished runs grouped by config hash, in order of first appearance."""
+    groups: dict[str, list[RunRecord]] = {}
+    for record in records:
+        if record.status == "finished":
+            groups.setdefault(record.config_hash, []).append(record)
+    return groups
+
+
+def default_runs(records: Sequence[RunRecord], config_cls: type) -> list[RunRecord]:
+    """The finished, full (not ``--quick``) runs of the default config: what a verdict reads."""
+    from neuroplastic.config import config_to_dict
+    from neuroplastic.store import config_hash
+
+    default_hash = config_hash(config_to_dict(config_cls()))
+    return [
+        r
+        for r in records
+        if r.status == "finished" and not r.quick and r.config_hash == default_hash
+    ]

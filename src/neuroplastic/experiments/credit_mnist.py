@@ -41,6 +41,8 @@ from neuroplastic.experiments.base import (
     RunContext,
     RunResult,
     Verdict,
+    default_runs,
+    finished_by_config,
 )
 from neuroplastic.metrics import error_rate
 from neuroplastic.models.mlp import MLP
@@ -239,18 +241,9 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
     return RunResult(metrics=metrics, curves=curves, curve_x_label="epoch")
 
 
-def default_runs(records: Sequence[RunRecord]) -> list[RunRecord]:
-    default_hash = config_hash(config_to_dict(Config()))
-    return [
-        r
-        for r in records
-        if r.status == "finished" and not r.quick and r.config_hash == default_hash
-    ]
-
-
 def verdict(records: Sequence[RunRecord]) -> Verdict:
     """Holds when backprop <= FA <= DFA in mean test error over >= 5 seeds of the defaults."""
-    runs = default_runs(records)
+    runs = default_runs(records, Config)
     if len(runs) < MIN_SEEDS:
         return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
     errors = {
@@ -266,12 +259,8 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
 
 def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
     """Test error per rule against the reference numbers, one table per config."""
-    groups: dict[str, list[RunRecord]] = {}
-    for record in records:
-        if record.status == "finished":
-            groups.setdefault(record.config_hash, []).append(record)
     result = []
-    for digest, runs in groups.items():
+    for digest, runs in finished_by_config(records).items():
         rows = []
         for rule in runs[0].config["rules"]:
             error = mean_ci([r.metrics[f"{rule}/test_error"] for r in runs])

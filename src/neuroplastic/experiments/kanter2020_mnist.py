@@ -42,7 +42,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.errors import DivergenceError, NeuroplasticError
 from neuroplastic.experiments.base import (
     Experiment,
@@ -50,12 +49,14 @@ from neuroplastic.experiments.base import (
     RunContext,
     RunResult,
     Verdict,
+    default_runs,
+    finished_by_config,
 )
 from neuroplastic.models.replica_mlp import ReplicaMLP
 from neuroplastic.optim import AcceleratedSGD, DeltaBarDelta, MomentumSGD
 from neuroplastic.seeding import derive_seed, generator
 from neuroplastic.stats import mean_ci
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.store import RunRecord
 
 NAME = "kanter2020-mnist"
 N_CLASSES = 10
@@ -375,12 +376,7 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
 
 def verdict(records: Sequence[RunRecord]) -> Verdict:
     """Paired comparison at 300 examples, cross-entropy: the paper's method against momentum."""
-    default_hash = config_hash(config_to_dict(Config()))
-    runs = [
-        r
-        for r in records
-        if r.status == "finished" and not r.quick and r.config_hash == default_hash
-    ]
+    runs = default_runs(records, Config)
     if len(runs) < MIN_SEEDS:
         return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
 
@@ -406,12 +402,8 @@ def plot_panel(key: str) -> tuple[str, str]:
 
 def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
     """Test accuracy, methods against training-set sizes, one table per config and cost."""
-    groups: dict[str, list[RunRecord]] = {}
-    for record in records:
-        if record.status == "finished":
-            groups.setdefault(record.config_hash, []).append(record)
     result = []
-    for digest, runs in groups.items():
+    for digest, runs in finished_by_config(records).items():
         config = runs[0].config
         kind = "quick" if runs[0].quick else "full"
         for cost in config["costs"]:

@@ -89,7 +89,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.errors import ConfigError, DivergenceError, NeuroplasticError
 from neuroplastic.experiments.base import (
     Experiment,
@@ -98,6 +97,7 @@ from neuroplastic.experiments.base import (
     RunResult,
     SilentProgress,
     Verdict,
+    default_runs,
 )
 from neuroplastic.models.lif_perceptron import (
     LIFPerceptronParams,
@@ -111,7 +111,7 @@ from neuroplastic.models.lif_perceptron import (
     sort_inputs,
 )
 from neuroplastic.stats import Summary, mean_ci
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.store import RunRecord
 from neuroplastic.threads import one_cpu_thread
 
 NAME = "kanter2020-perceptron"
@@ -662,16 +662,8 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     """Holds when, in both scenarios, the accelerated step's final eps_g is lower than the fixed
     step's with non-overlapping 95 % intervals over >= 20 seeds of the default config; partly
     holds for one scenario."""
-    default_hash = config_hash(config_to_dict(Config()))
     keys = [f"{m}-{s}/eps_g_final" for s in SCENARIOS for m in METHODS]
-    runs = [
-        r
-        for r in records
-        if r.status == "finished"
-        and not r.quick
-        and r.config_hash == default_hash
-        and all(key in r.metrics for key in keys)
-    ]
+    runs = [r for r in default_runs(records, Config) if all(key in r.metrics for key in keys)]
     if len(runs) < MIN_SEEDS:
         return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
     wins, parts = [], []

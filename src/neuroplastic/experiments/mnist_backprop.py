@@ -20,13 +20,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.errors import DivergenceError
-from neuroplastic.experiments.base import Experiment, RunContext, RunResult, Verdict
+from neuroplastic.experiments.base import Experiment, RunContext, RunResult, Verdict, default_runs
 from neuroplastic.metrics import error_rate
 from neuroplastic.models.mlp import MLP
 from neuroplastic.stats import mean_ci
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.store import RunRecord
 from neuroplastic.tasks.splits import validation_split
 
 NAME = "mnist-backprop"
@@ -137,12 +136,7 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
 
 def verdict(records: Sequence[RunRecord]) -> Verdict:
     """Holds when the default full configuration averages <= 2.0 % test error over >= 3 seeds."""
-    default_hash = config_hash(config_to_dict(Config()))
-    errors = [
-        r.metrics[f"{METHOD}/test_error"]
-        for r in records
-        if r.status == "finished" and not r.quick and r.config_hash == default_hash
-    ]
+    errors = [r.metrics[f"{METHOD}/test_error"] for r in default_runs(records, Config)]
     if len(errors) < MIN_SEEDS:
         return Verdict("not run", f"{len(errors)} of {MIN_SEEDS} seeds of the default config")
     summary = mean_ci(errors)

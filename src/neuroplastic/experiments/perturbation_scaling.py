@@ -51,16 +51,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.credit.backprop import Backprop
 from neuroplastic.credit.base import CreditRule, loss_per_example
 from neuroplastic.credit.node_perturbation import NodePerturbation
 from neuroplastic.credit.weight_perturbation import PerturbationRule, WeightPerturbation
 from neuroplastic.errors import DivergenceError
-from neuroplastic.experiments.base import Experiment, ReportTable, RunContext, RunResult, Verdict
+from neuroplastic.experiments.base import (
+    Experiment,
+    ReportTable,
+    RunContext,
+    RunResult,
+    Verdict,
+    default_runs,
+    finished_by_config,
+)
 from neuroplastic.models.mlp import MLP
 from neuroplastic.stats import Summary, mean_ci
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.store import RunRecord
 from neuroplastic.tasks.splits import validation_split
 from neuroplastic.threads import one_cpu_thread
 
@@ -472,12 +479,7 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     holds; one: partly holds; neither: does not hold.
     """
     default = Config()
-    default_hash = config_hash(config_to_dict(default))
-    runs = [
-        r
-        for r in records
-        if r.status == "finished" and not r.quick and r.config_hash == default_hash
-    ]
+    runs = default_runs(records, Config)
     if len(runs) < MIN_SEEDS:
         return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
 
@@ -534,12 +536,8 @@ def plot_panel(key: str) -> tuple[str, str]:
 
 def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
     """Relative variance V per rule and architecture (with P and N), one table per config."""
-    groups: dict[str, list[RunRecord]] = {}
-    for record in records:
-        if record.status == "finished":
-            groups.setdefault(record.config_hash, []).append(record)
     result = []
-    for digest, runs in groups.items():
+    for digest, runs in finished_by_config(records).items():
         config = runs[0].config
         kind = "quick" if runs[0].quick else "full"
         archs = [(IMAGE_SIDE**2, w) for w in config["widths"]] + [
