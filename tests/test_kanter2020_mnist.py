@@ -56,7 +56,9 @@ def test_training_sets_are_balanced_in_blocks_of_ten_and_avoid_validation(pools)
     assert not torch.equal(order[0], order[1])
 
 
-def test_a_batch_of_replicas_trains_exactly_like_each_replica_alone(pools):
+def test_a_batch_of_replicas_trains_like_each_replica_alone(pools):
+    """Equal up to float rounding: batched matrix products are not batch-size invariant in the
+    last bit, so an accuracy may differ by an example or two, never more."""
     (label_pools, validation), data = pools
     config = dataclasses.replace(TINY, sizes=(30,))
     order = experiment.training_sets(label_pools, 30, [0, 1, 2])
@@ -78,13 +80,18 @@ def test_a_batch_of_replicas_trains_exactly_like_each_replica_alone(pools):
             config, "accelerated-sign", "square", {k: v[r : r + 1] for k, v in hyper.items()},
             [r], order[r : r + 1], *args,
         )  # fmt: skip
-        torch.testing.assert_close(batch[r], alone[0], rtol=0, atol=0)
+        torch.testing.assert_close(batch[r], alone[0], rtol=0, atol=2.5 / len(validation))
 
 
 def test_a_seed_gives_the_same_record_alone_or_in_a_batch(context):
     together = experiment.run_batch(TINY, [0, 1], context)
     alone = experiment.run(TINY, 1, context)
-    assert together[1].metrics == alone.metrics
+    assert together[1].metrics.keys() == alone.metrics.keys()
+    for key, value in alone.metrics.items():
+        if "/tuned_" in key or key.endswith("/val_accuracy"):
+            assert together[1].metrics[key] == value  # tuning never depends on the seeds
+        else:  # a seed's own training: the same up to float rounding (see above)
+            assert together[1].metrics[key] == pytest.approx(value, abs=2.5e-4), key
     assert together[0].metrics != alone.metrics
     assert set(alone.metrics) >= {
         "sgd n=20 ce/test_accuracy",

@@ -119,8 +119,8 @@ class Experiment:
         Callable[[Any, Sequence[int], RunContext], Sequence[RunResult | NeuroplasticError]] | None
     ) = None
     """Optional: all seeds as one batched computation (a replica dimension), one outcome per seed
-    in order, each equal to what ``run`` gives for that seed alone (a diverged replica is a
-    NeuroplasticError in its place)."""
+    in order, each equal to what ``run`` gives for that seed alone up to float rounding (a
+    diverged replica is a NeuroplasticError in its place)."""
 
 
 def finished_by_config(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
