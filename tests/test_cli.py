@@ -151,3 +151,31 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     with Store(store) as results:
         finished = sorted(r.seed for r in results.runs(status="finished"))
     assert finished == [0, 1, 2]
+
+
+def test_sigterm_marks_the_run_in_flight_interrupted_at_once(tmp_path):
+    store = tmp_path / "results.db"
+    argv = [sys.executable, "-m", "neuroplastic.cli", "run", "mnist-backprop", *TINY,
+            "--set", "epochs=200", "--store", str(store), "--quiet"]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if store.exists():
+                with sqlite3.connect(store) as db:
+                    try:
+                        if db.execute("select count(*) from runs").fetchone()[0]:
+                            break
+                    except sqlite3.OperationalError:  # schema not created yet
+                        pass
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert "--resume" in err
+    with sqlite3.connect(store) as db:  # read without opening a Store: no stale-run marking
+        status, error = db.execute("select status, error from runs").fetchone()
+    assert (status, error) == ("interrupted", "interrupted (Ctrl-C or SIGTERM)")

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -89,6 +92,21 @@ def make_progress(quiet: bool) -> Progress:
         disable=quiet,
         transient=True,
     )
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (``kill``, a batch scheduler's stop) like Ctrl-C, so the run in flight is
+    marked interrupted at once; SIGKILL cannot be caught and is handled when the store reopens."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -174,7 +192,11 @@ def run(
     store_path = store or default_store()
 
     try:
-        with Store(store_path) as results, make_progress(quiet) as progress:
+        with (
+            sigterm_as_interrupt(),
+            Store(store_path) as results,
+            make_progress(quiet) as progress,
+        ):
             outcome = run_experiment(
                 experiment,
                 config,

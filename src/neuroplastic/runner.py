@@ -220,7 +220,7 @@ def run_experiment(
                     record_ids[seed] = run_id
     except KeyboardInterrupt:
         for run_id in in_flight.values():
-            store.mark_run(run_id, "interrupted", "interrupted by the user (Ctrl-C)")
+            store.mark_run(run_id, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
         raise
     except Exception:
         for run_id in in_flight.values():
