@@ -13,10 +13,12 @@ Protocol (ours where the sources are silent):
   settling loop can train here.
 - Every rule writes ``.grad``; the same optimiser takes the step for all of them: SGD with
   ``momentum`` and a cosine learning-rate schedule over ``epochs``.
-- The same tuning budget for every rule: ``trials`` learning rates drawn log-uniformly from
+- The same tuning budget for every rule: ``trials`` learning rates log-spaced over
   [``lr_low``, ``lr_high``], each trained ``tuning_epochs`` epochs and scored by the error on a
-  validation split carved from the training images (never the test set). The search depends only
-  on the config, so it is done once per invocation and shared by all seeds.
+  validation split carved from the training images (never the test set). By default a trial is
+  the whole final schedule (``tuning_epochs == epochs``): short trials under a cosine schedule
+  favour learning rates too large for the long run. The search depends only on the config, so it
+  is done once per invocation and shared by all seeds.
 - Logged per epoch: test and validation error; the angle between each layer's update and the
   backprop gradient on a fixed batch of training images; for rules with feedback matrices, the
   angle between each forward matrix and its feedback.
@@ -81,22 +83,23 @@ class Config:
     loss: Literal["cross_entropy", "square"] = "cross_entropy"
     """Training cost; a rule that does not support it (equilibrium propagation: square cost
     only) trains with the first cost it supports."""
-    epochs: int = 20
+    epochs: int = 10
     """Training epochs of the final runs."""
     batch_size: int = 100
     """Examples per step."""
     momentum: float = 0.9
     """Momentum of the shared SGD optimiser."""
     lr_low: float = 1e-4
-    """Lower end of the log-uniform learning-rate search."""
+    """Lowest learning rate of the log-spaced search grid."""
     lr_high: float = 1.0
-    """Upper end of the log-uniform learning-rate search."""
-    trials: int = 6
-    """Learning rates tried per rule: the same budget for every rule."""
-    tuning_epochs: int = 2
-    """Epochs per tuning trial."""
+    """Highest learning rate of the log-spaced search grid."""
+    trials: int = 5
+    """Learning rates tried per rule (log-spaced, so 5 means one per decade of [1e-4, 1]): the
+    same budget for every rule."""
+    tuning_epochs: int = 10
+    """Epochs per tuning trial; equal to ``epochs`` so that a trial is the final schedule."""
     tuning_seed: int = 0
-    """Seed of the search (learning rates and the trial networks), independent of the run seed."""
+    """Seed of the trial networks, independent of the run seed."""
     validation_fraction: float = 0.1
     """Share of the training images held out for validation (a fixed split)."""
 
@@ -182,15 +185,13 @@ def train(
 
 
 def tuned_lr(config: Config, rule: str, data, split, context: RunContext) -> tuple[float, float]:
-    """The best of ``trials`` log-uniform learning rates by validation error (cached per config)."""
+    """The best of ``trials`` log-spaced learning rates by validation error (cached per config)."""
     key = (NAME, config_hash(config_to_dict(config)), rule)
     if key not in context.cache:
         train_index, validation_index = split
-        rates = torch.exp(
-            math.log(config.lr_low)
-            + torch.rand(config.trials, generator=generator(NAME, "lr", config.tuning_seed, rule),
-                         dtype=torch.float64)
-            * (math.log(config.lr_high) - math.log(config.lr_low))
+        rates = torch.logspace(
+            math.log10(config.lr_low), math.log10(config.lr_high), config.trials,
+            dtype=torch.float64,
         ).tolist()  # fmt: skip
         scores = []
         for trial, lr in enumerate(rates):
