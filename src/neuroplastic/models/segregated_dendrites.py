@@ -1,0 +1,572 @@
+"""The segregated-dendrite network of Guerguiev, Lillicrap & Richards (2017, eLife 6:e22901).
+
+Sheet: shared/papers/guerguiev2017-segregated-dendrites.md. Hidden neurons have three compartments:
+a basal dendrite that receives the layer below, an apical dendrite that receives the output layer
+through fixed feedback weights ``Y``, and a soma that spikes (Poisson). Output neurons have a
+dendrite and a soma that a teaching current nudges towards the label in the target phase.
+With ``dt = 1 ms`` and ``C_m = 1`` (so ``tau = 1/g_l``), one Euler step of each compartment is::
+
+    PSP_j(t) = sum_{i=1..K} kappa(i dt) s_j(t - i + 1)          filtered spike train, K = 10 steps
+    kappa(t) = (exp(-t/tau_L) - exp(-t/tau_s)) / (tau_L - tau_s)
+
+    hidden:  V_b = W PSP_below(t) + b                            basal potential
+             V_a = Y PSP_out(t - 1)                              apical potential (output spikes
+                                                                 reach it one step late)
+             C  += dt (-g_l C + g_b (V_b - C) + g_a (V_a - C))   somatic potential
+    output:  V_b = W PSP_below(t) + b
+             I   = g_E (E_E - C) + g_I (E_I - C)                 teaching current, target phase only
+             C  += dt (-g_l C + g_d (V_b - C) + I)
+    rate     lambda = phi_max sigmoid(C);  spikes s(t) ~ Poisson(lambda dt)
+
+Layers update in order within a step (input, hidden 0, hidden 1, ..., output), so feed-forward
+input arrives in the same step and feedback one step later, as in the authors' code. A phase
+(forward: no teaching current; target: teaching current on) lasts ``phase_steps`` plus a
+Wald(2, 1)-distributed extra; the plasticity variables are averages over its last
+``phase_steps - settle_steps`` steps. The learning rule on those averages is in
+:mod:`neuroplastic.credit.plateau`.
+
+Two simulations of a phase give the same result for the same uniforms (see :class:`PhaseNoise`):
+
+* :func:`simulate_phase_reference`: the equations above, one time step at a time.
+* :func:`simulate_phase`: the fast path. With ``g_a = 0`` (the paper's main setting) nothing
+  flows back into a soma within a phase, so each layer is computed for *all* time steps at once:
+  input spikes for the whole phase, their filtered trains, the basal potentials as one matrix
+  product, the linear somatic recurrence ``C(t) = a C(t-1) + u(t)`` as a product with the
+  matrix ``a^(t-s)``, then the layer's spikes, then the next layer. With ``g_a != 0`` the apical
+  compartment couples the layers step by step and the fast path falls back to the reference
+  loop (still batched over replicas and examples).
+
+Shapes: every tensor has a leading replica dimension ``R`` (independent networks: seeds or
+settings) and an example dimension ``B`` (1 while training online; many at test time).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+
+FeedbackKind = Literal["random", "sparse", "symmetric"]
+
+
+@dataclass(frozen=True)
+class DendriticParams:
+    """Table 1 of the paper (time in ms, rates in spikes per ms), and the code's choices."""
+
+    dt: float = 1.0
+    phi_max: float = 0.2
+    """Maximum rate: 200 Hz = 0.2 spikes per ms."""
+    tau_s: float = 3.0
+    tau_L: float = 10.0
+    kernel_steps: int = 10
+    """How many past steps the PSP kernel sums (the authors' ``mem``)."""
+    g_b: float = 0.6
+    g_a: float = 0.0
+    g_d: float = 0.6
+    g_l: float = 0.1
+    E_E: float = 8.0
+    E_I: float = -8.0
+    phase_steps: int = 50
+    """Minimum length of a forward or target phase."""
+    settle_steps: int = 30
+    """Steps at the start of a phase left out of the averages."""
+    wald_mean: float = 2.0
+    wald_scale: float = 1.0
+    test_steps: int = 250
+    """Length of the forward phase that classifies a test image (the code's 250 ms)."""
+
+    @property
+    def integration_steps(self) -> int:
+        """Steps averaged at the end of every training phase (20 with the defaults)."""
+        return self.phase_steps - self.settle_steps
+
+    @property
+    def test_integration_steps(self) -> int:
+        return self.test_steps - self.settle_steps
+
+    @property
+    def k_b(self) -> float:
+        return self.g_b / (self.g_l + self.g_b + self.g_a)
+
+    @property
+    def k_d(self) -> float:
+        return self.g_d / (self.g_l + self.g_d)
+
+    @property
+    def p_hidden(self) -> float:
+        """Scale of the hidden-layer update, P0 = 20 / phi_max."""
+        return 20.0 / self.phi_max
+
+    @property
+    def p_output(self) -> float:
+        """Scale of the output-layer update, P1 = 20 / phi_max^2."""
+        return 20.0 / self.phi_max**2
+
+    def kernel(self, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+        """``kappa(i dt)`` for ``i = K, ..., 1``: oldest step first, like a spike history."""
+        t = torch.arange(self.kernel_steps, 0, -1, dtype=torch.float64) * self.dt
+        values = (torch.exp(-t / self.tau_L) - torch.exp(-t / self.tau_s)) / (self.tau_L - self.tau_s)
+        return values.to(dtype=dtype, device=device)
+
+
+class NetworkState(NamedTuple):
+    """What carries over from one phase (and one training example) to the next."""
+
+    input_history: torch.Tensor
+    """(R, B, K, n_in) input spike counts of the last K steps, oldest first."""
+    soma: tuple[torch.Tensor, ...]
+    """Per layer (hidden..., output): (R, B, n) somatic potentials."""
+    spike_history: tuple[torch.Tensor, ...]
+    """Per layer: (R, B, K, n) spike counts of the last K steps."""
+
+
+class PhaseAverages(NamedTuple):
+    """Averages over the integration window at the end of a phase, per layer."""
+
+    soma: tuple[torch.Tensor, ...]
+    """(R, B, n) mean somatic potential."""
+    rate: tuple[torch.Tensor, ...]
+    """(R, B, n) mean firing rate, phi_max sigmoid(C)."""
+    input_psp: tuple[torch.Tensor, ...]
+    """(R, B, n_below) mean filtered spike train arriving at the layer's basal dendrite."""
+    apical: tuple[torch.Tensor, ...]
+    """Per hidden layer: (R, B, n) mean apical potential; its sigmoid is the plateau alpha."""
+
+
+class PhaseNoise(NamedTuple):
+    """The uniforms a phase turns into Poisson spikes, one per neuron and time step.
+
+    Drawing them up front is what lets the reference and the fast simulation consume the same
+    random stream: the reference reads step ``t``, the fast path reads all steps at once.
+    """
+
+    input: torch.Tensor
+    """(R, B, T, n_in)"""
+    layers: tuple[torch.Tensor, ...]
+    """Per layer: (R, B, T, n)."""
+
+    @property
+    def steps(self) -> int:
+        return self.input.shape[-2]
+
+
+class PhaseResult(NamedTuple):
+    state: NetworkState
+    averages: PhaseAverages
+    spikes: tuple[torch.Tensor, ...] | None
+    """With ``keep_spikes``: (R, B, T, n) spike counts of the input and of every layer."""
+
+
+class SegregatedDendriteNet(nn.Module):
+    """``R`` independent networks ``sizes[0] -> ... -> sizes[-1]`` of segregated-dendrite neurons.
+
+    Parameters (``weights[l]``: (R, n_below, n_l), input-major so that a layer computes
+    ``psp @ W + b`` and an input spike selects a contiguous row; ``biases[l]``: (R, n_l)) are
+    ``nn.Parameter`` so that the plateau rule can write ``.grad`` and any ``torch.optim``
+    optimiser take the step. The feedback matrices ``feedback[l]``: (R, n_out, n_l), one per
+    hidden layer, each straight from the output layer (the paper's direct feedback), are buffers.
+
+    ``feedback``: ``random`` (fixed, drawn like the forward weights), ``sparse`` (random, 80 % of
+    the entries zeroed and the rest multiplied by 5), ``symmetric`` (``Y`` = the transpose of the
+    weights above, products of them for lower layers, kept in step after every update).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        replicas: int = 1,
+        feedback: FeedbackKind = "random",
+        params: DendriticParams | None = None,
+        generators: Sequence[torch.Generator] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        if len(sizes) < 2 or any(n <= 0 for n in sizes):
+            raise ValueError(f"sizes must be at least two positive widths, got {list(sizes)}")
+        if feedback not in ("random", "sparse", "symmetric"):
+            raise ValueError(f"feedback must be random, sparse or symmetric, got {feedback!r}")
+        if generators is not None and len(generators) != replicas:
+            raise ValueError(f"need one generator per replica ({replicas}), got {len(generators)}")
+        self.sizes = tuple(sizes)
+        self.replicas = replicas
+        self.feedback_kind = feedback
+        self.params = params or DendriticParams()
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for n_below, n in zip(sizes[:-1], sizes[1:], strict=True):
+            self.weights.append(nn.Parameter(torch.zeros(replicas, n_below, n, dtype=dtype)))
+            self.biases.append(nn.Parameter(torch.zeros(replicas, n, dtype=dtype)))
+        for layer in range(self.n_hidden):
+            self.register_buffer(
+                f"feedback_{layer}", torch.zeros(replicas, sizes[-1], sizes[layer + 1], dtype=dtype)
+            )
+            self.register_buffer(
+                f"feedback_mask_{layer}", torch.ones_like(getattr(self, f"feedback_{layer}"))
+            )
+        self.reset_parameters(generators or [torch.Generator() for _ in range(replicas)])
+
+    @property
+    def n_hidden(self) -> int:
+        return len(self.sizes) - 2
+
+    @property
+    def feedback(self) -> list[torch.Tensor]:
+        return [getattr(self, f"feedback_{layer}") for layer in range(self.n_hidden)]
+
+    @torch.no_grad()
+    def reset_parameters(self, generators: Sequence[torch.Generator]) -> None:
+        """The authors' initialisation: uniform weights whose mean and spread put the dendritic
+        potentials near mean 3 and s.d. 3 for inputs at a quarter of the maximum rate, biases near
+        0.8 (the code's ``use_weight_optimization``). Replica ``r`` draws from ``generators[r]``,
+        output layer first, then each layer below with its feedback matrix."""
+        v_mean, v_sd, b_mean, b_sd = 3.0, 3.0, 0.8, 0.001
+        nu = 0.25 * self.params.phi_max
+        v_second = v_sd**2 + v_mean**2
+        for replica, gen in enumerate(generators):
+            for layer in range(len(self.weights) - 1, -1, -1):
+                n_below, n = self.weights[layer].shape[1:]
+                w_mean = (v_mean - b_mean) / (nu * n_below * v_mean)
+                w_second = (
+                    v_second
+                    + nu**2 * (n_below - n_below**2) * w_mean**2 * v_mean**2
+                    - 2 * n_below * nu * b_mean * v_mean * w_mean
+                    - b_mean**2
+                ) / (n_below * nu**2 * v_second)
+                w_sd = math.sqrt(w_second - w_mean**2)
+
+                def uniform(*shape: int, mean: float, sd: float) -> torch.Tensor:
+                    return mean + 3.465 * sd * (2 * torch.rand(shape, generator=gen, dtype=torch.float64) - 1)  # noqa: B023
+
+                self.weights[layer][replica] = uniform(n_below, n, mean=w_mean, sd=w_sd)
+                self.biases[layer][replica] = uniform(n, mean=b_mean, sd=b_sd)
+                if layer > 0:
+                    # the feedback into the layer below, drawn with this layer's statistics
+                    self.feedback[layer - 1][replica] = uniform(self.sizes[-1], n_below, mean=w_mean, sd=w_sd)
+            if self.feedback_kind == "sparse":
+                for layer, y in enumerate(self.feedback):
+                    keep = torch.ones(y[replica].numel(), dtype=y.dtype)
+                    keep[torch.randperm(keep.numel(), generator=gen)[: int(0.8 * keep.numel())]] = 0
+                    getattr(self, f"feedback_mask_{layer}")[replica] = keep.view_as(y[replica])
+        for layer, y in enumerate(self.feedback):
+            if self.feedback_kind == "sparse":
+                y.mul_(5.0 * getattr(self, f"feedback_mask_{layer}"))
+        self.sync_feedback()
+
+    @torch.no_grad()
+    def sync_feedback(self) -> None:
+        """Symmetric feedback follows the forward weights: Y_last = W_out^T, Y_l = Y_{l+1} W_{l+1}^T
+        (input-major weights: the output's effect on layer l through the layers above).
+        A no-op for random and sparse feedback, which stay fixed."""
+        if self.feedback_kind != "symmetric":
+            return
+        above = None
+        for layer in range(self.n_hidden - 1, -1, -1):
+            w_above = self.weights[layer + 1].transpose(1, 2)  # (R, n_{l+1}, n_l) -> W^T
+            value = w_above if above is None else above @ w_above
+            self.feedback[layer].copy_(value)
+            above = self.feedback[layer]
+
+    def initial_state(self, examples: int = 1) -> NetworkState:
+        """Silent network: no spikes in the history, somatic potentials at rest (0)."""
+        ref = self.weights[0]
+        k = self.params.kernel_steps
+        shape = (self.replicas, examples)
+        return NetworkState(
+            input_history=ref.new_zeros(*shape, k, self.sizes[0]),
+            soma=tuple(ref.new_zeros(*shape, n) for n in self.sizes[1:]),
+            spike_history=tuple(ref.new_zeros(*shape, k, n) for n in self.sizes[1:]),
+        )
+
+    def draw_noise(self, steps: int, generator: torch.Generator, examples: int = 1) -> PhaseNoise:
+        """Uniforms for one phase of ``steps`` steps, drawn on the generator's device."""
+        ref = self.weights[0]
+
+        def draw(n: int) -> torch.Tensor:
+            return torch.rand(
+                self.replicas, examples, steps, n, generator=generator, dtype=ref.dtype,
+                device=generator.device,
+            ).to(ref.device)  # fmt: skip
+
+        return PhaseNoise(draw(self.sizes[0]), tuple(draw(n) for n in self.sizes[1:]))
+
+
+def poisson_from_uniform(rate: torch.Tensor, uniform: torch.Tensor, max_count: int = 16) -> torch.Tensor:
+    """Poisson(rate) counts by inverting the CDF at ``uniform``: the count is the number of
+    cumulative probabilities P(N <= k) that ``uniform`` exceeds. Exact up to ``max_count`` (for
+    rates <= 0.2 per step the probability of more is below 1e-20)."""
+    probability = torch.exp(-rate)
+    cdf = probability
+    count = torch.zeros(torch.broadcast_shapes(rate.shape, uniform.shape), dtype=rate.dtype, device=rate.device)
+    for k in range(1, max_count + 1):
+        above = uniform > cdf
+        if not bool(above.any()):
+            break
+        count += above
+        probability = probability * rate / k
+        cdf = cdf + probability
+    return count
+
+
+def teaching_conductances(labels: torch.Tensor, n_out: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """g_E = 1, g_I = 0 for the correct output unit; g_E = 0, g_I = 1 for the others."""
+    g_e = nn.functional.one_hot(labels, n_out).to(dtype)
+    return g_e, 1.0 - g_e
+
+
+# --------------------------------------------------------------------------- reference path
+
+
+@torch.no_grad()
+def simulate_phase_reference(
+    net: SegregatedDendriteNet,
+    state: NetworkState,
+    input_rates: torch.Tensor,
+    noise: PhaseNoise,
+    window: int,
+    labels: torch.Tensor | None = None,
+    keep_spikes: bool = False,
+) -> PhaseResult:
+    """One phase, one time step after another, exactly as the module docstring writes it.
+
+    ``input_rates``: (R, B, n_in) spikes per step (phi_max times the pixel intensity);
+    ``labels``: (R, B) class indices to switch the teaching current on (target phase), or None
+    (forward phase). Averages cover the last ``window`` steps.
+    """
+    p = net.params
+    kernel = p.kernel(input_rates.dtype, input_rates.device)  # (K,) oldest first
+    n_layers = len(net.weights)
+    steps = noise.steps
+    teaching = None if labels is None else teaching_conductances(labels, net.sizes[-1], input_rates.dtype)
+
+    def psp(history: torch.Tensor) -> torch.Tensor:  # (R, B, K, n) -> (R, B, n)
+        return torch.einsum("rbkn,k->rbn", history, kernel)
+
+    def apply(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # (R, m, n), (R, B, m)
+        return x @ weight
+
+    input_history = state.input_history
+    soma = list(state.soma)
+    history = list(state.spike_history)
+    sums = {name: [None] * n_layers for name in ("soma", "rate", "input_psp", "apical")}
+    recorded: list[list[torch.Tensor]] = [[] for _ in range(n_layers + 1)]
+
+    def accumulate(name: str, layer: int, value: torch.Tensor) -> None:
+        sums[name][layer] = value if sums[name][layer] is None else sums[name][layer] + value
+
+    for t in range(steps):
+        spikes = poisson_from_uniform(input_rates, noise.input[:, :, t])
+        input_history = torch.cat([input_history[:, :, 1:], spikes[:, :, None]], dim=2)
+        recorded[0].append(spikes)
+        below = psp(input_history)
+        output_psp_before = psp(history[-1])  # output spikes up to t - 1
+        in_window = t >= steps - window
+        for layer in range(n_layers):
+            basal = apply(net.weights[layer], below) + net.biases[layer][:, None]
+            c = soma[layer]
+            if layer < n_layers - 1:
+                apical = apply(net.feedback[layer], output_psp_before)
+                c = c + p.dt * (-p.g_l * c + p.g_b * (basal - c) + p.g_a * (apical - c))
+                if in_window:
+                    accumulate("apical", layer, apical)
+            else:
+                current = 0.0
+                if teaching is not None:
+                    g_e, g_i = teaching
+                    current = g_e * (p.E_E - c) + g_i * (p.E_I - c)
+                c = c + p.dt * (-p.g_l * c + p.g_d * (basal - c) + current)
+            soma[layer] = c
+            rate = p.phi_max * torch.sigmoid(c)
+            spikes = poisson_from_uniform(rate, noise.layers[layer][:, :, t])
+            history[layer] = torch.cat([history[layer][:, :, 1:], spikes[:, :, None]], dim=2)
+            recorded[layer + 1].append(spikes)
+            if in_window:
+                accumulate("soma", layer, c)
+                accumulate("rate", layer, rate)
+                accumulate("input_psp", layer, below)
+            below = psp(history[layer])
+
+    averages = PhaseAverages(
+        soma=tuple(s / window for s in sums["soma"]),
+        rate=tuple(s / window for s in sums["rate"]),
+        input_psp=tuple(s / window for s in sums["input_psp"]),
+        apical=tuple(s / window for s in sums["apical"][: n_layers - 1]),
+    )
+    spikes = tuple(torch.stack(r, dim=2) for r in recorded) if keep_spikes else None
+    return PhaseResult(NetworkState(input_history, tuple(soma), tuple(history)), averages, spikes)
+
+
+# --------------------------------------------------------------------------- fast path
+
+
+def _filter(full: torch.Tensor, kernel: torch.Tensor, steps: int, delay: int = 0) -> torch.Tensor:
+    """Filtered trains for ``steps`` steps from ``full`` = (…, K + T, n) spike counts whose first K
+    rows are the history before the phase; ``delay`` = 1 gives the train one step earlier."""
+    k = kernel.shape[0]
+    out = None
+    for i in range(k):  # kernel[i] weights the spike (K - 1 - i) steps back; shifted adds beat
+        lag = k - 1 - i + delay  # an unfolded product here (no copy of K shifted windows)
+        term = kernel[i] * full[..., k - lag : k - lag + steps, :]
+        out = term if out is None else out + term
+    return out
+
+
+def _linear_recurrence(a: float, drive: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    """All ``C(t) = a C(t-1) + drive(t)`` for t = 0..T-1 from ``C(-1) = initial``, as
+    ``C = L drive + a^(t+1) initial`` with the lower-triangular ``L[t, s] = a^(t-s)``."""
+    steps = drive.shape[-2]
+    powers = torch.cumprod(
+        torch.cat([drive.new_ones(1), drive.new_full((steps,), a)]), dim=0
+    )  # a^0 .. a^T
+    lag = torch.arange(steps, device=drive.device)
+    lag = lag[:, None] - lag[None, :]
+    matrix = torch.where(lag >= 0, powers[lag.clamp(min=0)], drive.new_zeros(()))
+    # one (T, T) x (T, everything else) product rather than a product per replica and example
+    flat = drive.movedim(-2, 0).reshape(steps, -1)
+    response = (matrix @ flat).reshape(steps, *drive.shape[:-2], drive.shape[-1]).movedim(0, -2)
+    return response + powers[1:, None] * initial[..., None, :]
+
+
+def _sparse_apply(spikes: torch.Tensor, weight: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """(R, B, T, a) spike counts of the inputs ``inputs`` (a indices into the m rows of the
+    (R, m, n) weights) times those weights, touching only the non-zero counts: one sparse-dense
+    product of a block-diagonal (replica) spike matrix with the stacked weights."""
+    r, b, t, _ = spikes.shape
+    m = weight.shape[1]
+    index = spikes.nonzero(as_tuple=True)
+    rows = (index[0] * b + index[1]) * t + index[2]
+    columns = index[0] * m + inputs[index[3]]
+    matrix = torch.sparse_coo_tensor(
+        torch.stack([rows, columns]), spikes[index], (r * b * t, r * m),
+        is_coalesced=True, check_invariants=False,
+    )  # fmt: skip
+    return torch.sparse.mm(matrix, weight.reshape(r * m, -1)).reshape(r, b, t, -1)
+
+
+def _apply_over_time(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(R, m, n) weights applied to (R, B, T, m) trains: one batched matrix product per replica."""
+    r, b, t, m = x.shape
+    return (x.reshape(r, b * t, m) @ weight).reshape(r, b, t, -1)
+
+
+@torch.no_grad()
+def simulate_phase(
+    net: SegregatedDendriteNet,
+    state: NetworkState,
+    input_rates: torch.Tensor,
+    noise: PhaseNoise,
+    window: int,
+    labels: torch.Tensor | None = None,
+    keep_spikes: bool = False,
+) -> PhaseResult:
+    """The fast path of :func:`simulate_phase_reference`: same arguments, same results for the same
+    noise (up to float rounding), each layer vectorised over the phase's time steps."""
+    p = net.params
+    if p.g_a != 0.0:
+        return simulate_phase_reference(net, state, input_rates, noise, window, labels, keep_spikes)
+    kernel = p.kernel(input_rates.dtype, input_rates.device)
+    steps = noise.steps
+    n_layers = len(net.weights)
+    k = p.kernel_steps
+
+    # Only inputs with a non-zero rate, or spikes still in their history, can touch the basal
+    # dendrites in this phase (on MNIST about a fifth of the pixels): simulate just those columns.
+    active = (input_rates != 0) | (state.input_history != 0).any(dim=2)
+    active = active.flatten(0, 1).any(dim=0).nonzero().squeeze(1)
+    spikes = poisson_from_uniform(input_rates[:, :, None, active], noise.input[..., active])
+    full = torch.cat([state.input_history[..., active], spikes], dim=2)  # (R, B, K + T, n_active)
+    new_input_history = torch.zeros_like(state.input_history)
+    new_input_history[..., active] = full[:, :, -k:]
+    recorded = []
+    if keep_spikes:
+        recorded.append(torch.zeros_like(noise.input))
+        recorded[0][..., active] = spikes
+    # W PSP(t) = sum_i kappa_i W s(t - i): apply the weights to the sparse spikes (about 1 in 60
+    # inputs spikes in a step on MNIST) event by event, then filter the layer's basal drive.
+    first_drive = _filter(_sparse_apply(full, net.weights[0], active), kernel, steps)
+    input_psp_mean = torch.zeros_like(input_rates)
+    input_psp_mean[..., active] = _filter(full[:, :, -(window + k) :], kernel, window).mean(dim=2)
+    soma_means, rate_means, psp_means, somas, histories, trains = [], [], [], [], [], []
+    for layer in range(n_layers):
+        if layer == 0:
+            basal = first_drive + net.biases[0][:, None, None]
+        else:
+            basal = _apply_over_time(net.weights[layer], below) + net.biases[layer][:, None, None]
+        if layer < n_layers - 1:
+            a, drive = 1.0 - p.dt * (p.g_l + p.g_b), p.dt * p.g_b * basal
+        elif labels is None:
+            a, drive = 1.0 - p.dt * (p.g_l + p.g_d), p.dt * p.g_d * basal
+        else:
+            # g_E + g_I = 1 for every output unit, so the decay is one scalar
+            g_e, g_i = teaching_conductances(labels, net.sizes[-1], basal.dtype)
+            a = 1.0 - p.dt * (p.g_l + p.g_d + 1.0)
+            drive = p.dt * (p.g_d * basal + (g_e * p.E_E + g_i * p.E_I)[:, :, None])
+        c = _linear_recurrence(a, drive, state.soma[layer])  # (R, B, T, n)
+        rate = p.phi_max * torch.sigmoid(c)
+        layer_spikes = poisson_from_uniform(rate, noise.layers[layer])
+        if keep_spikes:
+            recorded.append(layer_spikes)
+        full = torch.cat([state.spike_history[layer], layer_spikes], dim=2)
+        soma_means.append(c[:, :, -window:].mean(dim=2))
+        rate_means.append(rate[:, :, -window:].mean(dim=2))
+        psp_means.append(input_psp_mean if layer == 0 else below[:, :, -window:].mean(dim=2))
+        somas.append(c[:, :, -1])
+        histories.append(full[:, :, -k:])
+        trains.append(full)
+        if layer < n_layers - 1:
+            below = _filter(full, kernel, steps)
+    # apical potentials only enter the plateau averages: average the output train first
+    output_before = _filter(trains[-1][:, :, -(window + k) :], kernel, window, delay=1)
+    output_mean = output_before.mean(dim=2)  # (R, B, n_out)
+    apical = tuple(output_mean @ y for y in net.feedback)
+    averages = PhaseAverages(tuple(soma_means), tuple(rate_means), tuple(psp_means), apical)
+    state = NetworkState(new_input_history, tuple(somas), tuple(histories))
+    return PhaseResult(state, averages, tuple(recorded) if keep_spikes else None)
+
+
+def wald(generator: torch.Generator, mean: float, scale: float, size: int) -> torch.Tensor:
+    """Wald (inverse Gaussian) samples by the transformation of Michael, Schucany & Haas (1976)."""
+    nu = torch.randn(size, generator=generator, dtype=torch.float64) ** 2
+    x = mean + mean**2 * nu / (2 * scale) - mean / (2 * scale) * torch.sqrt(
+        4 * mean * scale * nu + mean**2 * nu**2
+    )
+    u = torch.rand(size, generator=generator, dtype=torch.float64)
+    return torch.where(u <= mean / (mean + x), x, mean**2 / x)
+
+
+def phase_lengths(params: DendriticParams, generator: torch.Generator, count: int) -> torch.Tensor:
+    """(count, 2) forward and target phase lengths in steps: ``phase_steps`` plus the integer part
+    of a Wald(mean 2, scale 1) extra, as the authors' code draws them."""
+    extra = wald(generator, params.wald_mean, params.wald_scale, 2 * count).floor().long()
+    return params.phase_steps + extra.view(count, 2)
+
+
+@torch.no_grad()
+def predict(
+    net: SegregatedDendriteNet,
+    images: torch.Tensor,
+    generator: torch.Generator,
+    chunk: int = 250,
+    reference: bool = False,
+) -> torch.Tensor:
+    """Class of each image for every replica: (R, N) from images (R, N, n_in) or (N, n_in).
+
+    Each image starts from a silent network and drives a forward phase of ``test_steps``; the class
+    is the output unit with the highest mean somatic potential over the last
+    ``test_steps - settle_steps`` steps (the code's test; the paper reads rates, the same order).
+    """
+    p = net.params
+    if images.dim() == 2:
+        images = images.expand(net.replicas, *images.shape)
+    simulate = simulate_phase_reference if reference else simulate_phase
+    predictions = []
+    for start in range(0, images.shape[1], chunk):
+        rates = p.phi_max * images[:, start : start + chunk]
+        state = net.initial_state(rates.shape[1])
+        noise = net.draw_noise(p.test_steps, generator, rates.shape[1])
+        result = simulate(net, state, rates, noise, p.test_integration_steps)
+        predictions.append(result.averages.soma[-1].argmax(dim=-1))
+    return torch.cat(predictions, dim=1)
