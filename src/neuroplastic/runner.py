@@ -175,6 +175,7 @@ def run_experiment(
         device=resolve_device(device),
         data_dir=Path(data_dir) if data_dir is not None else None,
         progress=progress or SilentProgress(),
+        checkpoint_dir=store.path.parent / f"{store.path.stem}-checkpoints",
     )
     dataset = getattr(config, "dataset", "none")
     if dataset in DATASETS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from neuroplastic.errors import ConfigError
 from neuroplastic.experiments import (
     credit_mnist,
+    guerguiev2017_mnist,
     kanter2020_mnist,
     kanter2020_perceptron,
     mnist_backprop,
@@ -24,6 +25,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         kanter2020_perceptron,
         credit_mnist,
         perturbation_scaling,
+        guerguiev2017_mnist,
     )
 }
 

@@ -53,6 +53,9 @@ class RunContext:
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)
     """Results an experiment may reuse across the seeds of one invocation (e.g. a tuning search
     that depends only on the config): deterministic work, so a fresh process recomputes it."""
+    checkpoint_dir: Path | None = None
+    """Where a long run may save its progress to resume after an interruption (beside the
+    store); None: no checkpoints."""
     _datasets: dict[str, Dataset] = field(default_factory=dict, repr=False)
 
     def load_dataset(self, name: str) -> Dataset:

@@ -281,15 +281,25 @@ class SegregatedDendriteNet(nn.Module):
             spike_history=tuple(ref.new_zeros(*shape, k, n) for n in self.sizes[1:]),
         )
 
-    def draw_noise(self, steps: int, generator: torch.Generator, examples: int = 1) -> PhaseNoise:
-        """Uniforms for one phase of ``steps`` steps, drawn on the generator's device."""
+    def draw_noise(
+        self, steps: int, generator: torch.Generator | Sequence[torch.Generator], examples: int = 1
+    ) -> PhaseNoise:
+        """Uniforms for one phase of ``steps`` steps. With one generator per replica each replica's
+        stream depends only on its own generator (a seed's run does not depend on which other
+        seeds share its batch); one generator draws for all replicas at once."""
         ref = self.weights[0]
+        generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+        replicas_per_draw = self.replicas if len(generators) == 1 else 1
+        if replicas_per_draw == 1 and len(generators) != self.replicas:
+            raise ValueError(f"need 1 or {self.replicas} generators, got {len(generators)}")
 
         def draw(n: int) -> torch.Tensor:
-            return torch.rand(
-                self.replicas, examples, steps, n, generator=generator, dtype=ref.dtype,
-                device=generator.device,
-            ).to(ref.device)  # fmt: skip
+            parts = [
+                torch.rand(replicas_per_draw, examples, steps, n, generator=g, dtype=ref.dtype,
+                           device=g.device)
+                for g in generators
+            ]  # fmt: skip
+            return torch.cat(parts).to(ref.device)
 
         return PhaseNoise(draw(self.sizes[0]), tuple(draw(n) for n in self.sizes[1:]))
 
@@ -297,17 +307,27 @@ class SegregatedDendriteNet(nn.Module):
 def poisson_from_uniform(rate: torch.Tensor, uniform: torch.Tensor, max_count: int = 16) -> torch.Tensor:
     """Poisson(rate) counts by inverting the CDF at ``uniform``: the count is the number of
     cumulative probabilities P(N <= k) that ``uniform`` exceeds. Exact up to ``max_count`` (for
-    rates <= 0.2 per step the probability of more is below 1e-20)."""
+    rates <= 0.2 per step the probability of more is below 1e-20).
+
+    Most draws are 0 at these rates (P(N = 0) >= 0.82), so only the draws above P(N = 0) go on
+    to the higher counts, gathered into a short vector."""
+    rate, uniform = torch.broadcast_tensors(rate, uniform)
     probability = torch.exp(-rate)
+    count = (uniform > probability).to(rate.dtype)
+    rest = count.nonzero(as_tuple=True)
+    if rest[0].numel() == 0:
+        return count
+    rate_rest, uniform_rest, probability = rate[rest], uniform[rest], probability[rest]
     cdf = probability
-    count = torch.zeros(torch.broadcast_shapes(rate.shape, uniform.shape), dtype=rate.dtype, device=rate.device)
-    for k in range(1, max_count + 1):
-        above = uniform > cdf
+    extra = torch.zeros_like(rate_rest)
+    for k in range(1, max_count):
+        probability = probability * rate_rest / k
+        cdf = cdf + probability
+        above = uniform_rest > cdf
         if not bool(above.any()):
             break
-        count += above
-        probability = probability * rate / k
-        cdf = cdf + probability
+        extra += above
+    count[rest] += extra
     return count
 
 
@@ -414,20 +434,31 @@ def _filter(full: torch.Tensor, kernel: torch.Tensor, steps: int, delay: int = 0
     return out
 
 
-def _linear_recurrence(a: float, drive: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
-    """All ``C(t) = a C(t-1) + drive(t)`` for t = 0..T-1 from ``C(-1) = initial``, as
-    ``C = L drive + a^(t+1) initial`` with the lower-triangular ``L[t, s] = a^(t-s)``."""
+def _linear_recurrence(a: float, drive: torch.Tensor, initial: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """All ``C(t) = a C(t-1) + drive(t)`` for t = 0..T-1 from ``C(-1) = initial``.
+
+    Within a block of ``block`` steps, ``C = L drive + a^(t+1) C_before`` with the lower-triangular
+    ``L[t, s] = a^(t-s)``: one matrix product instead of a Python loop over steps. Blocks keep the
+    cost linear in T (a 250-step test phase would otherwise pay a 250 x 250 product).
+    """
     steps = drive.shape[-2]
-    powers = torch.cumprod(
-        torch.cat([drive.new_ones(1), drive.new_full((steps,), a)]), dim=0
-    )  # a^0 .. a^T
-    lag = torch.arange(steps, device=drive.device)
+    size = min(block, steps)
+    powers = torch.cumprod(torch.cat([drive.new_ones(1), drive.new_full((size,), a)]), dim=0)
+    lag = torch.arange(size, device=drive.device)
     lag = lag[:, None] - lag[None, :]
     matrix = torch.where(lag >= 0, powers[lag.clamp(min=0)], drive.new_zeros(()))
-    # one (T, T) x (T, everything else) product rather than a product per replica and example
-    flat = drive.movedim(-2, 0).reshape(steps, -1)
-    response = (matrix @ flat).reshape(steps, *drive.shape[:-2], drive.shape[-1]).movedim(0, -2)
-    return response + powers[1:, None] * initial[..., None, :]
+    outputs = []
+    before = initial
+    for start in range(0, steps, size):
+        part = drive[..., start : start + size, :]
+        n = part.shape[-2]
+        # one (n, n) x (n, everything else) product rather than one per replica and example
+        flat = part.movedim(-2, 0).reshape(n, -1)
+        response = (matrix[:n, :n] @ flat).reshape(n, *part.shape[:-2], part.shape[-1]).movedim(0, -2)
+        out = response + powers[1 : n + 1, None] * before[..., None, :]
+        outputs.append(out)
+        before = out[..., -1, :]
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-2)
 
 
 def _sparse_apply(spikes: torch.Tensor, weight: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -484,17 +515,16 @@ def simulate_phase(
     if keep_spikes:
         recorded.append(torch.zeros_like(noise.input))
         recorded[0][..., active] = spikes
-    # W PSP(t) = sum_i kappa_i W s(t - i): apply the weights to the sparse spikes (about 1 in 60
-    # inputs spikes in a step on MNIST) event by event, then filter the layer's basal drive.
-    first_drive = _filter(_sparse_apply(full, net.weights[0], active), kernel, steps)
+    # W PSP(t) = sum_i kappa_i W s(t - i): apply the weights to the spikes first (for the input
+    # layer event by event: about 1 in 60 inputs spikes in a step on MNIST), then filter the
+    # narrower drive; the filtered trains themselves are only needed averaged, for plasticity.
+    drive_before_filter = _sparse_apply(full, net.weights[0], active)
+    window_psp = _filter(full[:, :, -(window + k) :], kernel, window).mean(dim=2)
     input_psp_mean = torch.zeros_like(input_rates)
-    input_psp_mean[..., active] = _filter(full[:, :, -(window + k) :], kernel, window).mean(dim=2)
-    soma_means, rate_means, psp_means, somas, histories, trains = [], [], [], [], [], []
+    input_psp_mean[..., active] = window_psp
+    soma_means, rate_means, psp_means, somas, histories = [], [], [], [], []
     for layer in range(n_layers):
-        if layer == 0:
-            basal = first_drive + net.biases[0][:, None, None]
-        else:
-            basal = _apply_over_time(net.weights[layer], below) + net.biases[layer][:, None, None]
+        basal = _filter(drive_before_filter, kernel, steps) + net.biases[layer][:, None, None]
         if layer < n_layers - 1:
             a, drive = 1.0 - p.dt * (p.g_l + p.g_b), p.dt * p.g_b * basal
         elif labels is None:
@@ -509,17 +539,17 @@ def simulate_phase(
         layer_spikes = poisson_from_uniform(rate, noise.layers[layer])
         if keep_spikes:
             recorded.append(layer_spikes)
-        full = torch.cat([state.spike_history[layer], layer_spikes], dim=2)
+        full = torch.cat([state.spike_history[layer], layer_spikes], dim=2)  # (R, B, K + T, n)
         soma_means.append(c[:, :, -window:].mean(dim=2))
         rate_means.append(rate[:, :, -window:].mean(dim=2))
-        psp_means.append(input_psp_mean if layer == 0 else below[:, :, -window:].mean(dim=2))
+        psp_means.append(input_psp_mean if layer == 0 else window_psp)
         somas.append(c[:, :, -1])
         histories.append(full[:, :, -k:])
-        trains.append(full)
         if layer < n_layers - 1:
-            below = _filter(full, kernel, steps)
+            drive_before_filter = _apply_over_time(net.weights[layer + 1], full)
+            window_psp = _filter(full[:, :, -(window + k) :], kernel, window).mean(dim=2)
     # apical potentials only enter the plateau averages: average the output train first
-    output_before = _filter(trains[-1][:, :, -(window + k) :], kernel, window, delay=1)
+    output_before = _filter(full[:, :, -(window + k) :], kernel, window, delay=1)
     output_mean = output_before.mean(dim=2)  # (R, B, n_out)
     apical = tuple(output_mean @ y for y in net.feedback)
     averages = PhaseAverages(tuple(soma_means), tuple(rate_means), tuple(psp_means), apical)
@@ -548,8 +578,8 @@ def phase_lengths(params: DendriticParams, generator: torch.Generator, count: in
 def predict(
     net: SegregatedDendriteNet,
     images: torch.Tensor,
-    generator: torch.Generator,
-    chunk: int = 250,
+    generator: torch.Generator | Sequence[torch.Generator],
+    chunk: int = 25,
     reference: bool = False,
 ) -> torch.Tensor:
     """Class of each image for every replica: (R, N) from images (R, N, n_in) or (N, n_in).
