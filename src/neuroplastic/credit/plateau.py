@@ -34,35 +34,56 @@ def _sigmoid_slope(x: torch.Tensor) -> torch.Tensor:
     return s * (1 - s)
 
 
-def output_error(net: SegregatedDendriteNet, forward: PhaseAverages, target: PhaseAverages) -> torch.Tensor:
+def output_error(
+    net: SegregatedDendriteNet, forward: PhaseAverages, target: PhaseAverages
+) -> torch.Tensor:
     """E_out, (R, B, n_out)."""
     p = net.params
     c_f = forward.soma[-1]
-    return -(target.rate[-1] - p.phi_max * torch.sigmoid(c_f)) * p.k_d * p.phi_max * _sigmoid_slope(c_f)
+    return (
+        -(target.rate[-1] - p.phi_max * torch.sigmoid(c_f))
+        * p.k_d
+        * p.phi_max
+        * _sigmoid_slope(c_f)
+    )
 
 
-def hidden_errors(net: SegregatedDendriteNet, forward: PhaseAverages, target: PhaseAverages) -> list[torch.Tensor]:
+def hidden_errors(
+    net: SegregatedDendriteNet, forward: PhaseAverages, target: PhaseAverages
+) -> list[torch.Tensor]:
     """E_l for every hidden layer, (R, B, n_l): the plateau difference, scaled by the slope."""
     p = net.params
     return [
         -(torch.sigmoid(a_t) - torch.sigmoid(a_f)) * p.k_b * p.phi_max * _sigmoid_slope(c_f)
-        for a_f, a_t, c_f in zip(forward.apical, target.apical, forward.soma[: net.n_hidden], strict=True)
+        for a_f, a_t, c_f in zip(
+            forward.apical, target.apical, forward.soma[: net.n_hidden], strict=True
+        )
     ]
 
 
-def backprop_signals(net: SegregatedDendriteNet, forward: PhaseAverages, target: PhaseAverages) -> list[torch.Tensor]:
-    """The hidden errors backprop would compute: E_l = (W_{l+1}^T E_{l+1}) k_b phi_max sigmoid'(C_f)."""
+def backprop_signals(
+    net: SegregatedDendriteNet, forward: PhaseAverages, target: PhaseAverages
+) -> list[torch.Tensor]:
+    """The hidden errors backprop would compute through the same averages:
+    E_l = (W_{l+1}^T E_{l+1}) k_b phi_max sigmoid'(C_f)."""
     p = net.params
     signal = output_error(net, forward, target)
     signals = []
     for layer in range(net.n_hidden - 1, -1, -1):
-        signal = (signal @ net.weights[layer + 1].transpose(1, 2)) * p.k_b * p.phi_max * _sigmoid_slope(forward.soma[layer])
+        signal = (
+            (signal @ net.weights[layer + 1].transpose(1, 2))
+            * p.k_b
+            * p.phi_max
+            * _sigmoid_slope(forward.soma[layer])
+        )
         signals.append(signal)
     return signals[::-1]
 
 
 @torch.no_grad()
-def plateau_gradients(net: SegregatedDendriteNet, forward: PhaseAverages, target: PhaseAverages) -> None:
+def plateau_gradients(
+    net: SegregatedDendriteNet, forward: PhaseAverages, target: PhaseAverages
+) -> None:
     """Write the plateau rule's dW and db into ``.grad`` of every weight and bias (summed over the
     example dimension B; B is 1 in online training)."""
     p = net.params
@@ -87,7 +108,9 @@ def plateau_step(
     inputs whose mean PSP is non-zero (the others' dW is exactly zero). Tested equal."""
     p = net.params
     if len(learning_rates) != len(net.weights):
-        raise ValueError(f"need one learning rate per layer ({len(net.weights)}), got {len(learning_rates)}")
+        raise ValueError(
+            f"need one learning rate per layer ({len(net.weights)}), got {len(learning_rates)}"
+        )
     errors = [*hidden_errors(net, forward, target), output_error(net, forward, target)]
     scales = [p.p_hidden] * net.n_hidden + [p.p_output]
     for layer, (error, scale, eta) in enumerate(zip(errors, scales, learning_rates, strict=True)):

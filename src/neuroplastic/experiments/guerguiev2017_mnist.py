@@ -108,7 +108,8 @@ class Config:
     """Passes over the training images (the paper: 60; one pass of 60,000 images costs about
     5 ms per network and image on one CPU core here)."""
     examples_per_epoch: int = 20_000
-    """Training images per epoch (the first ones of each epoch's shuffled order; the paper: 60,000)."""
+    """Training images per epoch (the first ones of each epoch's shuffled order; the paper:
+    60,000)."""
     test_examples: int = 5_000
     """Test images scored after every epoch (the first ones of the test set; the paper: 10,000)."""
     baseline_lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
@@ -133,7 +134,9 @@ class Config:
         if not self.baseline_lrs or min(self.baseline_lrs) <= 0:
             raise ValueError(f"baseline_lrs must be positive, got {self.baseline_lrs}")
         if self.baseline_loss not in ("cross_entropy", "square"):
-            raise ValueError(f"baseline_loss must be cross_entropy or square, got {self.baseline_loss!r}")
+            raise ValueError(
+                f"baseline_loss must be cross_entropy or square, got {self.baseline_loss!r}"
+            )
 
 
 def quick(config: Config) -> Config:
@@ -153,11 +156,15 @@ def quick(config: Config) -> Config:
 # --------------------------------------------------------------------------- dendritic networks
 
 
-def _checkpoint_path(context: RunContext, config: Config, network: str, seeds: Sequence[int]) -> Path | None:
+def _checkpoint_path(
+    context: RunContext, config: Config, network: str, seeds: Sequence[int]
+) -> Path | None:
     if context.checkpoint_dir is None:
         return None
     digest = config_hash(config_to_dict(config))[:12]
-    return context.checkpoint_dir / f"{NAME}-{digest}-{network}-seeds-{'-'.join(map(str, seeds))}.pt"
+    return (
+        context.checkpoint_dir / f"{NAME}-{digest}-{network}-seeds-{'-'.join(map(str, seeds))}.pt"
+    )
 
 
 def _angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -197,7 +204,9 @@ def train_dendritic(
     n = min(config.examples_per_epoch, len(data.train_y))
     for epoch in range(first_epoch, config.epochs):
         lengths = phase_lengths(params, generator(NAME, "phases", epoch), n).tolist()
-        order = torch.stack([torch.randperm(len(data.train_y), generator=g)[:n] for g in orders]).to(device)
+        order = torch.stack(
+            [torch.randperm(len(data.train_y), generator=g)[:n] for g in orders]
+        ).to(device)
         correct = torch.zeros(replicas, device=device)
         angles = torch.zeros(replicas, device=device)
         context.progress.start(n, f"{network} epoch {epoch + 1}/{config.epochs}")
@@ -235,11 +244,14 @@ def train_dendritic(
                 curves[r].setdefault("hidden_angle", []).append(angles[r].item() / n)
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(
-                {"net": net.state_dict(), "state": tuple(state), "curves": curves, "epoch": epoch + 1,
-                 "generators": [g.get_state() for g in spikes + orders + test_spikes]},
-                checkpoint.with_suffix(".tmp"),
-            )  # fmt: skip
+            saved = {
+                "net": net.state_dict(),
+                "state": tuple(state),
+                "curves": curves,
+                "epoch": epoch + 1,
+                "generators": [g.get_state() for g in spikes + orders + test_spikes],
+            }
+            torch.save(saved, checkpoint.with_suffix(".tmp"))
             checkpoint.with_suffix(".tmp").replace(checkpoint)
     return curves
 
@@ -265,23 +277,34 @@ def train_baseline(
         order = train_index[torch.randperm(len(train_index), generator=order_generator)[:n]]
         for i in order.tolist():
             optimizer.zero_grad(set_to_none=True)
-            loss = rule.backward(data.train_x[i : i + 1], data.train_y[i : i + 1], config.baseline_loss)
+            loss = rule.backward(
+                data.train_x[i : i + 1], data.train_y[i : i + 1], config.baseline_loss
+            )
             optimizer.step()
-        errors.append(float("nan") if not math.isfinite(float(loss)) else error_rate(rule.predict, test_x, test_y))
+        errors.append(
+            float("nan")
+            if not math.isfinite(float(loss))
+            else error_rate(rule.predict, test_x, test_y)
+        )
     return errors
 
 
 def tuned_baseline_lr(config: Config, baseline: str, context: RunContext) -> float:
-    """The learning rate of ``baseline_lrs`` with the lowest validation error (cached per config)."""
+    """The rate of ``baseline_lrs`` with the lowest validation error (cached per config)."""
     key = (NAME, config_hash(config_to_dict(config)), baseline)
     if key not in context.cache:
         data = context.load_dataset(config.dataset)
         n_validation = min(config.validation_examples, len(data.train_y) // 2)
         train_index, validation_index = validation_split(len(data.train_y), n_validation)
-        x, y = data.train_x[validation_index.to(data.train_x.device)], data.train_y[validation_index.to(data.train_x.device)]
+        x, y = (
+            data.train_x[validation_index.to(data.train_x.device)],
+            data.train_y[validation_index.to(data.train_x.device)],
+        )
         scores = []
         for lr in config.baseline_lrs:
-            error = train_baseline(config, baseline, lr, derive_seed("tuning", 0), train_index, x, y, context)[-1]
+            error = train_baseline(
+                config, baseline, lr, derive_seed("tuning", 0), train_index, x, y, context
+            )[-1]
             scores.append(1.0 if math.isnan(error) else error)
         context.cache[key] = config.baseline_lrs[min(range(len(scores)), key=scores.__getitem__)]
     return context.cache[key]
@@ -316,7 +339,10 @@ def run_batch(config: Config, seeds: Sequence[int], context: RunContext) -> list
         checkpoint = _checkpoint_path(context, config, network, seeds)
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
-    return [RunResult(metrics=m, curves=c, curve_x_label="epoch") for m, c in zip(metrics, curves, strict=True)]
+    return [
+        RunResult(metrics=m, curves=c, curve_x_label="epoch")
+        for m, c in zip(metrics, curves, strict=True)
+    ]
 
 
 def run(config: Config, seed: int, context: RunContext) -> RunResult:
@@ -329,12 +355,20 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     runs = default_runs(records, Config)
     if len(runs) < MIN_SEEDS:
         return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
-    errors = {n: mean_ci([r.metrics[f"{n}/test_error"] for r in runs]) for n in ("0-hidden", "1-hidden", "2-hidden")}
+    errors = {
+        n: mean_ci([r.metrics[f"{n}/test_error"] for r in runs])
+        for n in ("0-hidden", "1-hidden", "2-hidden")
+    }
     ordered = errors["0-hidden"].mean > errors["1-hidden"].mean > errors["2-hidden"].mean
     config = runs[0].config
-    headline = ", ".join(
-        f"{n} {errors[n].format(scale=100, unit=' %')} (paper {PAPER_ERROR[n]} %)" for n in errors
-    ) + f" after {config['epochs']} epoch(s) of {config['examples_per_epoch']} images (paper: 60 x 60,000)"
+    headline = (
+        ", ".join(
+            f"{n} {errors[n].format(scale=100, unit=' %')} (paper {PAPER_ERROR[n]} %)"
+            for n in errors
+        )
+        + f" after {config['epochs']} epoch(s) of {config['examples_per_epoch']} images"
+        + " (paper: 60 x 60,000)"
+    )
     return Verdict("holds" if ordered else "does not hold", headline)
 
 
@@ -347,7 +381,11 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
         for name in [*config["networks"], *config["baselines"]]:
             error = mean_ci([r.metrics[f"{name}/test_error"] for r in runs])
             angle_key = f"{name}/hidden_angle"
-            angle = mean_ci([r.metrics[angle_key] for r in runs]) if angle_key in runs[0].metrics else None
+            angle = (
+                mean_ci([r.metrics[angle_key] for r in runs])
+                if angle_key in runs[0].metrics
+                else None
+            )
             lr_key = f"{name}/tuned_lr"
             rows.append([
                 name,
@@ -358,8 +396,9 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
             ])  # fmt: skip
         kind = "quick" if runs[0].quick else "full"
         result.append(ReportTable(
-            f"Test error on {config['test_examples']} test images after {config['epochs']} epoch(s) "
-            f"of {config['examples_per_epoch']} images, {kind} config {digest[:8]}, n={len(runs)} seeds",
+            f"Test error on {config['test_examples']} test images after "
+            f"{config['epochs']} epoch(s) of {config['examples_per_epoch']} images, "
+            f"{kind} config {digest[:8]}, n={len(runs)} seeds",
             ["network", "test error (mean ± 95 % CI)", "hidden update vs backprop", "learning rate",
              "paper (60 epochs)"],
             rows,
@@ -376,7 +415,10 @@ def plot_panel(key: str) -> tuple[str, str]:
 EXPERIMENT = Experiment(
     name=NAME,
     paper="Guerguiev, Lillicrap & Richards 2017, eLife 6:e22901",
-    claim="Segregated dendrites with random feedback learn deep representations: 0 > 1 > 2 hidden layers in test error (8.3 / 4.1 / 3.2 %).",
+    claim=(
+        "Segregated dendrites with random feedback learn deep representations: "
+        "0 > 1 > 2 hidden layers in test error (8.3 / 4.1 / 3.2 %)."
+    ),
     config_cls=Config,
     run=run,
     verdict=verdict,

@@ -109,8 +109,17 @@ class DendriticParams:
     def kernel(self, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
         """``kappa(i dt)`` for ``i = K, ..., 1``: oldest step first, like a spike history."""
         t = torch.arange(self.kernel_steps, 0, -1, dtype=torch.float64) * self.dt
-        values = (torch.exp(-t / self.tau_L) - torch.exp(-t / self.tau_s)) / (self.tau_L - self.tau_s)
+        values = (torch.exp(-t / self.tau_L) - torch.exp(-t / self.tau_s)) / (
+            self.tau_L - self.tau_s
+        )
         return values.to(dtype=dtype, device=device)
+
+
+def _uniform(
+    generator: torch.Generator, shape: tuple[int, ...], mean: float, sd: float
+) -> torch.Tensor:
+    """The authors' draw: mean + 3.465 sd U(-1, 1)."""
+    return mean + 3.465 * sd * (2 * torch.rand(shape, generator=generator, dtype=torch.float64) - 1)
 
 
 class NetworkState(NamedTuple):
@@ -220,8 +229,9 @@ class SegregatedDendriteNet(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generators: Sequence[torch.Generator]) -> None:
         """The authors' initialisation: uniform weights whose mean and spread put the dendritic
-        potentials near mean 3 and s.d. 3 for inputs at a quarter of the maximum rate, biases near
-        0.8 (the code's ``use_weight_optimization``). Replica ``r`` draws from ``generators[r]``,
+        potentials near mean 3 and s.d. 3 when the inputs are rates linearised as nu V with
+        nu = phi_max / 4 (slope of the sigmoid's linear part), biases near 0.8 (the code's
+        ``use_weight_optimization``). Replica ``r`` draws from ``generators[r]``,
         output layer first, then each layer below with its feedback matrix."""
         v_mean, v_sd, b_mean, b_sd = 3.0, 3.0, 0.8, 0.001
         nu = 0.25 * self.params.phi_max
@@ -237,15 +247,12 @@ class SegregatedDendriteNet(nn.Module):
                     - b_mean**2
                 ) / (n_below * nu**2 * v_second)
                 w_sd = math.sqrt(w_second - w_mean**2)
-
-                def uniform(*shape: int, mean: float, sd: float) -> torch.Tensor:
-                    return mean + 3.465 * sd * (2 * torch.rand(shape, generator=gen, dtype=torch.float64) - 1)  # noqa: B023
-
-                self.weights[layer][replica] = uniform(n_below, n, mean=w_mean, sd=w_sd)
-                self.biases[layer][replica] = uniform(n, mean=b_mean, sd=b_sd)
+                self.weights[layer][replica] = _uniform(gen, (n_below, n), w_mean, w_sd)
+                self.biases[layer][replica] = _uniform(gen, (n,), b_mean, b_sd)
                 if layer > 0:
                     # the feedback into the layer below, drawn with this layer's statistics
-                    self.feedback[layer - 1][replica] = uniform(self.sizes[-1], n_below, mean=w_mean, sd=w_sd)
+                    shape = (self.sizes[-1], n_below)
+                    self.feedback[layer - 1][replica] = _uniform(gen, shape, w_mean, w_sd)
             if self.feedback_kind == "sparse":
                 for layer, y in enumerate(self.feedback):
                     keep = torch.ones(y[replica].numel(), dtype=y.dtype)
@@ -304,7 +311,9 @@ class SegregatedDendriteNet(nn.Module):
         return PhaseNoise(draw(self.sizes[0]), tuple(draw(n) for n in self.sizes[1:]))
 
 
-def poisson_from_uniform(rate: torch.Tensor, uniform: torch.Tensor, max_count: int = 16) -> torch.Tensor:
+def poisson_from_uniform(
+    rate: torch.Tensor, uniform: torch.Tensor, max_count: int = 16
+) -> torch.Tensor:
     """Poisson(rate) counts by inverting the CDF at ``uniform``: the count is the number of
     cumulative probabilities P(N <= k) that ``uniform`` exceeds. Exact up to ``max_count`` (for
     rates <= 0.2 per step the probability of more is below 1e-20).
@@ -331,7 +340,9 @@ def poisson_from_uniform(rate: torch.Tensor, uniform: torch.Tensor, max_count: i
     return count
 
 
-def teaching_conductances(labels: torch.Tensor, n_out: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def teaching_conductances(
+    labels: torch.Tensor, n_out: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """g_E = 1, g_I = 0 for the correct output unit; g_E = 0, g_I = 1 for the others."""
     g_e = nn.functional.one_hot(labels, n_out).to(dtype)
     return g_e, 1.0 - g_e
@@ -360,7 +371,9 @@ def simulate_phase_reference(
     kernel = p.kernel(input_rates.dtype, input_rates.device)  # (K,) oldest first
     n_layers = len(net.weights)
     steps = noise.steps
-    teaching = None if labels is None else teaching_conductances(labels, net.sizes[-1], input_rates.dtype)
+    teaching = (
+        None if labels is None else teaching_conductances(labels, net.sizes[-1], input_rates.dtype)
+    )
 
     def psp(history: torch.Tensor) -> torch.Tensor:  # (R, B, K, n) -> (R, B, n)
         return torch.einsum("rbkn,k->rbn", history, kernel)
@@ -434,7 +447,9 @@ def _filter(full: torch.Tensor, kernel: torch.Tensor, steps: int, delay: int = 0
     return out
 
 
-def _linear_recurrence(a: float, drive: torch.Tensor, initial: torch.Tensor, block: int = 32) -> torch.Tensor:
+def _linear_recurrence(
+    a: float, drive: torch.Tensor, initial: torch.Tensor, block: int = 32
+) -> torch.Tensor:
     """All ``C(t) = a C(t-1) + drive(t)`` for t = 0..T-1 from ``C(-1) = initial``.
 
     Within a block of ``block`` steps, ``C = L drive + a^(t+1) C_before`` with the lower-triangular
@@ -454,7 +469,9 @@ def _linear_recurrence(a: float, drive: torch.Tensor, initial: torch.Tensor, blo
         n = part.shape[-2]
         # one (n, n) x (n, everything else) product rather than one per replica and example
         flat = part.movedim(-2, 0).reshape(n, -1)
-        response = (matrix[:n, :n] @ flat).reshape(n, *part.shape[:-2], part.shape[-1]).movedim(0, -2)
+        response = (
+            (matrix[:n, :n] @ flat).reshape(n, *part.shape[:-2], part.shape[-1]).movedim(0, -2)
+        )
         out = response + powers[1 : n + 1, None] * before[..., None, :]
         outputs.append(out)
         before = out[..., -1, :]
@@ -560,8 +577,10 @@ def simulate_phase(
 def wald(generator: torch.Generator, mean: float, scale: float, size: int) -> torch.Tensor:
     """Wald (inverse Gaussian) samples by the transformation of Michael, Schucany & Haas (1976)."""
     nu = torch.randn(size, generator=generator, dtype=torch.float64) ** 2
-    x = mean + mean**2 * nu / (2 * scale) - mean / (2 * scale) * torch.sqrt(
-        4 * mean * scale * nu + mean**2 * nu**2
+    x = (
+        mean
+        + mean**2 * nu / (2 * scale)
+        - mean / (2 * scale) * torch.sqrt(4 * mean * scale * nu + mean**2 * nu**2)
     )
     u = torch.rand(size, generator=generator, dtype=torch.float64)
     return torch.where(u <= mean / (mean + x), x, mean**2 / x)

@@ -1,0 +1,118 @@
+"""guerguiev2017-mnist: learns visibly on a small budget, resumes from checkpoints, judges."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from neuroplastic.config import config_to_dict
+from neuroplastic.experiments import guerguiev2017_mnist as experiment
+from neuroplastic.experiments.base import RunContext
+from neuroplastic.store import RunRecord, config_hash
+
+TINY = experiment.Config(
+    dataset="mnist-mini",
+    networks=("0-hidden",),
+    baselines=("1-hidden-fa",),
+    epochs=2,
+    examples_per_epoch=300,
+    test_examples=200,
+    validation_examples=200,
+    baseline_lrs=(0.03, 0.3),
+)
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory):
+    context = RunContext(device=torch.device("cpu"), checkpoint_dir=tmp_path_factory.mktemp("ckpt"))
+    return experiment.run_batch(TINY, [0, 1], context), context
+
+
+def test_learns_visibly_and_reports_every_curve(outcome):
+    results, context = outcome
+    for result in results:
+        assert result.curves["0-hidden/test_error"]["x"] == [1, 2]
+        assert result.metrics["0-hidden/test_error"] < 0.6  # chance is 0.9
+        assert 0 <= result.metrics["0-hidden/train_error"] <= 1
+        assert result.metrics["1-hidden-fa/tuned_lr"] in TINY.baseline_lrs
+        assert 0 <= result.metrics["1-hidden-fa/test_error"] <= 1
+    assert results[0].metrics != results[1].metrics  # seeds differ
+    assert not list(context.checkpoint_dir.iterdir())  # checkpoints removed once finished
+
+
+class Interrupt(Exception):
+    pass
+
+
+class StopAtEpoch:
+    """A progress sink that interrupts the run when the given epoch starts."""
+
+    def __init__(self, epoch):
+        self.epoch, self.starts = epoch, 0
+
+    def start(self, total, description):
+        if "epoch" in description:
+            self.starts += 1
+            if self.starts == self.epoch:
+                raise Interrupt
+
+    def advance(self, steps=1, **status):
+        pass
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
+    config = dataclasses.replace(TINY, baselines=(), examples_per_epoch=150, test_examples=100)
+    whole = experiment.train_dendritic(
+        config, "0-hidden", [3], RunContext(device=torch.device("cpu"))
+    )
+    context = RunContext(
+        device=torch.device("cpu"), checkpoint_dir=tmp_path, progress=StopAtEpoch(2)
+    )
+    with pytest.raises(Interrupt):
+        experiment.train_dendritic(config, "0-hidden", [3], context)
+    assert len(list(tmp_path.iterdir())) == 1  # the first epoch is saved
+    context.progress = StopAtEpoch(99)
+    resumed = experiment.train_dendritic(config, "0-hidden", [3], context)
+    assert resumed == whole
+
+
+def test_hidden_layers_report_the_angle_to_backprop():
+    config = dataclasses.replace(
+        TINY,
+        networks=("1-hidden",),
+        baselines=(),
+        epochs=1,
+        examples_per_epoch=40,
+        test_examples=20,
+    )
+    curves = experiment.train_dendritic(
+        config, "1-hidden", [0], RunContext(device=torch.device("cpu"))
+    )
+    assert 0 < curves[0]["hidden_angle"][0] < 180
+
+
+def record(seed, errors):
+    config = config_to_dict(experiment.Config())
+    return RunRecord(
+        id=seed, experiment=experiment.NAME, config=config, config_hash=config_hash(config),
+        seed=seed, quick=False, dataset="mnist", device="cpu", version="0", git_rev=None,
+        status="finished", started_at="", ended_at="", curves={}, curve_x_label=None, error=None,
+        metrics={f"{n}/test_error": e for n, e in errors.items()},
+    )  # fmt: skip
+
+
+def test_verdict_checks_the_ordering_of_depths():
+    deeper_is_better = {"0-hidden": 0.083, "1-hidden": 0.041, "2-hidden": 0.032}
+    runs = [record(s, {k: v + 0.001 * s for k, v in deeper_is_better.items()}) for s in range(3)]
+    assert experiment.verdict(runs).status == "holds"
+    assert "60 x 60,000" in experiment.verdict(runs).headline
+    flat = [record(s, {"0-hidden": 0.08, "1-hidden": 0.05, "2-hidden": 0.06}) for s in range(3)]
+    assert experiment.verdict(flat).status == "does not hold"
+    assert experiment.verdict(runs[:2]).status == "not run"
+
+
+def test_config_rejects_unknown_networks():
+    with pytest.raises(ValueError, match="unknown networks"):
+        dataclasses.replace(TINY, networks=("3-hidden",))
+    with pytest.raises(ValueError, match="unknown baselines"):
+        dataclasses.replace(TINY, baselines=("1-hidden-dfa",))
