@@ -1,0 +1,174 @@
+"""Speed of the segregated-dendrite simulation, against the authors' NumPy code on the same machine.
+
+    python benchmarks/segregated_dendrites.py [--replicas 1 5 20] [--examples 200]
+        [--reference PATH/TO/deep_learning.py] [--device cpu]
+
+Measures, on MNIST images (``$NEUROPLASTIC_DATA`` or the bundled mnist-mini), 784-500-10 with
+random feedback and the paper's phase lengths:
+
+* training: a forward phase, a target phase and the plateau update per image, online;
+  images per second *per network* (R networks simulated as one batch of replicas, each seeing
+  its own image, count R images per step), for each ``--replicas``;
+* testing: a 250-step forward phase per image from a silent network, images per second.
+
+With ``--reference`` (a local copy of ``deep_learning.py`` from
+jordan-g/Segregated-Dendrite-Deep-Learning; never committed here) the same two figures for the
+authors' code, run in spiking mode: the script switches ``nonspiking_mode`` off in memory before
+loading it, gives it the same images, and calls its own ``f_phase``/``t_phase``/``test_weights``.
+The figures in docs/experiments/guerguiev2017-mnist.md come from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuroplastic.credit.plateau import plateau_step
+from neuroplastic.errors import DataError
+from neuroplastic.models.segregated_dendrites import (
+    SegregatedDendriteNet,
+    phase_lengths,
+    predict,
+    simulate_phase,
+)
+from neuroplastic.tasks.datasets import load_dataset
+
+
+def ours_training(data, replicas: int, examples: int, device) -> float:
+    net = SegregatedDendriteNet((784, 500, 10), replicas, "random").to(device)
+    params = net.params
+    gens = [torch.Generator(device=device).manual_seed(r) for r in range(replicas)]
+    lengths = phase_lengths(params, torch.Generator().manual_seed(0), examples + 5).tolist()
+    order = torch.randint(
+        0,
+        len(data.train_y),
+        (examples + 5, replicas, 1),
+        generator=torch.Generator().manual_seed(1),
+    )
+    state = net.initial_state()
+
+    def step(i: int):
+        nonlocal state
+        index = order[i].to(device)
+        x, y = params.phi_max * data.train_x[index], data.train_y[index]
+        f = simulate_phase(net, state, x, net.draw_noise(lengths[i][0], gens), 20)
+        t = simulate_phase(net, f.state, x, net.draw_noise(lengths[i][1], gens), 20, y)
+        plateau_step(net, f.averages, t.averages, (0.21, 0.21))
+        state = t.state
+
+    for i in range(5):
+        step(examples + i)  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for i in range(examples):
+        step(i)
+    sync(device)
+    return examples / (time.perf_counter() - start)
+
+
+def ours_testing(data, replicas: int, examples: int, device) -> float:
+    net = SegregatedDendriteNet((784, 500, 10), replicas, "random").to(device)
+    gens = [torch.Generator(device=device).manual_seed(r) for r in range(replicas)]
+    predict(net, data.test_x[:25], gens)
+    sync(device)
+    start = time.perf_counter()
+    predict(net, data.test_x[:examples], gens)
+    sync(device)
+    return examples / (time.perf_counter() - start)
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def load_reference(path: Path, data) -> types.ModuleType:
+    """The authors' module, switched to spiking mode in memory, with our copy of MNIST."""
+    source = path.read_text()
+    if "nonspiking_mode         = True" in source:
+        source = source.replace("nonspiking_mode         = True", "nonspiking_mode         = False")
+    module = types.ModuleType("guerguiev_reference")
+    module.__file__ = str(path)
+    exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's own copy
+    x_train, x_test = (
+        data.train_x.cpu().numpy().T.astype(float),
+        data.test_x.cpu().numpy().T.astype(float),
+    )
+    t_train = np.eye(10)[data.train_y.cpu().numpy()].T
+    t_test = np.eye(10)[data.test_y.cpu().numpy()].T
+    module.load_MNIST = lambda n_valid=0: (x_train, t_train, x_test, t_test)
+    return module
+
+
+def reference_training(module, examples: int) -> float:
+    np.random.seed(0)
+    net = module.Network(n=(500, 10))
+    net.f_etas, net.b_etas = (0.21, 0.21), None
+    extra = np.random.wald(2, 1, (examples, 2)).astype(int)
+    start = time.perf_counter()
+    for n in range(examples):
+        module.l_f_phase, module.l_t_phase = 50 + extra[n, 0], 50 + extra[n, 1]
+        net.x = module.lambda_max * net.x_train[:, n][:, np.newaxis]
+        net.t = net.t_train[:, n][:, np.newaxis]
+        net.f_phase(net.x, None, n, training=True)
+        net.t_phase(net.x, net.t, n)
+    return examples / (time.perf_counter() - start)
+
+
+def reference_testing(module, examples: int) -> float:
+    np.random.seed(0)
+    net = module.Network(n=(500, 10))
+    net.f_etas, net.b_etas = (0.21, 0.21), None
+    start = time.perf_counter()
+    net.test_weights(n_test=examples)
+    return examples / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 5, 20])
+    parser.add_argument("--examples", type=int, default=200)
+    parser.add_argument("--test-examples", type=int, default=100)
+    parser.add_argument(
+        "--reference", type=Path, help="a local copy of the authors' deep_learning.py"
+    )
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    try:
+        data = load_dataset("mnist", None, device=device)
+    except DataError:
+        data = load_dataset("mnist-mini", None, device=device)
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s), device {device}")  # fmt: skip
+    print(
+        "| implementation | networks (replicas) | training: images/s, each network | training: "
+        "network-images/s, all | vs authors | test: network-images/s, all | vs authors |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    reference_train = None
+    if args.reference is not None:
+        module = load_reference(args.reference, data)
+        reference_train = reference_training(module, max(20, args.examples // 4))
+        reference_test = reference_testing(module, max(10, args.test_examples // 4))
+        print(f"| authors' NumPy code | 1 | {reference_train:.1f} | {reference_train:.1f} | 1.0x "
+              f"| {reference_test:.1f} | 1.0x |")  # fmt: skip
+    for replicas in args.replicas:
+        steps = ours_training(data, replicas, max(10, args.examples // replicas), device)
+        test = replicas * ours_testing(
+            data, replicas, max(10, args.test_examples // replicas), device
+        )
+        train_ratio = f"{steps * replicas / reference_train:.1f}x" if reference_train else ""
+        test_ratio = f"{test / reference_test:.1f}x" if reference_train else ""
+        print(f"| neuroplastic fast path | {replicas} | {steps:.1f} | {steps * replicas:.1f} "
+              f"| {train_ratio} | {test:.1f} | {test_ratio} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
