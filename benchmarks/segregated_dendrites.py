@@ -57,8 +57,8 @@ def ours_training(data, replicas: int, examples: int, device) -> float:
         nonlocal state
         index = order[i].to(device)
         x, y = params.phi_max * data.train_x[index], data.train_y[index]
-        f = simulate_phase(net, state, x, net.draw_noise(lengths[i][0], gens), 20)
-        t = simulate_phase(net, f.state, x, net.draw_noise(lengths[i][1], gens), 20, y)
+        f = simulate_phase(net, state, x, net.draw_noise(lengths[i][0], gens, input_rates=x), 20)
+        t = simulate_phase(net, f.state, x, net.draw_noise(lengths[i][1], gens, input_rates=x), 20, y)
         plateau_step(net, f.averages, t.averages, (0.21, 0.21))
         state = t.state
 

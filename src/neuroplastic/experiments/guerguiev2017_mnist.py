@@ -216,8 +216,10 @@ def train_dendritic(
             labels = data.train_y[index]  # (R, 1)
             f_steps, t_steps = lengths[step]
             window = params.integration_steps
-            f = simulate_phase(net, state, rates, net.draw_noise(f_steps, spikes), window)
-            t = simulate_phase(net, f.state, rates, net.draw_noise(t_steps, spikes), window, labels)
+            noise_f = net.draw_noise(f_steps, spikes, input_rates=rates)
+            noise_t = net.draw_noise(t_steps, spikes, input_rates=rates)
+            f = simulate_phase(net, state, rates, noise_f, window)
+            t = simulate_phase(net, f.state, rates, noise_t, window, labels)
             state = t.state
             correct += (f.averages.soma[-1].argmax(-1) == labels).squeeze(1)
             if net.n_hidden:
