@@ -15,9 +15,11 @@ rule is local to each neuron::
 
 :func:`plateau_gradients` writes ``dW`` and ``db`` into ``.grad`` (minus the desired step, the
 library's convention), so ``torch.optim.SGD`` with one parameter group per layer and ``lr = eta_l``
-takes exactly the paper's step. :func:`backprop_signals` gives what backprop would send to each
-hidden layer through the same averages (``W^T`` in place of ``Y``, as the authors' diagnostic
-does), for the angle between the two.
+takes exactly the paper's step; :func:`plateau_step` is the same update fused and in place,
+and :func:`learn_example` one whole online step (two phases and the update).
+:func:`backprop_signals` gives what backprop would send to each hidden layer through the same
+averages (``W^T`` in place of ``Y``, as the authors' diagnostic does), for the angle between the
+two.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ from collections.abc import Sequence
 
 import torch
 
-from neuroplastic.models.segregated_dendrites import PhaseAverages, SegregatedDendriteNet
+from neuroplastic.models.segregated_dendrites import (
+    NetworkState,
+    PhaseAverages,
+    SegregatedDendriteNet,
+    simulate_phase,
+)
 
 
 def _sigmoid_slope(x: torch.Tensor) -> torch.Tensor:
@@ -123,3 +130,32 @@ def plateau_step(
         else:
             weight.baddbmm_(psp.transpose(1, 2), error, alpha=-eta * scale)
         bias.add_(error.sum(dim=1), alpha=-eta * scale)
+
+
+def learn_example(
+    net: SegregatedDendriteNet,
+    state: NetworkState,
+    input_rates: torch.Tensor,
+    labels: torch.Tensor,
+    generators: torch.Generator | Sequence[torch.Generator],
+    phase_steps: tuple[int, int],
+    learning_rates: Sequence[float],
+    compiled: bool = False,
+) -> tuple[NetworkState, PhaseAverages, PhaseAverages]:
+    """One online step of the paper: a forward phase, a target phase, the plateau update.
+
+    ``input_rates``: (R, 1, n_in) spikes per step (``phi_max`` times pixel intensities);
+    ``labels``: (R, 1); ``phase_steps``: the two phase lengths (see ``phase_lengths``). Returns the
+    state to carry into the next example and the two phases' averages.
+    """
+    window = net.params.integration_steps
+    f_steps, t_steps = phase_steps
+    noise = net.draw_noise(f_steps, generators, input_rates=input_rates)
+    forward = simulate_phase(net, state, input_rates, noise, window, compiled=compiled)
+    noise = net.draw_noise(t_steps, generators, input_rates=input_rates)
+    target = simulate_phase(
+        net, forward.state, input_rates, noise, window, labels, compiled=compiled
+    )
+    plateau_step(net, forward.averages, target.averages, learning_rates)
+    net.sync_feedback()
+    return target.state, forward.averages, target.averages

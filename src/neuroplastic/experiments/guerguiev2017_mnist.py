@@ -42,7 +42,7 @@ import torch
 
 from neuroplastic.config import config_to_dict
 from neuroplastic.credit import RULES
-from neuroplastic.credit.plateau import backprop_signals, hidden_errors, plateau_step
+from neuroplastic.credit.plateau import backprop_signals, hidden_errors, learn_example
 from neuroplastic.errors import DivergenceError
 from neuroplastic.experiments.base import (
     Experiment,
@@ -60,7 +60,6 @@ from neuroplastic.models.segregated_dendrites import (
     SegregatedDendriteNet,
     phase_lengths,
     predict,
-    simulate_phase,
 )
 from neuroplastic.seeding import derive_seed, generator
 from neuroplastic.stats import mean_ci
@@ -118,8 +117,11 @@ class Config:
     """Training images held out to pick the baselines' learning rate."""
     baseline_loss: str = "cross_entropy"
     """Cost of the baselines: ``cross_entropy`` or ``square``."""
-    chunk: int = 100
+    chunk: int = 25
     """Test images simulated at once (memory: chunk x 250 steps x 784 inputs)."""
+    compile: bool = False
+    """Fuse the simulation's element-wise parts with ``torch.compile`` (needs a C++ compiler on
+    CPU; same results, see ``simulate_phase``)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.networks) - set(NETWORKS))
@@ -214,20 +216,16 @@ def train_dendritic(
             index = order[:, step : step + 1]  # (R, 1)
             rates = params.phi_max * data.train_x[index]  # (R, 1, 784)
             labels = data.train_y[index]  # (R, 1)
-            f_steps, t_steps = lengths[step]
-            window = params.integration_steps
-            noise_f = net.draw_noise(f_steps, spikes, input_rates=rates)
-            noise_t = net.draw_noise(t_steps, spikes, input_rates=rates)
-            f = simulate_phase(net, state, rates, noise_f, window)
-            t = simulate_phase(net, f.state, rates, noise_t, window, labels)
-            state = t.state
-            correct += (f.averages.soma[-1].argmax(-1) == labels).squeeze(1)
+            state, forward, target = learn_example(
+                net, state, rates, labels, spikes, lengths[step], learning_rates, config.compile
+            )
+            correct += (forward.soma[-1].argmax(-1) == labels).squeeze(1)
             if net.n_hidden:
-                plateau = hidden_errors(net, f.averages, t.averages)[0]
-                exact = backprop_signals(net, f.averages, t.averages)[0]
+                # the update just taken against backprop's through the same averages and the
+                # updated weights above (the authors' code also reads them after their update)
+                plateau = hidden_errors(net, forward, target)[0]
+                exact = backprop_signals(net, forward, target)[0]
                 angles += _angle(plateau, exact).squeeze(1)
-            plateau_step(net, f.averages, t.averages, learning_rates)
-            net.sync_feedback()
             if step % 100 == 99:
                 context.progress.advance(100)
         context.progress.advance(n % 100)
@@ -237,7 +235,7 @@ def train_dendritic(
                 "the paper's learning rates are calibrated for Table 1's parameters; restore them",
             )
         test_x = data.test_x[: config.test_examples]
-        predicted = predict(net, test_x, test_spikes, chunk=config.chunk)
+        predicted = predict(net, test_x, test_spikes, chunk=config.chunk, compiled=config.compile)
         test_error = (predicted != data.test_y[: config.test_examples]).float().mean(dim=1)
         for r in range(replicas):
             curves[r].setdefault("test_error", []).append(test_error[r].item())
