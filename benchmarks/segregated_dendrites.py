@@ -29,22 +29,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuroplastic.credit.plateau import plateau_step
+from neuroplastic.credit.plateau import learn_example
 from neuroplastic.errors import DataError
 from neuroplastic.models.segregated_dendrites import (
     SegregatedDendriteNet,
     phase_lengths,
     predict,
-    simulate_phase,
 )
 from neuroplastic.tasks.datasets import load_dataset
 
 
-def ours_training(data, replicas: int, examples: int, device) -> float:
+def ours_training(data, replicas: int, examples: int, device, compiled: bool) -> float:
     net = SegregatedDendriteNet((784, 500, 10), replicas, "random").to(device)
     params = net.params
     gens = [torch.Generator(device=device).manual_seed(r) for r in range(replicas)]
     lengths = phase_lengths(params, torch.Generator().manual_seed(0), examples + 5).tolist()
+    lengths[examples:] = [(50, 50), (51, 52), (53, 50), (50, 56), (60, 51)]  # warm-up lengths
     order = torch.randint(
         0,
         len(data.train_y),
@@ -57,13 +57,10 @@ def ours_training(data, replicas: int, examples: int, device) -> float:
         nonlocal state
         index = order[i].to(device)
         x, y = params.phi_max * data.train_x[index], data.train_y[index]
-        f = simulate_phase(net, state, x, net.draw_noise(lengths[i][0], gens, input_rates=x), 20)
-        t = simulate_phase(net, f.state, x, net.draw_noise(lengths[i][1], gens, input_rates=x), 20, y)
-        plateau_step(net, f.averages, t.averages, (0.21, 0.21))
-        state = t.state
+        state, _, _ = learn_example(net, state, x, y, gens, lengths[i], (0.21, 0.21), compiled)
 
-    for i in range(5):
-        step(examples + i)  # warm-up
+    for i in range(5 + 20 * compiled):
+        step(examples + i % 5)  # warm-up (and compilation)
     sync(device)
     start = time.perf_counter()
     for i in range(examples):
@@ -72,13 +69,13 @@ def ours_training(data, replicas: int, examples: int, device) -> float:
     return examples / (time.perf_counter() - start)
 
 
-def ours_testing(data, replicas: int, examples: int, device) -> float:
+def ours_testing(data, replicas: int, examples: int, device, compiled: bool) -> float:
     net = SegregatedDendriteNet((784, 500, 10), replicas, "random").to(device)
     gens = [torch.Generator(device=device).manual_seed(r) for r in range(replicas)]
-    predict(net, data.test_x[:25], gens)
+    predict(net, data.test_x[:25], gens, compiled=compiled)
     sync(device)
     start = time.perf_counter()
-    predict(net, data.test_x[:examples], gens)
+    predict(net, data.test_x[:examples], gens, compiled=compiled)
     sync(device)
     return examples / (time.perf_counter() - start)
 
@@ -139,6 +136,7 @@ def main() -> None:
         "--reference", type=Path, help="a local copy of the authors' deep_learning.py"
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compiled", action="store_true", help="also the torch.compile path")
     args = parser.parse_args()
     device = torch.device(args.device)
     try:
@@ -159,15 +157,17 @@ def main() -> None:
         reference_test = reference_testing(module, max(10, args.test_examples // 4))
         print(f"| authors' NumPy code | 1 | {reference_train:.1f} | {reference_train:.1f} | 1.0x "
               f"| {reference_test:.1f} | 1.0x |")  # fmt: skip
-    for replicas in args.replicas:
-        steps = ours_training(data, replicas, max(10, args.examples // replicas), device)
-        test = replicas * ours_testing(
-            data, replicas, max(10, args.test_examples // replicas), device
-        )
-        train_ratio = f"{steps * replicas / reference_train:.1f}x" if reference_train else ""
-        test_ratio = f"{test / reference_test:.1f}x" if reference_train else ""
-        print(f"| neuroplastic fast path | {replicas} | {steps:.1f} | {steps * replicas:.1f} "
-              f"| {train_ratio} | {test:.1f} | {test_ratio} |")  # fmt: skip
+    for compiled in (False, True) if args.compiled else (False,):
+        name = "neuroplastic, compiled" if compiled else "neuroplastic"
+        for replicas in args.replicas:
+            n_train = max(10, args.examples // replicas)
+            steps = ours_training(data, replicas, n_train, device, compiled)
+            n_test = max(10, args.test_examples // replicas)
+            test = replicas * ours_testing(data, replicas, n_test, device, compiled)
+            train_ratio = f"{steps * replicas / reference_train:.1f}x" if reference_train else ""
+            test_ratio = f"{test / reference_test:.1f}x" if reference_train else ""
+            print(f"| {name} | {replicas} | {steps:.1f} | {steps * replicas:.1f} "
+                  f"| {train_ratio} | {test:.1f} | {test_ratio} |")  # fmt: skip
 
 
 if __name__ == "__main__":

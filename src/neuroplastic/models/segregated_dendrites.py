@@ -331,14 +331,6 @@ class SegregatedDendriteNet(nn.Module):
         )
 
 
-def _soma_spikes(
-    soma: torch.Tensor, uniform: torch.Tensor, phi_max: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rates phi_max sigmoid(C) and the low Poisson counts, in one pass when compiled."""
-    rate = phi_max * torch.sigmoid(soma)
-    return (rate, *_poisson_low_counts(rate, uniform))
-
-
 def _poisson_low_counts(
     rate: torch.Tensor, uniform: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,7 +341,7 @@ def _poisson_low_counts(
 
 
 def poisson_from_uniform(
-    rate: torch.Tensor, uniform: torch.Tensor, max_count: int = 16, kernels: _Kernels | None = None
+    rate: torch.Tensor, uniform: torch.Tensor, max_count: int = 16
 ) -> torch.Tensor:
     """Poisson(rate) counts by inverting the CDF at ``uniform``: the count is the number of
     cumulative probabilities P(N <= k) = exp(-rate) S_k, S_k = sum_{j<=k} rate^j / j!, that
@@ -359,7 +351,7 @@ def poisson_from_uniform(
     The comparisons are made as ``uniform exp(rate) > S_k``. Counts of 0, 1 and 2 (all but about
     one draw in a thousand at these rates) are settled on the whole tensor; only draws beyond S_2
     go on, gathered into a short vector."""
-    count, beyond = (kernels or EAGER).poisson_low_counts(rate, uniform)
+    count, beyond = _poisson_low_counts(rate, uniform)
     return _poisson_high_counts(rate, uniform, count, beyond, max_count)
 
 
@@ -497,27 +489,6 @@ def _filter(full: torch.Tensor, kernel: torch.Tensor, steps: int, delay: int = 0
     return out
 
 
-class _Kernels(NamedTuple):
-    """The element-wise pieces of the fast path: eager, or fused by ``torch.compile``."""
-
-    filter: Callable
-    poisson_low_counts: Callable
-    soma_spikes: Callable
-
-
-EAGER = _Kernels(_filter, _poisson_low_counts, _soma_spikes)
-_compiled: list[_Kernels] = []
-
-
-def compiled_kernels() -> _Kernels:
-    """The same functions through ``torch.compile`` (dynamic shapes: phases vary in length),
-    compiled on first use. On CPU this fuses the dozens of element-wise passes of a layer into a
-    few loops (it needs a C++ compiler)."""
-    if not _compiled:
-        _compiled.append(_Kernels(*(torch.compile(f, dynamic=True) for f in EAGER)))
-    return _compiled[0]
-
-
 def _linear_recurrence(
     a: float, drive: torch.Tensor, initial: torch.Tensor, block: int = 32
 ) -> torch.Tensor:
@@ -584,72 +555,151 @@ def simulate_phase(
 ) -> PhaseResult:
     """The fast path of :func:`simulate_phase_reference`: same arguments, same results for the same
     noise (up to float rounding), each layer vectorised over the phase's time steps.
-    ``compiled``: the element-wise parts through ``torch.compile`` (:func:`compiled_kernels`)."""
+
+    ``compiled``: run the phase through ``torch.compile`` (compiled on first use for dynamic
+    phase lengths; on CPU it needs a C++ compiler), which fuses its element-wise work into a few
+    loops and takes dense paths where the eager code gathers sparse events."""
     p = net.params
-    kernels = compiled_kernels() if compiled else EAGER
     if p.g_a != 0.0:
         return simulate_phase_reference(net, state, input_rates, noise, window, labels, keep_spikes)
-    kernel = p.kernel(input_rates.dtype, input_rates.device)
-    steps = noise.steps
-    n_layers = len(net.weights)
-    k = p.kernel_steps
-
     # Only inputs with a non-zero rate, or spikes still in their history, can touch the basal
     # dendrites in this phase (on MNIST about a fifth of the pixels): simulate just those columns.
     active = (input_rates != 0) | (state.input_history != 0).any(dim=2)
     active = active.flatten(0, 1).any(dim=0).nonzero().squeeze(1)
-    spikes = poisson_from_uniform(
-        input_rates[:, :, None, active], noise.input[..., active], kernels=kernels
-    )
-    full = torch.cat([state.input_history[..., active], spikes], dim=2)  # (R, B, K + T, n_active)
+    teaching = None
+    if labels is not None:
+        teaching = teaching_conductances(labels, net.sizes[-1], input_rates.dtype)
+    core = _compiled_core() if compiled else _phase_core
+    out = core(
+        tuple(net.weights), tuple(net.biases), tuple(net.feedback),
+        state.input_history[..., active], state.soma, state.spike_history,
+        input_rates[:, :, None, active], noise.input[..., active], noise.layers, active,
+        teaching, p.kernel(input_rates.dtype, input_rates.device), _constants(p), window,
+    )  # fmt: skip
+    (
+        input_history,
+        input_psp,
+        somas,
+        histories,
+        soma_means,
+        rate_means,
+        psp_means,
+        apical,
+        spikes,
+    ) = out
     new_input_history = torch.zeros_like(state.input_history)
-    new_input_history[..., active] = full[:, :, -k:]
-    recorded = []
-    if keep_spikes:
-        recorded.append(torch.zeros_like(noise.input))
-        recorded[0][..., active] = spikes
-    # W PSP(t) = sum_i kappa_i W s(t - i): apply the weights to the spikes first (for the input
-    # layer event by event: about 1 in 60 inputs spikes in a step on MNIST), then filter the
-    # narrower drive; the filtered trains themselves are only needed averaged, for plasticity.
-    drive_before_filter = _sparse_apply(full, net.weights[0], active)
-    window_psp = kernels.filter(full[:, :, -(window + k) :], kernel, window).mean(dim=2)
+    new_input_history[..., active] = input_history
     input_psp_mean = torch.zeros_like(input_rates)
-    input_psp_mean[..., active] = window_psp
-    soma_means, rate_means, psp_means, somas, histories = [], [], [], [], []
+    input_psp_mean[..., active] = input_psp
+    recorded = None
+    if keep_spikes:
+        recorded = (torch.zeros_like(noise.input), *spikes[1:])
+        recorded[0][..., active] = spikes[0]
+    averages = PhaseAverages(soma_means, rate_means, (input_psp_mean, *psp_means), apical)
+    return PhaseResult(NetworkState(new_input_history, somas, histories), averages, recorded)
+
+
+def _constants(p: DendriticParams) -> tuple[float, ...]:
+    """The decays and drive scales of the somatic recurrences, and phi_max."""
+    return (
+        1.0 - p.dt * (p.g_l + p.g_b),  # hidden soma decay (g_a = 0)
+        p.dt * p.g_b,
+        1.0 - p.dt * (p.g_l + p.g_d),  # output soma decay, forward phase
+        p.dt * p.g_d,
+        1.0 - p.dt * (p.g_l + p.g_d + 1.0),  # target phase: g_E + g_I = 1 for every output unit
+        p.dt * p.E_E,
+        p.dt * p.E_I,
+        p.phi_max,
+    )
+
+
+def _phase_core(
+    weights, biases, feedback, input_history, somas, histories, input_rates, input_uniform,
+    layer_uniforms, active, teaching, kernel, constants, window,
+):  # fmt: skip
+    """The phase on tensors only (the body of :func:`simulate_phase`, also what is compiled).
+
+    Eager, it gathers sparse events (input spikes for the first layer's product, the rare Poisson
+    counts above 2); compiled, the same quantities come from dense, fusible operations."""
+    hidden_decay, hidden_gain, out_decay, out_gain, target_decay, e_drive, i_drive, phi_max = (
+        constants
+    )
+    compiling = torch.compiler.is_compiling()
+    k = kernel.shape[0]
+    steps = input_uniform.shape[-2]
+    n_layers = len(weights)
+
+    spikes = _poisson_dense(input_rates, input_uniform) if compiling else poisson_from_uniform(
+        input_rates, input_uniform
+    )  # fmt: skip
+    full = torch.cat([input_history, spikes], dim=2)  # (R, B, K + T, n_active)
+    recorded = [spikes]
+    # W PSP(t) = sum_i kappa_i W s(t - i): apply the weights to the spikes first (eager: event by
+    # event, about 1 in 60 inputs spikes in a step on MNIST), then filter the narrower drive; the
+    # filtered trains themselves are only needed averaged, for plasticity.
+    if compiling:
+        before_filter = _apply_over_time(weights[0].index_select(1, active), full)
+    else:
+        before_filter = _sparse_apply(full, weights[0], active)
+    input_history = full[:, :, -k:]
+    input_psp = _filter(full[:, :, -(window + k) :], kernel, window).mean(dim=2)
+    soma_means, rate_means, psp_means, new_somas, new_histories = [], [], [], [], []
     for layer in range(n_layers):
-        basal = (
-            kernels.filter(drive_before_filter, kernel, steps) + net.biases[layer][:, None, None]
-        )
+        basal = _filter(before_filter, kernel, steps) + biases[layer][:, None, None]
         if layer < n_layers - 1:
-            a, drive = 1.0 - p.dt * (p.g_l + p.g_b), p.dt * p.g_b * basal
-        elif labels is None:
-            a, drive = 1.0 - p.dt * (p.g_l + p.g_d), p.dt * p.g_d * basal
+            decay, drive = hidden_decay, hidden_gain * basal
+        elif teaching is None:
+            decay, drive = out_decay, out_gain * basal
         else:
-            # g_E + g_I = 1 for every output unit, so the decay is one scalar
-            g_e, g_i = teaching_conductances(labels, net.sizes[-1], basal.dtype)
-            a = 1.0 - p.dt * (p.g_l + p.g_d + 1.0)
-            drive = p.dt * (p.g_d * basal + (g_e * p.E_E + g_i * p.E_I)[:, :, None])
-        c = _linear_recurrence(a, drive, state.soma[layer])  # (R, B, T, n)
-        rate, low_counts, beyond = kernels.soma_spikes(c, noise.layers[layer], p.phi_max)
-        layer_spikes = _poisson_high_counts(rate, noise.layers[layer], low_counts, beyond)
-        if keep_spikes:
-            recorded.append(layer_spikes)
-        full = torch.cat([state.spike_history[layer], layer_spikes], dim=2)  # (R, B, K + T, n)
+            g_e, g_i = teaching
+            decay = target_decay
+            drive = out_gain * basal + (g_e * e_drive + g_i * i_drive)[:, :, None]
+        c = _linear_recurrence(decay, drive, somas[layer])  # (R, B, T, n)
+        rate = phi_max * torch.sigmoid(c)
+        if compiling:
+            layer_spikes = _poisson_dense(rate, layer_uniforms[layer])
+        else:
+            low_counts, beyond = _poisson_low_counts(rate, layer_uniforms[layer])
+            layer_spikes = _poisson_high_counts(rate, layer_uniforms[layer], low_counts, beyond)
+        recorded.append(layer_spikes)
+        full = torch.cat([histories[layer], layer_spikes], dim=2)  # (R, B, K + T, n)
         soma_means.append(c[:, :, -window:].mean(dim=2))
         rate_means.append(rate[:, :, -window:].mean(dim=2))
-        psp_means.append(input_psp_mean if layer == 0 else window_psp)
-        somas.append(c[:, :, -1])
-        histories.append(full[:, :, -k:])
+        new_somas.append(c[:, :, -1])
+        new_histories.append(full[:, :, -k:])
         if layer < n_layers - 1:
-            drive_before_filter = _apply_over_time(net.weights[layer + 1], full)
-            window_psp = kernels.filter(full[:, :, -(window + k) :], kernel, window).mean(dim=2)
+            before_filter = _apply_over_time(weights[layer + 1], full)
+            psp_means.append(_filter(full[:, :, -(window + k) :], kernel, window).mean(dim=2))
     # apical potentials only enter the plateau averages: average the output train first
-    output_before = kernels.filter(full[:, :, -(window + k) :], kernel, window, delay=1)
-    output_mean = output_before.mean(dim=2)  # (R, B, n_out)
-    apical = tuple(output_mean @ y for y in net.feedback)
-    averages = PhaseAverages(tuple(soma_means), tuple(rate_means), tuple(psp_means), apical)
-    state = NetworkState(new_input_history, tuple(somas), tuple(histories))
-    return PhaseResult(state, averages, tuple(recorded) if keep_spikes else None)
+    output_mean = _filter(full[:, :, -(window + k) :], kernel, window, delay=1).mean(dim=2)
+    apical = tuple(output_mean @ y for y in feedback)  # (R, B, n_out) @ (R, n_out, n_l)
+    return (
+        input_history, input_psp, tuple(new_somas), tuple(new_histories), tuple(soma_means),
+        tuple(rate_means), tuple(psp_means), apical, tuple(recorded),
+    )  # fmt: skip
+
+
+_compiled: list[Callable] = []
+
+
+def _compiled_core() -> Callable:
+    if not _compiled:
+        _compiled.append(torch.compile(_phase_core, dynamic=True))
+    return _compiled[0]
+
+
+def _poisson_dense(rate: torch.Tensor, uniform: torch.Tensor, max_count: int = 12) -> torch.Tensor:
+    """:func:`poisson_from_uniform` as a fixed loop of element-wise operations (for the compiled
+    path, where it fuses into one pass): ``uniform exp(rate) > S_k`` for k < ``max_count``."""
+    scaled = uniform * torch.exp(rate)
+    term = torch.ones_like(scaled)
+    partial = term
+    count = (scaled > partial).to(rate.dtype)
+    for k in range(1, max_count):
+        term = term * rate / k
+        partial = partial + term
+        count = count + (scaled > partial).to(rate.dtype)
+    return count
 
 
 def wald(generator: torch.Generator, mean: float, scale: float, size: int) -> torch.Tensor:
