@@ -39,7 +39,7 @@ from neuroplastic.models.segregated_dendrites import (
 from neuroplastic.tasks.datasets import load_dataset
 
 
-def ours_training(data, replicas: int, examples: int, device, compiled: bool) -> float:
+def ours_training(data, replicas: int, examples: int, device) -> float:
     net = SegregatedDendriteNet((784, 500, 10), replicas, "random").to(device)
     params = net.params
     gens = [torch.Generator(device=device).manual_seed(r) for r in range(replicas)]
@@ -57,10 +57,10 @@ def ours_training(data, replicas: int, examples: int, device, compiled: bool) ->
         nonlocal state
         index = order[i].to(device)
         x, y = params.phi_max * data.train_x[index], data.train_y[index]
-        state, _, _ = learn_example(net, state, x, y, gens, lengths[i], (0.21, 0.21), compiled)
+        state, _, _ = learn_example(net, state, x, y, gens, lengths[i], (0.21, 0.21))
 
-    for i in range(5 + 20 * compiled):
-        step(examples + i % 5)  # warm-up (and compilation)
+    for i in range(5):
+        step(examples + i)  # warm-up
     sync(device)
     start = time.perf_counter()
     for i in range(examples):
@@ -69,13 +69,13 @@ def ours_training(data, replicas: int, examples: int, device, compiled: bool) ->
     return examples / (time.perf_counter() - start)
 
 
-def ours_testing(data, replicas: int, examples: int, device, compiled: bool) -> float:
+def ours_testing(data, replicas: int, examples: int, device) -> float:
     net = SegregatedDendriteNet((784, 500, 10), replicas, "random").to(device)
     gens = [torch.Generator(device=device).manual_seed(r) for r in range(replicas)]
-    predict(net, data.test_x[:25], gens, compiled=compiled)
+    predict(net, data.test_x[:25], gens)
     sync(device)
     start = time.perf_counter()
-    predict(net, data.test_x[:examples], gens, compiled=compiled)
+    predict(net, data.test_x[:examples], gens)
     sync(device)
     return examples / (time.perf_counter() - start)
 
@@ -136,7 +136,6 @@ def main() -> None:
         "--reference", type=Path, help="a local copy of the authors' deep_learning.py"
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compiled", action="store_true", help="also the torch.compile path")
     args = parser.parse_args()
     device = torch.device(args.device)
     try:
@@ -157,17 +156,14 @@ def main() -> None:
         reference_test = reference_testing(module, max(10, args.test_examples // 4))
         print(f"| authors' NumPy code | 1 | {reference_train:.1f} | {reference_train:.1f} | 1.0x "
               f"| {reference_test:.1f} | 1.0x |")  # fmt: skip
-    for compiled in (False, True) if args.compiled else (False,):
-        name = "neuroplastic, compiled" if compiled else "neuroplastic"
-        for replicas in args.replicas:
-            n_train = max(10, args.examples // replicas)
-            steps = ours_training(data, replicas, n_train, device, compiled)
-            n_test = max(10, args.test_examples // replicas)
-            test = replicas * ours_testing(data, replicas, n_test, device, compiled)
-            train_ratio = f"{steps * replicas / reference_train:.1f}x" if reference_train else ""
-            test_ratio = f"{test / reference_test:.1f}x" if reference_train else ""
-            print(f"| {name} | {replicas} | {steps:.1f} | {steps * replicas:.1f} "
-                  f"| {train_ratio} | {test:.1f} | {test_ratio} |")  # fmt: skip
+    for replicas in args.replicas:
+        steps = ours_training(data, replicas, max(10, args.examples // replicas), device)
+        n_test = max(10, args.test_examples // replicas)
+        test = replicas * ours_testing(data, replicas, n_test, device)
+        train_ratio = f"{steps * replicas / reference_train:.1f}x" if reference_train else ""
+        test_ratio = f"{test / reference_test:.1f}x" if reference_train else ""
+        print(f"| neuroplastic | {replicas} | {steps:.1f} | {steps * replicas:.1f} "
+              f"| {train_ratio} | {test:.1f} | {test_ratio} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -349,21 +349,3 @@ def test_prediction_reads_the_output_soma_and_the_reference_agrees():
     ref = predict(net, x, gens, chunk=2, reference=True)
     assert fast.shape == (2, 5)
     assert torch.equal(fast, ref)
-
-
-def test_compiled_fast_path_equals_reference():
-    """torch.compile fuses the element-wise parts; same spikes and averages as the reference."""
-    net = make_net((30, 12, 5), replicas=2)
-    x = net.params.phi_max * images(2, 1, 30)
-    g = torch.Generator().manual_seed(9)
-    ref_state = fast_state = net.initial_state()
-    for phase, steps in enumerate([52, 57]):
-        noise = net.draw_noise(steps, g)
-        labels = torch.tensor([[1], [4]]) if phase else None
-        ref = simulate_phase_reference(net, ref_state, x, noise, 20, labels, keep_spikes=True)
-        fast = simulate_phase(net, fast_state, x, noise, 20, labels, keep_spikes=True, compiled=True)
-        for a, b in zip(ref.spikes, fast.spikes, strict=True):
-            assert torch.equal(a, b)
-        for a, b in zip(ref.averages.soma, fast.averages.soma, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-        ref_state, fast_state = ref.state, fast.state

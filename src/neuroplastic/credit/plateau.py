@@ -140,7 +140,6 @@ def learn_example(
     generators: torch.Generator | Sequence[torch.Generator],
     phase_steps: tuple[int, int],
     learning_rates: Sequence[float],
-    compiled: bool = False,
 ) -> tuple[NetworkState, PhaseAverages, PhaseAverages]:
     """One online step of the paper: a forward phase, a target phase, the plateau update.
 
@@ -151,11 +150,9 @@ def learn_example(
     window = net.params.integration_steps
     f_steps, t_steps = phase_steps
     noise = net.draw_noise(f_steps, generators, input_rates=input_rates)
-    forward = simulate_phase(net, state, input_rates, noise, window, compiled=compiled)
+    forward = simulate_phase(net, state, input_rates, noise, window)
     noise = net.draw_noise(t_steps, generators, input_rates=input_rates)
-    target = simulate_phase(
-        net, forward.state, input_rates, noise, window, labels, compiled=compiled
-    )
+    target = simulate_phase(net, forward.state, input_rates, noise, window, labels)
     plateau_step(net, forward.averages, target.averages, learning_rates)
     net.sync_feedback()
     return target.state, forward.averages, target.averages

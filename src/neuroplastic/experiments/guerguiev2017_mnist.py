@@ -119,9 +119,6 @@ class Config:
     """Cost of the baselines: ``cross_entropy`` or ``square``."""
     chunk: int = 25
     """Test images simulated at once (memory: chunk x 250 steps x 784 inputs)."""
-    compile: bool = False
-    """Fuse the simulation's element-wise parts with ``torch.compile`` (needs a C++ compiler on
-    CPU; same results, see ``simulate_phase``)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.networks) - set(NETWORKS))
@@ -217,7 +214,7 @@ def train_dendritic(
             rates = params.phi_max * data.train_x[index]  # (R, 1, 784)
             labels = data.train_y[index]  # (R, 1)
             state, forward, target = learn_example(
-                net, state, rates, labels, spikes, lengths[step], learning_rates, config.compile
+                net, state, rates, labels, spikes, lengths[step], learning_rates
             )
             correct += (forward.soma[-1].argmax(-1) == labels).squeeze(1)
             if net.n_hidden:
@@ -235,7 +232,7 @@ def train_dendritic(
                 "the paper's learning rates are calibrated for Table 1's parameters; restore them",
             )
         test_x = data.test_x[: config.test_examples]
-        predicted = predict(net, test_x, test_spikes, chunk=config.chunk, compiled=config.compile)
+        predicted = predict(net, test_x, test_spikes, chunk=config.chunk)
         test_error = (predicted != data.test_y[: config.test_examples]).float().mean(dim=1)
         for r in range(replicas):
             curves[r].setdefault("test_error", []).append(test_error[r].item())

@@ -42,8 +42,9 @@ settings) and an example dimension ``B`` (1 while training online; many at test 
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -368,16 +369,13 @@ def _poisson_high_counts(
         return count
     rate_rest = rate.expand_as(count)[rest]
     scaled = uniform.expand_as(count)[rest] * torch.exp(rate_rest)
-    term = rate_rest * rate_rest * 0.5
-    partial = 1.0 + rate_rest + term
-    extra = torch.ones_like(rate_rest)
-    for k in range(3, max_count):
-        term = term * rate_rest / k
-        partial = partial + term
-        above = scaled > partial
-        if not bool(above.any()):
-            break
-        extra += above
+    # S_k for k = 3 .. max_count - 1 at once: term_k = term_{k-1} rate / k, S_k = S_{k-1} + term_k
+    orders = torch.arange(3, max_count, dtype=rate.dtype, device=rate.device)
+    terms = (rate_rest * rate_rest * 0.5)[:, None] * torch.cumprod(
+        rate_rest[:, None] / orders, dim=1
+    )
+    partials = (1.0 + rate_rest + rate_rest * rate_rest * 0.5)[:, None] + torch.cumsum(terms, dim=1)
+    extra = 1.0 + (scaled[:, None] > partials).sum(dim=1).to(rate.dtype)
     count[rest] += extra
     return count
 
@@ -477,44 +475,59 @@ def simulate_phase_reference(
 # --------------------------------------------------------------------------- fast path
 
 
-def _filter(full: torch.Tensor, kernel: torch.Tensor, steps: int, delay: int = 0) -> torch.Tensor:
-    """Filtered trains for ``steps`` steps from ``full`` = (…, K + T, n) spike counts whose first K
-    rows are the history before the phase; ``delay`` = 1 gives the train one step earlier."""
-    k = kernel.shape[0]
-    out = None
-    for i in range(k):  # kernel[i] weights the spike (K - 1 - i) steps back; shifted adds beat
-        lag = k - 1 - i + delay  # an unfolded product here (no copy of K shifted windows)
-        term = kernel[i] * full[..., k - lag : k - lag + steps, :]
-        out = term if out is None else out + term
-    return out
+@functools.lru_cache(maxsize=64)
+def _soma_matrices(
+    size: int, kernel: tuple[float, ...], decay: float, gain: float, dtype: torch.dtype, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Matrices that turn a block of ``size`` steps of unfiltered drive into somatic potentials.
+
+    With ``u(t) = gain (sum_i kernel[i] D[t + 1 + i]) + offset`` (D: the weights applied to the
+    spike counts, K - 1 rows of history first) and ``C(t) = decay C(t-1) + u(t)``:
+    ``C = M D + geo offset + power C(-1)``, where ``M = gain L F``, ``F`` the banded kernel
+    matrix, ``L[t, s] = decay^(t-s)`` for s <= t, ``geo[t] = sum_{s<=t} decay^(t-s)`` and
+    ``power[t] = decay^(t+1)``. Built once per (size, kernel, decay, gain) and cached."""
+    k = len(kernel)
+    powers = torch.cumprod(torch.full((size + 1,), decay, dtype=torch.float64), dim=0) / decay
+    lag = torch.arange(size)[:, None] - torch.arange(size)[None, :]
+    recurrence = torch.where(lag >= 0, powers[lag.clamp(min=0)], 0.0)  # (size, size)
+    band = torch.zeros(size, size + k - 1, dtype=torch.float64)
+    for i, value in enumerate(kernel):
+        band[torch.arange(size), torch.arange(size) + i] = value
+    matrices = (gain * recurrence @ band, recurrence.sum(dim=1), powers[1:])
+    return tuple(m.to(dtype=dtype, device=device) for m in matrices)
 
 
-def _linear_recurrence(
-    a: float, drive: torch.Tensor, initial: torch.Tensor, block: int = 32
+@functools.lru_cache(maxsize=16)
+def _window_weights(
+    window: int, kernel: tuple[float, ...], delay: int, dtype: torch.dtype, device: str
 ) -> torch.Tensor:
-    """All ``C(t) = a C(t-1) + drive(t)`` for t = 0..T-1 from ``C(-1) = initial``.
+    """``w`` with ``w @ tail`` = the mean over the last ``window`` steps of the filtered train,
+    ``tail`` = the last ``window + K`` rows of counts (``delay`` = 1: the train one step late)."""
+    k = len(kernel)
+    weights = torch.zeros(window + k, dtype=torch.float64)
+    for t in range(window):
+        for i, value in enumerate(kernel):
+            weights[t + 1 + i - delay] += value / window
+    return weights.to(dtype=dtype, device=device)
 
-    Within a block of ``block`` steps, ``C = L drive + a^(t+1) C_before`` with the lower-triangular
-    ``L[t, s] = a^(t-s)``: one matrix product instead of a Python loop over steps. Blocks keep the
-    cost linear in T (a 250-step test phase would otherwise pay a 250 x 250 product).
-    """
-    steps = drive.shape[-2]
-    size = min(block, steps)
-    powers = torch.cumprod(torch.cat([drive.new_ones(1), drive.new_full((size,), a)]), dim=0)
-    lag = torch.arange(size, device=drive.device)
-    lag = lag[:, None] - lag[None, :]
-    matrix = torch.where(lag >= 0, powers[lag.clamp(min=0)], drive.new_zeros(()))
-    outputs = []
-    before = initial
-    for start in range(0, steps, size):
-        part = drive[..., start : start + size, :]
-        n = part.shape[-2]
-        # one (n, n) x (n, everything else) product rather than one per replica and example
-        flat = part.movedim(-2, 0).reshape(n, -1)
-        response = (
-            (matrix[:n, :n] @ flat).reshape(n, *part.shape[:-2], part.shape[-1]).movedim(0, -2)
-        )
-        out = response + powers[1 : n + 1, None] * before[..., None, :]
+
+def _soma_over_time(
+    drive: torch.Tensor, kernel: tuple[float, ...], decay: float, gain: float,
+    offset: torch.Tensor, initial: torch.Tensor, block: int = 64,
+) -> torch.Tensor:  # fmt: skip
+    """Somatic potentials (R, B, T, n) from the unfiltered drive (R, B, K + T, n), block by block
+    (products of at most ``block`` x ``block + K - 1`` matrices keep long phases linear in T)."""
+    k = len(kernel)
+    steps = drive.shape[-2] - k
+    outputs, before = [], initial
+    for start in range(0, steps, block):
+        n = min(block, steps - start)
+        matrix, geo, power = _soma_matrices(n, kernel, decay, gain, drive.dtype, str(drive.device))
+        rows = drive[..., start + 1 : start + n + k, :]  # (R, B, n + K - 1, units)
+        # one (n, n + K - 1) x (n + K - 1, everything else) product per block
+        flat = rows.movedim(-2, 0).reshape(n + k - 1, -1)
+        response = (matrix @ flat).reshape(n, *rows.shape[:-2], rows.shape[-1]).movedim(0, -2)
+        out = response + geo[:, None] * offset[..., None, :] + power[:, None] * before[..., None, :]
         outputs.append(out)
         before = out[..., -1, :]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-2)
@@ -551,14 +564,9 @@ def simulate_phase(
     window: int,
     labels: torch.Tensor | None = None,
     keep_spikes: bool = False,
-    compiled: bool = False,
 ) -> PhaseResult:
     """The fast path of :func:`simulate_phase_reference`: same arguments, same results for the same
-    noise (up to float rounding), each layer vectorised over the phase's time steps.
-
-    ``compiled``: run the phase through ``torch.compile`` (compiled on first use for dynamic
-    phase lengths; on CPU it needs a C++ compiler), which fuses its element-wise work into a few
-    loops and takes dense paths where the eager code gathers sparse events."""
+    noise (up to float rounding), each layer vectorised over the phase's time steps."""
     p = net.params
     if p.g_a != 0.0:
         return simulate_phase_reference(net, state, input_rates, noise, window, labels, keep_spikes)
@@ -569,12 +577,11 @@ def simulate_phase(
     teaching = None
     if labels is not None:
         teaching = teaching_conductances(labels, net.sizes[-1], input_rates.dtype)
-    core = _compiled_core() if compiled else _phase_core
-    out = core(
+    out = _phase_core(
         tuple(net.weights), tuple(net.biases), tuple(net.feedback),
         state.input_history[..., active], state.soma, state.spike_history,
         input_rates[:, :, None, active], noise.input[..., active], noise.layers, active,
-        teaching, p.kernel(input_rates.dtype, input_rates.device), _constants(p), window,
+        teaching, tuple(p.kernel(torch.float64).tolist()), _constants(p), window,
     )  # fmt: skip
     (
         input_history,
@@ -617,50 +624,38 @@ def _phase_core(
     weights, biases, feedback, input_history, somas, histories, input_rates, input_uniform,
     layer_uniforms, active, teaching, kernel, constants, window,
 ):  # fmt: skip
-    """The phase on tensors only (the body of :func:`simulate_phase`, also what is compiled).
-
-    Eager, it gathers sparse events (input spikes for the first layer's product, the rare Poisson
-    counts above 2); compiled, the same quantities come from dense, fusible operations."""
+    """The phase on tensors only: the body of :func:`simulate_phase`."""
     hidden_decay, hidden_gain, out_decay, out_gain, target_decay, e_drive, i_drive, phi_max = (
         constants
     )
-    compiling = torch.compiler.is_compiling()
-    k = kernel.shape[0]
-    steps = input_uniform.shape[-2]
+    k = len(kernel)
     n_layers = len(weights)
 
-    spikes = _poisson_dense(input_rates, input_uniform) if compiling else poisson_from_uniform(
-        input_rates, input_uniform
-    )  # fmt: skip
+    spikes = poisson_from_uniform(input_rates, input_uniform)  # (R, B, T, n_active)
     full = torch.cat([input_history, spikes], dim=2)  # (R, B, K + T, n_active)
     recorded = [spikes]
-    # W PSP(t) = sum_i kappa_i W s(t - i): apply the weights to the spikes first (eager: event by
-    # event, about 1 in 60 inputs spikes in a step on MNIST), then filter the narrower drive; the
-    # filtered trains themselves are only needed averaged, for plasticity.
-    if compiling:
-        before_filter = _apply_over_time(weights[0].index_select(1, active), full)
-    else:
-        before_filter = _sparse_apply(full, weights[0], active)
+    # W PSP(t) = sum_i kappa_i W s(t - i): apply the weights to the spike counts first (for the
+    # input layer event by event: about 1 in 60 inputs spikes in a step on MNIST), then filter
+    # the narrower drive, folded with the somatic recurrence into one matrix product.
+    drive = _sparse_apply(full, weights[0], active)
     input_history = full[:, :, -k:]
-    input_psp = _filter(full[:, :, -(window + k) :], kernel, window).mean(dim=2)
+    # the filtered trains themselves are only needed averaged over the window, for plasticity
+    window_mean = _window_weights(window, kernel, 0, full.dtype, str(full.device))
+    input_psp = window_mean @ full[:, :, -(window + k) :]
     soma_means, rate_means, psp_means, new_somas, new_histories = [], [], [], [], []
     for layer in range(n_layers):
-        basal = _filter(before_filter, kernel, steps) + biases[layer][:, None, None]
         if layer < n_layers - 1:
-            decay, drive = hidden_decay, hidden_gain * basal
+            decay, gain, offset = hidden_decay, hidden_gain, hidden_gain * biases[layer][:, None]
         elif teaching is None:
-            decay, drive = out_decay, out_gain * basal
+            decay, gain, offset = out_decay, out_gain, out_gain * biases[layer][:, None]
         else:
             g_e, g_i = teaching
-            decay = target_decay
-            drive = out_gain * basal + (g_e * e_drive + g_i * i_drive)[:, :, None]
-        c = _linear_recurrence(decay, drive, somas[layer])  # (R, B, T, n)
+            decay, gain = target_decay, out_gain
+            offset = out_gain * biases[layer][:, None] + g_e * e_drive + g_i * i_drive
+        c = _soma_over_time(drive, kernel, decay, gain, offset, somas[layer])  # (R, B, T, n)
         rate = phi_max * torch.sigmoid(c)
-        if compiling:
-            layer_spikes = _poisson_dense(rate, layer_uniforms[layer])
-        else:
-            low_counts, beyond = _poisson_low_counts(rate, layer_uniforms[layer])
-            layer_spikes = _poisson_high_counts(rate, layer_uniforms[layer], low_counts, beyond)
+        low_counts, beyond = _poisson_low_counts(rate, layer_uniforms[layer])
+        layer_spikes = _poisson_high_counts(rate, layer_uniforms[layer], low_counts, beyond)
         recorded.append(layer_spikes)
         full = torch.cat([histories[layer], layer_spikes], dim=2)  # (R, B, K + T, n)
         soma_means.append(c[:, :, -window:].mean(dim=2))
@@ -668,38 +663,16 @@ def _phase_core(
         new_somas.append(c[:, :, -1])
         new_histories.append(full[:, :, -k:])
         if layer < n_layers - 1:
-            before_filter = _apply_over_time(weights[layer + 1], full)
-            psp_means.append(_filter(full[:, :, -(window + k) :], kernel, window).mean(dim=2))
+            drive = _apply_over_time(weights[layer + 1], full)
+            psp_means.append(window_mean @ full[:, :, -(window + k) :])
     # apical potentials only enter the plateau averages: average the output train first
-    output_mean = _filter(full[:, :, -(window + k) :], kernel, window, delay=1).mean(dim=2)
+    delayed_mean = _window_weights(window, kernel, 1, full.dtype, str(full.device))
+    output_mean = delayed_mean @ full[:, :, -(window + k) :]  # (R, B, n_out)
     apical = tuple(output_mean @ y for y in feedback)  # (R, B, n_out) @ (R, n_out, n_l)
     return (
         input_history, input_psp, tuple(new_somas), tuple(new_histories), tuple(soma_means),
         tuple(rate_means), tuple(psp_means), apical, tuple(recorded),
     )  # fmt: skip
-
-
-_compiled: list[Callable] = []
-
-
-def _compiled_core() -> Callable:
-    if not _compiled:
-        _compiled.append(torch.compile(_phase_core, dynamic=True))
-    return _compiled[0]
-
-
-def _poisson_dense(rate: torch.Tensor, uniform: torch.Tensor, max_count: int = 12) -> torch.Tensor:
-    """:func:`poisson_from_uniform` as a fixed loop of element-wise operations (for the compiled
-    path, where it fuses into one pass): ``uniform exp(rate) > S_k`` for k < ``max_count``."""
-    scaled = uniform * torch.exp(rate)
-    term = torch.ones_like(scaled)
-    partial = term
-    count = (scaled > partial).to(rate.dtype)
-    for k in range(1, max_count):
-        term = term * rate / k
-        partial = partial + term
-        count = count + (scaled > partial).to(rate.dtype)
-    return count
 
 
 def wald(generator: torch.Generator, mean: float, scale: float, size: int) -> torch.Tensor:
@@ -728,7 +701,6 @@ def predict(
     generator: torch.Generator | Sequence[torch.Generator],
     chunk: int = 25,
     reference: bool = False,
-    compiled: bool = False,
 ) -> torch.Tensor:
     """Class of each image for every replica: (R, N) from images (R, N, n_in) or (N, n_in).
 
@@ -748,6 +720,6 @@ def predict(
             result = simulate_phase_reference(net, state, rates, noise, p.test_integration_steps)
         else:
             window = p.test_integration_steps
-            result = simulate_phase(net, state, rates, noise, window, compiled=compiled)
+            result = simulate_phase(net, state, rates, noise, window)
         predictions.append(result.averages.soma[-1].argmax(dim=-1))
     return torch.cat(predictions, dim=1)
