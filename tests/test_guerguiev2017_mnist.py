@@ -91,8 +91,8 @@ def test_hidden_layers_report_the_angle_to_backprop():
     assert 0 < curves[0]["hidden_angle"][0] < 180
 
 
-def record(seed, errors):
-    config = config_to_dict(experiment.Config())
+def record(seed, errors, **changes):
+    config = config_to_dict(dataclasses.replace(experiment.Config(), **changes))
     return RunRecord(
         id=seed, experiment=experiment.NAME, config=config, config_hash=config_hash(config),
         seed=seed, quick=False, dataset="mnist", device="cpu", version="0", git_rev=None,
@@ -109,6 +109,13 @@ def test_verdict_checks_the_ordering_of_depths():
     flat = [record(s, {"0-hidden": 0.08, "1-hidden": 0.05, "2-hidden": 0.06}) for s in range(3)]
     assert experiment.verdict(flat).status == "does not hold"
     assert experiment.verdict(runs[:2]).status == "not run"
+    # the largest budget with all three depths decides
+    longer = [
+        record(s, {"0-hidden": 0.08, "1-hidden": 0.05, "2-hidden": 0.06}, epochs=3)
+        for s in range(3)
+    ]
+    assert experiment.verdict(runs + longer).status == "does not hold"
+    assert "3 x 20,000" in experiment.verdict(runs + longer).headline
 
 
 def test_config_rejects_unknown_networks():

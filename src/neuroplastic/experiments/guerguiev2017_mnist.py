@@ -50,7 +50,6 @@ from neuroplastic.experiments.base import (
     RunContext,
     RunResult,
     Verdict,
-    default_runs,
     finished_by_config,
 )
 from neuroplastic.metrics import error_rate
@@ -346,25 +345,36 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
     return run_batch(config, [seed], context)[0]
 
 
+def _images(config: dict) -> int:
+    return config["epochs"] * config["examples_per_epoch"]
+
+
 def verdict(records: Sequence[RunRecord]) -> Verdict:
-    """Holds when mean test error orders 0 hidden > 1 hidden > 2 hidden over >= 3 seeds of the
-    default config (whatever its budget: the headline says it)."""
-    runs = default_runs(records, Config)
-    if len(runs) < MIN_SEEDS:
-        return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
-    errors = {
-        n: mean_ci([r.metrics[f"{n}/test_error"] for r in runs])
-        for n in ("0-hidden", "1-hidden", "2-hidden")
-    }
+    """Holds when mean test error orders 0 hidden > 1 hidden > 2 hidden.
+
+    The budget is a knob here (the paper's 60 epochs take days on a CPU), so the verdict reads the
+    recorded configuration with the most training images among those that ran all three depths
+    for at least 3 seeds (not --quick), and its headline says what that budget was."""
+    depths = ("0-hidden", "1-hidden", "2-hidden")
+    candidates = [
+        runs
+        for runs in finished_by_config(records).values()
+        if not runs[0].quick
+        and set(depths) <= set(runs[0].config["networks"])
+        and len(runs) >= MIN_SEEDS
+    ]
+    if not candidates:
+        return Verdict("not run", f"no config with {', '.join(depths)} and {MIN_SEEDS} seeds")
+    runs = max(candidates, key=lambda group: (_images(group[0].config), len(group)))
+    errors = {n: mean_ci([r.metrics[f"{n}/test_error"] for r in runs]) for n in depths}
     ordered = errors["0-hidden"].mean > errors["1-hidden"].mean > errors["2-hidden"].mean
     config = runs[0].config
-    headline = (
-        ", ".join(
-            f"{n} {errors[n].format(scale=100, unit=' %')} (paper {PAPER_ERROR[n]} %)"
-            for n in errors
-        )
-        + f" after {config['epochs']} epoch(s) of {config['examples_per_epoch']} images"
-        + " (paper: 60 x 60,000)"
+    headline = ", ".join(
+        f"{n} {errors[n].format(scale=100, unit=' %')} (paper {PAPER_ERROR[n]} %)" for n in depths
+    )
+    headline += (
+        f" after {config['epochs']} x {config['examples_per_epoch']:,} training images,"
+        f" {config['test_examples']:,} test images (paper: 60 x 60,000, 10,000)"
     )
     return Verdict("holds" if ordered else "does not hold", headline)
 
