@@ -116,8 +116,9 @@ class Config:
     """Training images held out to pick the baselines' learning rate."""
     baseline_loss: str = "cross_entropy"
     """Cost of the baselines: ``cross_entropy`` or ``square``."""
-    chunk: int = 25
-    """Test images simulated at once (memory: chunk x 250 steps x 784 inputs)."""
+    chunk: int = 0
+    """Test images per replica simulated at once (0: a size chosen for the CPU cache; larger
+    values suit a GPU)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.networks) - set(NETWORKS))

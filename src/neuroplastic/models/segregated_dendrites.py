@@ -699,7 +699,7 @@ def predict(
     net: SegregatedDendriteNet,
     images: torch.Tensor,
     generator: torch.Generator | Sequence[torch.Generator],
-    chunk: int = 25,
+    chunk: int = 0,
     reference: bool = False,
 ) -> torch.Tensor:
     """Class of each image for every replica: (R, N) from images (R, N, n_in) or (N, n_in).
@@ -707,10 +707,13 @@ def predict(
     Each image starts from a silent network and drives a forward phase of ``test_steps``; the class
     is the output unit with the highest mean somatic potential over the last
     ``test_steps - settle_steps`` steps (the code's test; the paper reads rates, the same order).
+    ``chunk`` images per replica are simulated at once (0: a size chosen for the CPU cache).
     """
     p = net.params
     if images.dim() == 2:
         images = images.expand(net.replicas, *images.shape)
+    # a few images per replica at a time keep a phase's tensors in cache (measured fastest on CPU)
+    chunk = chunk or max(1, 6 // net.replicas)
     predictions = []
     for start in range(0, images.shape[1], chunk):
         rates = p.phi_max * images[:, start : start + chunk]
