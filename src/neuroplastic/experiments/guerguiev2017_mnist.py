@@ -127,9 +127,11 @@ class Config:
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             raise ValueError(f"unknown baselines {unknown}; choose from {sorted(BASELINES)}")
-        for name in ("epochs", "examples_per_epoch", "test_examples", "chunk"):
+        for name in ("epochs", "examples_per_epoch", "test_examples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.chunk < 0:
+            raise ValueError(f"chunk must be 0 (automatic) or positive, got {self.chunk}")
         if not self.baseline_lrs or min(self.baseline_lrs) <= 0:
             raise ValueError(f"baseline_lrs must be positive, got {self.baseline_lrs}")
         if self.baseline_loss not in ("cross_entropy", "square"):
