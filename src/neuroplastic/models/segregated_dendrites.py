@@ -30,9 +30,10 @@ Two simulations of a phase give the same result for the same uniforms (see :clas
 * :func:`simulate_phase_reference`: the equations above, one time step at a time.
 * :func:`simulate_phase`: the fast path. With ``g_a = 0`` (the paper's main setting) nothing
   flows back into a soma within a phase, so each layer is computed for *all* time steps at once:
-  input spikes for the whole phase, their filtered trains, the basal potentials as one matrix
-  product, the linear somatic recurrence ``C(t) = a C(t-1) + u(t)`` as a product with the
-  matrix ``a^(t-s)``, then the layer's spikes, then the next layer. With ``g_a != 0`` the apical
+  input spikes for the whole phase, the weights applied to the spike counts (event by event for
+  the sparse input), the kernel filter and the linear somatic recurrence
+  ``C(t) = a C(t-1) + u(t)`` folded into one cached matrix (``C = M D + ...``, see
+  :func:`_soma_matrices`), then the layer's spikes, then the next layer. With ``g_a != 0`` the apical
   compartment couples the layers step by step and the fast path falls back to the reference
   loop (still batched over replicas and examples).
 
