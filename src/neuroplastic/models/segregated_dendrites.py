@@ -33,9 +33,9 @@ Two simulations of a phase give the same result for the same uniforms (see :clas
   input spikes for the whole phase, the weights applied to the spike counts (event by event for
   the sparse input), the kernel filter and the linear somatic recurrence
   ``C(t) = a C(t-1) + u(t)`` folded into one cached matrix (``C = M D + ...``, see
-  :func:`_soma_matrices`), then the layer's spikes, then the next layer. With ``g_a != 0`` the apical
-  compartment couples the layers step by step and the fast path falls back to the reference
-  loop (still batched over replicas and examples).
+  :func:`_soma_matrices`), then the layer's spikes, then the next layer. With ``g_a != 0``
+  the apical compartment couples the layers step by step and the fast path falls back to the
+  reference loop (still batched over replicas and examples).
 
 Shapes: every tensor has a leading replica dimension ``R`` (independent networks: seeds or
 settings) and an example dimension ``B`` (1 while training online; many at test time).
