@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from neuroplastic.config import config_to_dict
+from neuroplastic.errors import ConfigError
 from neuroplastic.experiments import guerguiev2017_mnist as experiment
 from neuroplastic.experiments.base import RunContext
 from neuroplastic.store import RunRecord, config_hash
@@ -123,3 +124,17 @@ def test_config_rejects_unknown_networks():
         dataclasses.replace(TINY, networks=("3-hidden",))
     with pytest.raises(ValueError, match="unknown baselines"):
         dataclasses.replace(TINY, baselines=("1-hidden-dfa",))
+
+
+def test_more_epochs_continue_from_the_last_checkpoint(tmp_path):
+    one = dataclasses.replace(
+        TINY, baselines=(), epochs=1, examples_per_epoch=100, test_examples=50
+    )
+    two = dataclasses.replace(one, epochs=2)
+    cpu = torch.device("cpu")
+    straight = experiment.train_dendritic(two, "0-hidden", [5], RunContext(device=cpu))
+    context = RunContext(device=cpu, checkpoint_dir=tmp_path)
+    experiment.train_dendritic(one, "0-hidden", [5], context)
+    assert experiment.train_dendritic(two, "0-hidden", [5], context) == straight
+    with pytest.raises(ConfigError, match="holds 2 epochs"):
+        experiment.train_dendritic(one, "0-hidden", [5], context)
