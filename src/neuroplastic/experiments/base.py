@@ -126,6 +126,13 @@ class Experiment:
     diverged replica is a NeuroplasticError in its place)."""
 
 
+def panel_per_metric(key: str) -> tuple[str, str]:
+    """A ``plot_panel`` for curves keyed ``"<method>/<metric>"``: one panel per metric (test
+    error, angles, ...), one line per method."""
+    method, _, metric = key.rpartition("/")
+    return metric, method
+
+
 def finished_by_config(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
     """Finished runs grouped by config hash, in order of first appearance."""
     groups: dict[str, list[RunRecord]] = {}

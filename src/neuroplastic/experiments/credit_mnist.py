@@ -45,6 +45,7 @@ from neuroplastic.experiments.base import (
     Verdict,
     default_runs,
     finished_by_config,
+    panel_per_metric,
 )
 from neuroplastic.metrics import error_rate
 from neuroplastic.models.mlp import MLP
@@ -284,12 +285,6 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
     return result
 
 
-def plot_panel(key: str) -> tuple[str, str]:
-    """One panel per quantity (test error, angles, ...), one line per rule."""
-    rule, _, metric = key.rpartition("/")
-    return metric, rule
-
-
 EXPERIMENT = Experiment(
     name=NAME,
     paper="Lillicrap 2016, Nøkland 2016, Scellier & Bengio 2017; numbers: Bartunov 2018",
@@ -302,6 +297,6 @@ EXPERIMENT = Experiment(
     verdict=verdict,
     quick=quick,
     command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
-    plot_panel=plot_panel,
+    plot_panel=panel_per_metric,
     tables=tables,
 )

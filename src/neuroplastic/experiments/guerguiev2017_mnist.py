@@ -52,6 +52,7 @@ from neuroplastic.experiments.base import (
     RunResult,
     Verdict,
     finished_by_config,
+    panel_per_metric,
 )
 from neuroplastic.metrics import error_rate
 from neuroplastic.models.mlp import MLP
@@ -429,12 +430,6 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
     return result
 
 
-def plot_panel(key: str) -> tuple[str, str]:
-    """One panel per quantity (test error, training error, angle), one line per network."""
-    network, _, metric = key.rpartition("/")
-    return metric, network
-
-
 EXPERIMENT = Experiment(
     name=NAME,
     paper="Guerguiev, Lillicrap & Richards 2017, eLife 6:e22901",
@@ -447,7 +442,7 @@ EXPERIMENT = Experiment(
     verdict=verdict,
     quick=quick,
     command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
-    plot_panel=plot_panel,
+    plot_panel=panel_per_metric,
     tables=tables,
     run_batch=run_batch,
 )
