@@ -1,10 +1,19 @@
 """Credit assignment: who computes each weight's update direction (written into ``.grad``).
 
-See ``base.py`` for the contract every rule keeps.
+Rules attach to any ``nn.Module`` (see ``base.py`` for the contract every rule keeps and
+``layers.py`` for the layers they cover); ``neuroplastic.testing.check_rule`` checks a rule
+against that contract.
 """
 
 from neuroplastic.credit.backprop import Backprop
-from neuroplastic.credit.base import LOSSES, CreditRule, loss_per_example, output_error
+from neuroplastic.credit.base import (
+    LOSSES,
+    CreditRule,
+    FeedbackMatrices,
+    LayerLocalRule,
+    loss_per_example,
+    output_error,
+)
 from neuroplastic.credit.diagnostics import feedback_weight_angles, update_angles
 from neuroplastic.credit.direct_feedback_alignment import DirectFeedbackAlignment
 from neuroplastic.credit.equilibrium_propagation import EquilibriumPropagation
@@ -33,6 +42,8 @@ __all__ = [
     "DirectFeedbackAlignment",
     "EquilibriumPropagation",
     "FeedbackAlignment",
+    "FeedbackMatrices",
+    "LayerLocalRule",
     "NodePerturbation",
     "SignSymmetry",
     "WeightPerturbation",

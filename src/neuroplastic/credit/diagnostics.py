@@ -40,12 +40,14 @@ def angle_degrees(a: Tensor, b: Tensor) -> float:
     return math.degrees(2 * math.atan2((u - v).norm().item(), (u + v).norm().item()))
 
 
-def _named_parameters(rule: CreditRule) -> dict[str, torch.nn.Parameter]:
-    named: dict[str, torch.nn.Parameter] = {}
-    for index, layer in enumerate(rule.model.layers):
-        named[f"layer{index}.weight"] = layer.weight
-        named[f"layer{index}.bias"] = layer.bias
-    return named
+def _collect_update(rule: CreditRule, params: dict[str, torch.nn.Parameter], x, y, loss):
+    for param in params.values():
+        param.grad = None
+    rule.backward(x, y, loss)
+    return {
+        name: (param.grad.detach().clone() if param.grad is not None else torch.zeros_like(param))
+        for name, param in params.items()
+    }
 
 
 def _generators(rule: CreditRule) -> list[torch.Generator]:
@@ -57,30 +59,22 @@ def _generators(rule: CreditRule) -> list[torch.Generator]:
     return found
 
 
-def _collect_update(rule: CreditRule, params: dict[str, torch.nn.Parameter], x, y, loss):
-    for param in params.values():
-        param.grad = None
-    rule.backward(x, y, loss)
-    return {
-        name: (param.grad.detach().clone() if param.grad is not None else torch.zeros_like(param))
-        for name, param in params.items()
-    }
-
-
 def update_angles(
     rule: CreditRule, x: Tensor, y: Tensor, loss: str = "cross_entropy"
 ) -> dict[str, float]:
-    """``{"layer0.weight": deg, "layer0.bias": deg, ...}``: the angle between the update ``rule``
-    writes into each ``.grad`` on the batch ``(x, y)`` and the backprop gradient on that batch.
+    """``{parameter name: deg}`` for every parameter of ``rule.model`` that requires a gradient:
+    the angle between the update ``rule`` writes into its ``.grad`` on the batch ``(x, y)``
+    (``rule.backward(x, y, loss)``) and the backprop gradient on that batch (the same call with
+    the rule's hooks disabled, then plain autograd).
 
     Leaves no trace: every parameter's ``.grad`` (a tensor, or ``None``) is restored afterwards;
     the random generators the rule holds as attributes (e.g. ``rule.generator``) are reset to their
     state before the call, and torch's global CPU generator too, so a stochastic rule's training
     run draws the same noise whether or not it is diagnosed, and the angle is measured on the very
     update (same noise) the rule's next ``backward`` on this batch will make. Other internal state
-    a rule may keep between calls (none of the FA family does) is not rewound.
+    a rule may keep between calls is not rewound.
     """
-    params = _named_parameters(rule)
+    params = {n: p for n, p in rule.model.named_parameters() if p.requires_grad}
     saved_grads = {name: param.grad for name, param in params.items()}
     generators = _generators(rule)
     saved_states = [generator.get_state() for generator in generators]
@@ -88,7 +82,8 @@ def update_angles(
         with torch.enable_grad():  # rules may use autograd, even if called under no_grad
             with torch.random.fork_rng(devices=[]):
                 rule_update = _collect_update(rule, params, x, y, loss)
-            reference = _collect_update(Backprop(rule.model), params, x, y, loss)
+            with rule.disabled():
+                reference = _collect_update(Backprop(rule.model), params, x, y, loss)
     finally:
         for generator, state in zip(generators, saved_states, strict=True):
             generator.set_state(state)
@@ -98,14 +93,14 @@ def update_angles(
 
 
 def feedback_weight_angles(rule: CreditRule) -> dict[str, float]:
-    """``{"layer{l}.feedback": deg}``: the angle between the matrix that carries the error into
-    hidden layer ``l`` and the one backprop would use in its place.
+    """``{layer name: deg}``: the angle between the matrix that carries the error into the
+    input of a covered layer and the one backprop would use in its place.
 
-    * feedback alignment: ``B_{l+1}`` against ``W_{l+1}^T``;
-    * sign symmetry: ``V_{l+1}`` (from the current weights) against ``W_{l+1}^T``;
-    * direct feedback alignment: ``D_l`` against ``W_{l+1}^T ... W_{L-1}^T``, backprop's path
-      from the output error with the activation slopes left out (just ``W_{L-1}^T`` for the last
-      hidden layer).
+    * feedback alignment: ``B`` against ``W``;
+    * sign symmetry: ``V`` (from the current weights) against ``W``;
+    * direct feedback alignment, on a chain of Linear layers: ``D_l`` against
+      ``W_l^T ... W_L^T``, backprop's path from the output error with the activation slopes left
+      out (just ``W_out^T`` for the output layer's input).
 
     A rule takes part by defining ``feedback_pairs() -> {name: (backprop_matrix, feedback)}``;
     for any other rule (backprop, perturbation, equilibrium propagation) the result is ``{}``.

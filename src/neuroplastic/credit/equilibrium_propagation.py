@@ -409,6 +409,13 @@ class EquilibriumPropagation(CreditRule):
         activation: str = "hard_sigmoid",
         compile: bool = False,
     ):
+        if not isinstance(model, MLP):
+            raise TypeError(
+                "equilibrium propagation needs a layered energy model: its update comes from "
+                "the settled states of the energy E(s) built from the layers' weights, which "
+                f"exists for neuroplastic.models.mlp.MLP; got {type(model).__name__}. For "
+                "other models use a rule that works through autograd (fa, dfa, sign-symmetry)"
+            )
         super().__init__(model)
         if not (isinstance(beta, int | float) and math.isfinite(beta) and beta > 0):
             raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
