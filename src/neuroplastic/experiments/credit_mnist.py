@@ -176,13 +176,25 @@ def train(
                 float("nan") if diverged else error_rate(rule.predict, x, y)
             )
         if diagnostics is not None and not diverged:
-            for layer, angle in update_angles(rule, *diagnostics, loss=cost).items():
-                curves.setdefault(f"angle_{layer}", []).append(angle)
-            for layer, angle in feedback_weight_angles(rule).items():
-                curves.setdefault(f"feedback_angle_{layer}", []).append(angle)
+            for name, angle in update_angles(rule, *diagnostics, loss=cost).items():
+                curves.setdefault(f"angle_{recorded_name(name)}", []).append(angle)
+            for name, angle in feedback_weight_angles(rule).items():
+                if name == "layers.0":
+                    continue  # FA's matrix into the image: drawn, never used
+                curves.setdefault(f"feedback_angle_{recorded_name(name)}", []).append(angle)
         if context is not None:
             context.progress.advance(loss=curves["train_loss"][-1])
     return curves
+
+
+def recorded_name(name: str) -> str:
+    """The MLP's parameter or layer name as this experiment has recorded it since its first
+    run, so curves stay comparable across versions: ``layers.0.weight`` -> ``layer0.weight``;
+    the feedback into the input of ``layers.1`` (that of hidden layer 0) -> ``layer0.feedback``."""
+    parts = name.split(".")
+    if len(parts) == 3:
+        return f"layer{parts[1]}.{parts[2]}"
+    return f"layer{int(parts[1]) - 1}.feedback"
 
 
 def tuned_lr(config: Config, rule: str, data, split, context: RunContext) -> tuple[float, float]:
