@@ -32,7 +32,9 @@ from neuroplastic.credit import node_perturbation as node_module
 from neuroplastic.credit import weight_perturbation as weight_module
 from neuroplastic.credit.node_perturbation import NodePerturbation, node_perturbation_reference
 from neuroplastic.credit.weight_perturbation import (
+    VectorizeError,
     WeightPerturbation,
+    loss_closure,
     weight_perturbation_reference,
 )
 from neuroplastic.models.mlp import MLP
@@ -124,7 +126,7 @@ def test_batched_estimates_equal_the_reference_loop(cls, difference):
     r = rule(cls, model, sigma=0.1, difference=difference)
     noise = noise_for(r, 7, len(y))
     fast = r.estimates(x, y, "cross_entropy", noise=noise).grads
-    reference = REFERENCES[cls](model, x, y, "cross_entropy", noise, 0.1, difference)
+    reference = REFERENCES[cls](model, loss_closure(x, y, "cross_entropy"), noise, 0.1, difference)
     for a, b in zip(fast, reference, strict=True):
         assert_close(a, b, rtol=1e-10, atol=1e-12)
 
@@ -397,4 +399,8 @@ def test_invalid_hyper_parameters_are_rejected(cls):
     with pytest.raises(TypeError):
         cls(model, generator=0)
     with pytest.raises(TypeError):
+        cls("not a model")
+    with pytest.raises(ValueError):  # a model with no covered layer (the root is never one)
         cls(nn.Linear(3, 2))
+    with pytest.raises(TypeError):
+        cls(model, vectorize=1)
