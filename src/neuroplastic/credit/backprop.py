@@ -7,6 +7,9 @@ a rule so that experiments and the conformance suite treat it like the others.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -21,3 +24,8 @@ class Backprop(CreditRule):
 
     def __init__(self, model: nn.Module, *, generator: torch.Generator | None = None):
         super().__init__(model)  # the keyword keeps constructors uniform: backprop draws nothing
+
+    @contextlib.contextmanager
+    def as_backprop(self) -> Iterator[Backprop]:
+        """Its own identity, trivially (for :func:`neuroplastic.testing.check_rule`)."""
+        yield self

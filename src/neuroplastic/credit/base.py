@@ -13,7 +13,7 @@ when the rule is exact), so any ``torch.optim.Optimizer`` takes the step::
         optimizer.zero_grad()
         my_loss(model(x), y).backward()     # covered layers: FA's update; the rest: autograd's
         optimizer.step()
-    rule.remove()                           # a plain model again (or: ``with FeedbackAlignment(...)``)
+    rule.remove()                           # a plain model again (or: ``with Rule(...)``)
 
 Rules that cannot work through autograd (perturbation, equilibrium propagation) write ``.grad``
 in :meth:`CreditRule.backward`. ``rule.backward(x, y, loss)`` exists on every rule as the
@@ -25,7 +25,7 @@ mean, backward; it returns the detached mean loss, adds to ``.grad`` as autograd
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,12 @@ class CreditRule:
     Attributes:
         model: the model, as given.
         layers: ``{module name: module}``, the covered layers in module order.
+
+    What :func:`neuroplastic.testing.check_rule` reads, all optional: ``as_backprop()``, a context
+    manager within which the rule's update is autograd's gradient (its exact identity, checked
+    to 1e-12 in float64; raise ``NotImplementedError(reason)`` on entry where the model admits
+    none); ``conformance_exemptions = {check name: reason}`` for checks the rule cannot meet;
+    ``learns_quickly = False`` and ``supported_losses`` (a subset of :data:`LOSSES`).
     """
 
     name: str = "rule"
@@ -249,6 +255,18 @@ class FeedbackMatrices(MutableMapping[str, Tensor]):
             raise TypeError(f"{self._what}[{name!r}] must be a tensor, got {type(value).__name__}")
         self._check(name, value)
         self._values[name] = value
+
+    @contextlib.contextmanager
+    def replaced(self, values: Mapping[str, Tensor]) -> Iterator[FeedbackMatrices]:
+        """Within the block, ``values`` replace (or fill in) the matrices of their layers; on exit
+        every matrix is as before, including those not drawn yet (the identity checks use it)."""
+        saved = dict(self._values)
+        try:
+            for name, value in values.items():
+                self[name] = value
+            yield self
+        finally:
+            self._values = saved
 
     def __delitem__(self, name: str) -> None:
         raise TypeError(f"{self._what} matrices cannot be deleted; assign a replacement instead")

@@ -23,6 +23,8 @@ exact.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -192,6 +194,25 @@ class DirectFeedbackAlignment(LayerLocalRule):
             )
         d = self.feedback[call.name].to(error)  # (n_in, K)
         return (error @ d.T).view(x.shape).to(x.dtype)  # (N, K) @ (K, n_in)
+
+    @contextlib.contextmanager
+    def as_backprop(self) -> Iterator[DirectFeedbackAlignment]:
+        """Within the block ``D = W_out^T`` (a view that follows the weight) for the last covered
+        layer: backprop's gradient when the model has one hidden layer, i.e. at most two covered
+        layers, both ``Linear``, the last one computing the output the error is taken from (only
+        its input carries an error). On exit the matrices are as before. Raises
+        ``NotImplementedError`` on entry for other models: with more layers backprop's path
+        depends on the example (see the class docstring), so no fixed ``D`` reproduces it."""
+        modules = list(self.layers.values())
+        if len(modules) > 2 or not all(isinstance(m, nn.Linear) for m in modules):
+            kinds = [type(m).__name__ for m in modules]
+            raise NotImplementedError(
+                "direct feedback alignment equals backprop only with one hidden layer (at most "
+                f"two covered Linear layers); this model's covered layers are {kinds}"
+            )
+        name, last = list(self.layers.items())[-1]
+        with self.feedback.replaced({name: last.weight.detach().T}):  # (in, K)
+            yield self
 
     def feedback_pairs(self) -> dict[str, tuple[Tensor, Tensor]]:
         """For a chain of covered ``Linear`` layers (an MLP): ``{name: (W_{l}^T ... W_L^T, D)}``,

@@ -20,6 +20,9 @@ natural extension to any architecture.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -96,6 +99,14 @@ class FeedbackAlignment(LayerLocalRule):
 
     def input_error(self, call: LayerCall, x: Tensor, g: Tensor) -> Tensor:
         return feedback_error(call, x, g, self.feedback[call.name])
+
+    @contextlib.contextmanager
+    def as_backprop(self) -> Iterator[FeedbackAlignment]:
+        """Within the block ``B = W`` for every covered layer (views that follow the weights as
+        they train): the update is backprop's gradient. On exit the matrices are as before."""
+        views = {name: module.weight.detach() for name, module in self.layers.items()}
+        with self.feedback.replaced(views):
+            yield self
 
     def feedback_pairs(self) -> dict[str, tuple[Tensor, Tensor]]:
         """``{name: (W, B)}`` for every covered layer."""

@@ -8,6 +8,9 @@ FRSF; biotorch calls them "usf", "brsf", "frsf"). Moskovitz, Litwin-Kumar & Abbo
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -88,6 +91,7 @@ class SignSymmetry(LayerLocalRule):
         self.scaled = scaled
         self.generator = generator
         self.magnitudes: FeedbackMatrices | None = None
+        self._weight_magnitudes = False  # as_backprop(): M = |W| / scale, read every pass
         if variant != "usf":
             self.magnitudes = FeedbackMatrices(
                 "magnitudes", {name: tuple(m.weight.shape) for name, m in self.layers.items()}
@@ -100,15 +104,22 @@ class SignSymmetry(LayerLocalRule):
         return draw_uniform(module.weight.shape, init_bound(fan_in(module)), self.generator).abs()
 
     def on_layer_call(self, call: LayerCall, x: Tensor) -> None:
+        if self._weight_magnitudes:
+            magnitudes = call.weight.abs() / self.scale
+            call.feedback = self.sign_feedback(call.name, call.weight, magnitudes)
+            return
         if self.variant == "brsf":
             self.magnitudes[call.name] = self._draw(call.name)
         call.feedback = self.sign_feedback(call.name, call.weight)
 
-    def sign_feedback(self, name: str, weight: Tensor) -> Tensor:
-        """``V`` for layer ``name`` with forward weight ``weight``."""
+    def sign_feedback(self, name: str, weight: Tensor, magnitudes: Tensor | None = None) -> Tensor:
+        """``V`` for layer ``name`` with forward weight ``weight`` (and ``magnitudes`` in place of
+        the layer's ``M``, if given)."""
         v = weight.sign()
-        if self.magnitudes is not None:
-            v = self.magnitudes[name].to(v) * v
+        if magnitudes is None and self.magnitudes is not None:
+            magnitudes = self.magnitudes[name]
+        if magnitudes is not None:
+            v = magnitudes.to(v) * v
         if self.scale != 1.0:
             v = self.scale * v
         if self.scaled:
@@ -118,6 +129,19 @@ class SignSymmetry(LayerLocalRule):
 
     def input_error(self, call: LayerCall, x: Tensor, g: Tensor) -> Tensor:
         return feedback_error(call, x, g, call.feedback)
+
+    @contextlib.contextmanager
+    def as_backprop(self) -> Iterator[SignSymmetry]:
+        """Within the block every variant takes its magnitudes from the weight of each forward
+        pass, ``M = |W| / scale`` (nothing is drawn), so ``V = W`` (``scaled`` then rescales by
+        ``||W|| / ||V|| = 1``): the update is backprop's gradient. The rule's own magnitudes and
+        generator are untouched. For ``"frsf"`` the same identity by hand is ``magnitudes[name]
+        = layer.weight.detach().abs()`` (reassigned after every step, as ``|W|`` is a copy)."""
+        previous, self._weight_magnitudes = self._weight_magnitudes, True
+        try:
+            yield self
+        finally:
+            self._weight_magnitudes = previous
 
     @property
     def feedback(self) -> dict[str, Tensor]:
