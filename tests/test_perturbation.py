@@ -27,7 +27,7 @@ from scipy import stats
 from torch import nn
 from torch.testing import assert_close
 
-from neuroplastic.credit import Backprop
+from neuroplastic.credit import Backprop, loss_per_example
 from neuroplastic.credit import node_perturbation as node_module
 from neuroplastic.credit import weight_perturbation as weight_module
 from neuroplastic.credit.node_perturbation import NodePerturbation, node_perturbation_reference
@@ -404,3 +404,366 @@ def test_invalid_hyper_parameters_are_rejected(cls):
         cls(nn.Linear(3, 2))
     with pytest.raises(TypeError):
         cls(model, vectorize=1)
+
+
+# -- any model: a small CNN and a nested residual network -----------------------------------------
+
+
+class ConvNet(nn.Module):
+    """Conv2d (stride 2, padding 1) then Linear: ``(B, 1, 4, 4) -> (B, 2, 2, 2) -> (B, 3)``."""
+
+    def __init__(self, linear: bool = False, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)  # restored by the caller's fork_rng
+        self.conv = nn.Conv2d(1, 2, 3, stride=2, padding=1)
+        self.act = nn.Identity() if linear else nn.Tanh()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).flatten(1))
+
+
+class Residual(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return x + self.inner(x)
+
+
+def nested_net(linear: bool = False, seed: int = 0) -> nn.Module:
+    """``Linear -> x + (Linear -> act)(x) -> act -> Linear`` in nested Sequentials."""
+    torch.manual_seed(seed)
+    act = nn.Identity if linear else nn.Tanh
+    return nn.Sequential(
+        nn.Linear(4, 5),
+        nn.Sequential(Residual(nn.Sequential(nn.Linear(5, 5), act())), act()),
+        nn.Linear(5, 3),
+    )
+
+
+def any_model(kind: str, linear: bool = False, seed: int = 0):
+    """A float64 model of ``kind`` and a batch for it (global RNG left as it was)."""
+    with torch.random.fork_rng():
+        model = (ConvNet(linear, seed) if kind == "conv" else nested_net(linear, seed)).to(F64)
+    generator = torch.Generator().manual_seed(seed + 1)
+    shape = (4, 1, 4, 4) if kind == "conv" else (4, 4)
+    x = torch.randn(shape, generator=generator, dtype=F64)
+    return model, x, torch.randint(0, 3, (4,), generator=generator)
+
+
+MODELS = ("conv", "nested")
+
+
+def true_gradient(model, params, x, y, loss: str) -> list[torch.Tensor]:
+    mean = loss_per_example(model(x), y, loss).mean()
+    return list(torch.autograd.grad(mean, params))
+
+
+def unit_noise(r, draws: int, x, y) -> list[torch.Tensor]:
+    """N(0, 1) noise in the rule's layout (divide out sigma)."""
+    if isinstance(r, NodePerturbation):
+        noise = r.draw_noise(draws, r.output_shapes(x, y, "square"))
+    else:
+        noise = r.draw_noise(draws)
+    return [n / r.sigma for n in noise]
+
+
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("cls", RULES)
+@pytest.mark.parametrize("difference", ["forward", "central"])
+def test_batched_estimates_equal_the_reference_loop_on_any_model(kind, cls, difference):
+    """vmap over draws (and ``vectorize=False``'s loop) equal the plain reference loop."""
+    model, x, y = any_model(kind)
+    closure = loss_closure(x, y, "cross_entropy")
+    r = rule(cls, model, sigma=0.1, difference=difference)
+    noise = unit_noise(r, 5, x, y)
+    noise = [0.1 * n for n in noise]
+    fast = r.estimates(closure, noise=noise).grads
+    loop = rule(cls, model, sigma=0.1, difference=difference, vectorize=False)
+    looped = loop.estimates(closure, noise=noise).grads
+    reference = REFERENCES[cls](model, closure, noise, 0.1, difference)
+    assert len(fast) == len(reference) == len(list(model.parameters()))
+    for a, b, c in zip(fast, looped, reference, strict=True):
+        assert_close(a, c, rtol=1e-10, atol=1e-12)
+        assert_close(b, c, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_single_weight_draw_is_the_difference_quotient_by_hand(kind):
+    """With the noise given, the estimate is (C(W + xi) - C(W)) xi / sigma^2, C evaluated here
+    by hand through functional_call."""
+    model, x, y = any_model(kind)
+    sigma = 0.2
+    r = rule(WeightPerturbation, model, sigma=sigma)
+    noise = r.draw_noise(1)
+    names = list(r.named_params)
+    perturbed = {n: p.detach() + xi[0] for n, p, xi in zip(names, r.params, noise, strict=True)}
+    with torch.no_grad():
+        plus = loss_per_example(torch.func.functional_call(model, perturbed, (x,)), y,
+                                "cross_entropy").mean()  # fmt: skip
+        clean = loss_per_example(model(x), y, "cross_entropy").mean()
+    grads = r.estimates(x, y, "cross_entropy", noise=noise).grads
+    for g, xi in zip(grads, noise, strict=True):
+        assert_close(g[0], (plus - clean) * xi[0] / sigma**2, rtol=1e-12, atol=1e-14)
+
+
+def layer_records(model, layers, x, noise=None):
+    """Run ``model(x)`` adding ``noise[l]`` (one draw) to each covered output; returns the
+    output and each covered layer's (input, output)."""
+    records, handles = {}, []
+    for index, (name, module) in enumerate(layers.items()):
+
+        def hook(module, args, output, name=name, index=index):
+            if noise is not None:
+                output = output + noise[index]
+            records[name] = (args[0], output)
+            return output
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        return model(x), records
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def local_by_autograd(module, x, error) -> list[torch.Tensor]:
+    """dW, db of <error, module(x)> by autograd (independent of ``layers.local_gradients``)."""
+    with torch.enable_grad():
+        params = [module.weight, module.bias]
+        return list(torch.autograd.grad((module(x.detach()) * error).sum(), params))
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_single_node_draw_is_the_difference_quotient_by_hand(kind):
+    """With the noise given: e_l = dC_b xi_{l,b} / (B sigma^2) per example, and the estimate is
+    the gradient of <e_l, layer(x_l)> in (W_l, b_l) at the clean input (autograd here)."""
+    model, x, y = any_model(kind)
+    sigma = 0.2
+    r = rule(NodePerturbation, model, sigma=sigma)
+    noise = r.draw_noise(1, r.output_shapes(x, y, "cross_entropy"))
+    grads = r.estimates(x, y, "cross_entropy", noise=noise).grads
+    with torch.no_grad():
+        out, clean_records = layer_records(model, r.layers, x)
+        clean = loss_per_example(out, y, "cross_entropy")
+        out, _ = layer_records(model, r.layers, x, [n[0] for n in noise])
+        change = loss_per_example(out, y, "cross_entropy") - clean  # (B,)
+    expected = []
+    for (name, module), xi in zip(r.layers.items(), noise, strict=True):
+        coefficient = change.view(-1, *([1] * (xi.dim() - 2))) / (len(y) * sigma**2)
+        expected += local_by_autograd(module, clean_records[name][0], coefficient * xi[0])
+    for g, e in zip(grads, expected, strict=True):
+        assert_close(g[0], e, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_weight_perturbation_tends_to_the_directional_derivative_on_linear_models(kind):
+    """Linear model, square cost, central difference: (C(W + s z) - C(W - s z)) / (2 s) =
+    g.z + O(s^2), so at sigma = 1e-5 each single-draw estimate is (g.z) z to ~1e-9."""
+    model, x, y = any_model(kind, linear=True)
+    r = rule(WeightPerturbation, model, sigma=1e-5, difference="central")
+    z = unit_noise(r, 6, x, y)
+    grads = r.estimates(x, y, "square", noise=[1e-5 * n for n in z]).grads
+    g = flat(true_gradient(model, r.params, x, y, "square"))
+    directional = flat(z, draws=True) @ g  # (draws,)
+    assert_close(flat(grads, draws=True), directional[:, None] * flat(z, draws=True),
+                 rtol=1e-7, atol=1e-9)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("sigma", [1e-5, 0.5])
+def test_central_node_perturbation_is_exact_on_linear_models(kind, sigma):
+    """Linear model, square cost: each C_b is quadratic in the node noise, so the central
+    difference is exactly delta_b . xi_b for every sigma, and each single-draw estimate is the
+    local gradient of e_{l,b} = (delta_b . z_b) z_{l,b} / B (delta by autograd)."""
+    model, x, y = any_model(kind, linear=True)
+    r = rule(NodePerturbation, model, sigma=sigma, difference="central")
+    z = unit_noise(r, 3, x, y)
+    grads = r.estimates(x, y, "square", noise=[sigma * n for n in z]).grads
+    with torch.enable_grad():
+        out, records = layer_records(model, r.layers, x)
+        outputs = [records[name][1] for name in r.layers]
+        # d(sum_b C_b)/do_l: per example, since example b's loss depends only on row b
+        deltas = torch.autograd.grad(loss_per_example(out, y, "square").sum(), outputs)
+    for draw in range(3):
+        directional = sum(
+            (d * n[draw]).flatten(1).sum(dim=1) for d, n in zip(deltas, z, strict=True)
+        )  # (B,): delta_b . z_b over every covered unit
+        expected = []
+        for (name, module), n in zip(r.layers.items(), z, strict=True):
+            e = directional.view(-1, *([1] * (n.dim() - 2))) * n[draw] / len(y)
+            expected += local_by_autograd(module, records[name][0], e)
+        for g, e in zip(grads, expected, strict=True):
+            assert_close(g[draw], e, rtol=1e-8, atol=1e-11)
+
+
+@pytest.mark.parametrize("difference", ["forward", "central"])
+def test_node_perturbation_is_exactly_unbiased_on_a_linear_conv_model(difference):
+    """Conv2d + Linear without nonlinearity, square cost, sigma = 0.5: unbiased (statistical)."""
+    model, x, y = any_model("conv", linear=True)
+    r = rule(NodePerturbation, model, sigma=0.5, difference=difference)
+    grad = flat(true_gradient(model, r.params, x, y, "square"))
+    samples = flat(r.estimates(x, y, "square", draws=20_000).grads, draws=True)
+    assert_mean_within(samples, grad)
+    assert_resolves(samples, grad)
+
+
+@pytest.mark.parametrize("difference", ["forward", "central"])
+def test_weight_perturbation_of_the_conv_layer_is_exactly_unbiased(difference):
+    """Only the conv layer covered (layers=["conv"]) of a linear CNN, square cost: C is quadratic
+    in the conv's (W, b), so the estimate is unbiased even at sigma = 0.2."""
+    model, x, y = any_model("conv", linear=True)
+    r = rule(WeightPerturbation, model, layers=["conv"], sigma=0.2, difference=difference)
+    grad = flat(true_gradient(model, r.params, x, y, "square"))
+    samples = flat(r.estimates(x, y, "square", draws=20_000).grads, draws=True)
+    assert_mean_within(samples, grad)
+    assert_resolves(samples, grad)
+
+
+@pytest.mark.parametrize("cls", RULES)
+def test_unbiased_at_small_sigma_on_a_nonlinear_conv_model(cls):
+    """tanh CNN, cross-entropy, sigma = 1e-3: the O(sigma^2) bias is far below resolution."""
+    model, x, y = any_model("conv", seed=2)
+    r = rule(cls, model, sigma=1e-3, difference="forward")
+    grad = flat(true_gradient(model, r.params, x, y, "cross_entropy"))
+    samples = flat(r.estimates(x, y, "cross_entropy", draws=20_000).grads, draws=True)
+    assert_mean_within(samples, grad)
+    assert_resolves(samples, grad, share=0.5)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("cls", RULES)
+def test_backward_is_the_mean_of_the_estimates_and_the_closure_is_the_convenience(kind, cls):
+    """``backward(closure)`` == ``backward(x, y, loss)`` == the mean of ``estimates`` from the
+    same seed, with the draws chunked one by one (conv: the summed local gradient equals the
+    sum of the per-draw ones)."""
+    model, x, y = any_model(kind)
+    whole = rule(cls, model, seed=3).estimates(x, y, "square", draws=5).grads
+    model.zero_grad(set_to_none=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(weight_module, "CHUNK_ELEMENTS", 1)
+        patch.setattr(node_module, "CHUNK_ELEMENTS", 1)
+        loss = rule(cls, model, seed=3, samples=5).backward(loss_closure(x, y, "square"))
+    by_closure = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    again = rule(cls, model, seed=3, samples=5).backward(x, y, "square")
+    assert torch.equal(loss, again)
+    for a, p, c in zip(whole, model.parameters(), by_closure, strict=True):
+        assert_close(c, a.mean(dim=0), rtol=1e-12, atol=1e-14)
+        assert_close(p.grad, c, rtol=1e-12, atol=1e-14)  # other chunking: other rounding
+
+
+@pytest.mark.parametrize("cls", RULES)
+def test_parameters_outside_the_covered_layers_get_their_true_gradient(cls):
+    """layers=["conv"]: the Linear layer is not perturbed and gets autograd's gradient from the
+    clean pass; frozen parameters get nothing."""
+    model, x, y = any_model("conv")
+    model.fc.bias.requires_grad_(False)
+    r = rule(cls, model, layers=["conv"], samples=2)
+    assert r.other_params() == [model.fc.weight]
+    loss = r.backward(x, y, "cross_entropy")
+    expected = true_gradient(model, [model.fc.weight], x, y, "cross_entropy")[0]
+    assert_close(model.fc.weight.grad, expected, rtol=1e-12, atol=1e-14)
+    assert model.fc.bias.grad is None
+    assert model.conv.weight.grad is not None and not loss.requires_grad
+
+
+class BatchNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.norm(self.fc1(x))))
+
+
+@pytest.mark.parametrize("cls", RULES)
+def test_perturbed_passes_leave_the_buffers_alone(cls):
+    """BatchNorm in training mode: vmap cannot batch its in-place running-stat update, a clear
+    error says to use vectorize=False; the loop then updates the running statistics exactly as
+    one ordinary forward pass does (the clean pass), whatever the number of draws; the
+    BatchNorm's affine parameters get their true gradient."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model, twin = BatchNormNet().to(F64), BatchNormNet().to(F64)
+    twin.load_state_dict(model.state_dict())
+    x, y = data(4, 3, 6)
+    with pytest.raises(VectorizeError, match="vectorize=False"):
+        rule(cls, model, samples=3).backward(x, y)
+    model.load_state_dict(twin.state_dict())
+    rule(cls, model, samples=3, vectorize=False).backward(x, y)
+    loss_per_example(twin(x), y, "cross_entropy").mean().backward()
+    for (name, a), b in zip(model.named_buffers(), twin.buffers(), strict=True):
+        assert torch.equal(a, b), name
+    for p, q in zip(model.norm.parameters(), twin.norm.parameters(), strict=True):
+        assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-14)
+    model.eval()  # eval semantics: vmap batches it, buffers unchanged
+    before = [b.clone() for b in model.buffers()]
+    rule(cls, model, samples=3).backward(x, y)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))
+
+
+@pytest.mark.parametrize("cls", RULES)
+def test_a_model_vmap_cannot_batch_is_a_clear_error(cls):
+    """Dropout in training mode draws random numbers: vmap refuses (never a silent fallback)."""
+    model = nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.5), nn.Linear(5, 3)).to(F64)
+    x, y = data(4, 3, 6)
+    with pytest.raises(VectorizeError, match="vectorize=False"):
+        rule(cls, model).backward(x, y)
+    model.eval()
+    rule(cls, model).backward(x, y)
+
+
+@pytest.mark.parametrize("cls", RULES)
+def test_closure_errors_are_clear(cls):
+    model, x, y = any_model("conv")
+    r = rule(cls, model)
+    with pytest.raises(ValueError, match=r"shape \(B,\)"):
+        r.backward(lambda m: loss_per_example(m(x), y, "square").mean())  # a scalar
+    with pytest.raises(ValueError, match=r"shape \(B,\)"):
+        r.backward(lambda m: loss_per_example(m(x), y, "square")[:, None])  # (B, 1)
+    with pytest.raises(TypeError):
+        r.backward(lambda m: 1.0)
+    with pytest.raises(TypeError):
+        r.backward(loss_closure(x, y, "square"), y)  # a closure and labels
+    with pytest.raises(TypeError):
+        r.backward(x)  # labels missing
+    with pytest.raises(ValueError):
+        r.backward(x, y, "hinge")
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_node_perturbation_errors_are_clear():
+    model, x, y = any_model("conv")
+    r = rule(NodePerturbation, model)
+    with pytest.raises(TypeError, match="output_shapes"):
+        r.draw_noise(2, len(y))  # a batch size cannot give a conv's output shape
+    shapes = r.output_shapes(x, y)
+    assert shapes == {"conv": (4, 2, 2, 2), "fc": (4, 3)}
+    with pytest.raises(ValueError, match="noise for conv"):
+        r.estimates(x, y, noise=[torch.zeros(2, 4, 2, 2, 3, dtype=F64), torch.zeros(2, 4, 3)])
+    with pytest.raises(ValueError, match="not called"):
+        r.backward(lambda m: loss_per_example(m.fc(x.flatten(1)[:, :8]), y, "square"))
+    shared = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2)).to(F64)
+    twice = rule(NodePerturbation, shared, layers=["0"])
+    z = torch.randn(5, 3, dtype=F64)
+    with pytest.raises(ValueError, match="more than once"):
+        twice.backward(lambda m: m[0](m[0](z)).pow(2).sum(dim=1))
+    with pytest.raises(ValueError, match="batch as its first dimension"):
+        twice.backward(lambda m: m(z).pow(2).sum(dim=1)[:2])
+
+
+@pytest.mark.parametrize("cls", RULES)
+def test_a_layer_with_another_rule_attached_is_refused(cls):
+    from neuroplastic.credit import FeedbackAlignment
+
+    model, x, y = any_model("nested")
+    r = rule(cls, model)
+    fa = FeedbackAlignment(model, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="FeedbackAlignment"):
+        r.backward(x, y)
+    fa.remove()
+    r.backward(x, y)
+    rule(cls, model).backward(x, y)  # two perturbation rules may share a model

@@ -277,12 +277,12 @@ class PerturbationRule(CreditRule):
         """Per-example losses ``(B,)`` of the unperturbed model (detached) and, when
         ``true_gradients``, the gradients of the other parameters (``None`` where unused)."""
         others = self.other_params() if true_gradients else []
+        updates: list = [None] * len(others)
         with torch.set_grad_enabled(bool(others)):
             losses = check_losses(closure(self.model))
+            if others and losses.requires_grad:
+                updates = list(torch.autograd.grad(losses.mean(), others, allow_unused=True))
         self.forward_passes += 1
-        updates: list = [None] * len(others)
-        if others and losses.requires_grad:
-            updates = list(torch.autograd.grad(losses.mean(), others, allow_unused=True))
         return losses.detach(), list(zip(others, updates, strict=True))
 
     @torch.no_grad()
