@@ -143,8 +143,10 @@ class DirectFeedbackAlignment(LayerLocalRule):
         return _CaptureError.apply(output, forward_pass)
 
     def _end_pass(self, module, args, output):
-        result = self._capture(module, args, output) if self.output is None else None
-        forward_pass = self._passes.pop()
+        try:
+            result = self._capture(module, args, output) if self.output is None else None
+        finally:
+            forward_pass = self._passes.pop()  # also when refused: no stale pass left behind
         if forward_pass.calls and forward_pass.output_shape is None:
             raise RuntimeError(f"the output module {self.output!r} did not run in the forward pass")
         self._draw(forward_pass)
