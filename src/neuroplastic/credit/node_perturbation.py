@@ -353,8 +353,8 @@ class NodePerturbation(PerturbationRule):
         clean, others = self._clean_pass(closure, true_gradients=True)
         chunk = self._chunk(per_draw_estimates=False)
         errors = {
-            name: torch.zeros(shape, dtype=clean.dtype, device=clean.device)
-            for name, shape in self._shapes.items()
+            name: torch.zeros(shape, dtype=layer.weight.dtype, device=self._inputs[name].device)
+            for (name, layer), shape in zip(self.layers.items(), self._shapes.values(), strict=True)
         }
         for start in range(0, draws, chunk):
             noise = self.draw_noise(min(chunk, draws - start), self._shapes)
