@@ -20,7 +20,11 @@ from neuroplastic.credit.equilibrium_propagation import EquilibriumPropagation
 from neuroplastic.credit.feedback_alignment import FeedbackAlignment
 from neuroplastic.credit.node_perturbation import NodePerturbation
 from neuroplastic.credit.sign_symmetry import SignSymmetry
-from neuroplastic.credit.weight_perturbation import WeightPerturbation
+from neuroplastic.credit.weight_perturbation import (
+    VectorizeError,
+    WeightPerturbation,
+    loss_closure,
+)
 
 # Every rule, by name; each is built as ``RULES[name](model, generator=...)``. The shared
 # conformance suite (tests/test_credit_conformance.py) runs over this dict.
@@ -46,8 +50,10 @@ __all__ = [
     "LayerLocalRule",
     "NodePerturbation",
     "SignSymmetry",
+    "VectorizeError",
     "WeightPerturbation",
     "feedback_weight_angles",
+    "loss_closure",
     "loss_per_example",
     "output_error",
     "update_angles",
