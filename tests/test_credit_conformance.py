@@ -143,6 +143,31 @@ def test_check_rule_on_lenet5(name):
     assert_report(report, rule_cls, None)
 
 
+PERTURBATION_RULES = {
+    n: c for n, c in RULES.items() if n not in AUTOGRAD_RULES and n != "equilibrium-propagation"
+}
+NOISY_ON_LENET = "one perturbation draw on 61k parameters is too noisy to learn in 40 steps"
+
+
+@pytest.mark.parametrize("name", list(PERTURBATION_RULES))
+def test_check_rule_perturbation_on_lenet5(name):
+    """The perturbation rules work on any model too: every check but learning, which a single
+    draw on LeNet-5's 61k parameters is too noisy for (reported as not run, with the reason)."""
+    rule_cls = PERTURBATION_RULES[name]
+    report = check_rule(
+        factory_of(rule_cls),
+        model_factory=lenet,
+        input_shape=(1, 28, 28),
+        skip={"learns": NOISY_ON_LENET},
+    )
+    for loss in LOSSES:
+        reason = report.exempt.get(f"learns[{loss}]") or report.not_run[f"learns[{loss}]"]
+        assert reason in (NOISY_ON_LENET, "declares learns_quickly = False")
+        assert f"gradients[{loss}]" in report.passed and f"global_rng[{loss}]" in report.passed
+    assert "remove" in report.passed
+    assert len(report.passed) == 13, str(report)
+
+
 @pytest.mark.parametrize("variant", ["frsf", "brsf"])
 def test_check_rule_sign_symmetry_variants(variant):
     report = check_rule(factory_of(SignSymmetry, variant=variant), model_factory=mlp(2))
