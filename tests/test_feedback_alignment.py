@@ -16,8 +16,8 @@ import math
 
 import pytest
 import torch
-from legacy_fa_family import legacy_update
 
+from legacy_fa_family import legacy_update
 from neuroplastic.credit import (
     LOSSES,
     Backprop,
@@ -191,8 +191,9 @@ def legacy_fa_matrices(model: MLP, seed: int) -> list[torch.Tensor]:
     """FA's matrices as the old rule drew them: ``B_{l+1}`` in ``W_{l+1}^T``'s layout."""
     generator = gen(seed)
     return [
-        draw_uniform((layer.in_features, layer.out_features), layer.in_features**-0.5, generator)
-        .double()
+        draw_uniform(
+            (layer.in_features, layer.out_features), layer.in_features**-0.5, generator
+        ).double()
         for layer in model.layers[1:]
     ]
 
@@ -214,7 +215,8 @@ def test_the_rules_give_the_updates_of_the_explicit_implementation(depth, activa
         got = update(model, x, y, loss)
         old_d = [  # the old rule's draws: (n_l, n_out) for every hidden layer, in order
             draw_uniform((layer.out_features, 4), layer.out_features**-0.5, generator).double()
-            for generator in [gen(2)] for layer in model.layers[:-1]
+            for generator in [gen(2)]
+            for layer in model.layers[:-1]
         ]
         assert all(torch.equal(dfa.feedback[name], d.float()) for name, d in zip(
             upper(model), old_d, strict=True))  # fmt: skip
@@ -240,7 +242,8 @@ def test_fa_feedback_is_fixed_and_independent_of_the_weights():
         fa.backward(x, y)
         optimizer.step()
     assert all(torch.equal(fa.feedback[name], b0) for name, b0 in before.items())
-    assert not any(torch.equal(fa.feedback[n], layer.weight.detach()) for n, layer in fa.layers.items())
+    weights = {name: layer.weight.detach() for name, layer in fa.layers.items()}
+    assert not any(torch.equal(fa.feedback[name], w) for name, w in weights.items())
 
 
 def test_feedback_scaling_and_seeding():

@@ -80,7 +80,9 @@ def select_layers(
                 f"{[name for name in named if name]}"
             )
         chosen = {name: named[name] for name in named if name in set(layers)}
-        wrong = {name: type(m).__name__ for name, m in chosen.items() if not isinstance(m, supported)}
+        wrong = {
+            name: type(m).__name__ for name, m in chosen.items() if not isinstance(m, supported)
+        }
         if wrong:
             raise TypeError(
                 f"modules {wrong} are not of a type this rule supports "
@@ -238,7 +240,9 @@ class LocalGradient(torch.autograd.Function):
 
 def feedback_error(call: LayerCall, x: Tensor, g: Tensor, feedback: Tensor) -> Tensor:
     """The error ``g`` sends to ``x`` through ``feedback`` (of the weight's shape)."""
-    grad_input, _, _ = local_gradients(call.module, x, g, call.weight, feedback, (True, False, False))
+    grad_input, _, _ = local_gradients(
+        call.module, x, g, call.weight, feedback, (True, False, False)
+    )
     return grad_input
 
 
