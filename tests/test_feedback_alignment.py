@@ -308,6 +308,8 @@ def test_sign_symmetry_variants():
     with SignSymmetry(model, generator=gen(3), variant="brsf") as brsf:
         before = {n: v.clone() for n, v in brsf.feedback.items()}
         brsf.backward(x, y)
+        # redrawn where an error goes back; the first layer's input is the data: nothing drawn
+        assert torch.equal(brsf.feedback["layers.0"], before.pop("layers.0"))
         assert not any(torch.equal(brsf.feedback[n], v) for n, v in before.items())
     with pytest.raises(ValueError, match="variant"):
         SignSymmetry(model, variant="sign")
@@ -475,3 +477,17 @@ def test_dfa_forward_weights_align_with_feedback():
     for name in start:
         assert end[name] < start[name] - 15.0, (name, start[name], end[name])
         assert end[name] < 70.0, (name, end[name])
+
+
+def test_feedback_matrices_convert_once_and_follow_replacements():
+    """A matrix drawn on the CPU in float32 is converted once per device and dtype, and a
+    replacement is picked up at once."""
+    model = make_model(1)
+    with FeedbackAlignment(model, generator=gen(2)) as fa:
+        like = torch.zeros((), dtype=torch.float64)
+        first = fa.feedback.on("layers.1", like)
+        assert first.dtype == torch.float64 and fa.feedback["layers.1"].dtype == torch.float32
+        assert fa.feedback.on("layers.1", like) is first
+        view = model.layers[1].weight.detach()  # already float64: used as is, no copy
+        fa.feedback["layers.1"] = view
+        assert fa.feedback.on("layers.1", like) is view

@@ -223,6 +223,7 @@ class FeedbackMatrices(MutableMapping[str, Tensor]):
         self._what = what
         self._shapes = dict(shapes)
         self._values: dict[str, Tensor] = {}
+        self._converted: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 
     def expect(self, name: str, shape: tuple[int, ...]) -> None:
         """Fix the shape of ``name``'s matrix (rules that learn shapes on the first pass)."""
@@ -255,6 +256,19 @@ class FeedbackMatrices(MutableMapping[str, Tensor]):
             raise TypeError(f"{self._what}[{name!r}] must be a tensor, got {type(value).__name__}")
         self._check(name, value)
         self._values[name] = value
+        self._converted = {k: v for k, v in self._converted.items() if k[0] != name}
+
+    def on(self, name: str, like: Tensor) -> Tensor:
+        """``self[name]`` on ``like``'s device and dtype. A converted copy is kept until the
+        matrix is replaced, so a CPU-drawn matrix crosses to the GPU once, not every step; a
+        matrix already on that device and dtype (e.g. a view of the weight) is used as is."""
+        value = self[name]
+        if value.device == like.device and value.dtype == like.dtype:
+            return value
+        key = (name, like.device, like.dtype)
+        if key not in self._converted:
+            self._converted[key] = value.to(like)
+        return self._converted[key]
 
     @contextlib.contextmanager
     def replaced(self, values: Mapping[str, Tensor]) -> Iterator[FeedbackMatrices]:
@@ -267,6 +281,7 @@ class FeedbackMatrices(MutableMapping[str, Tensor]):
             yield self
         finally:
             self._values = saved
+            self._converted.clear()
 
     def __delitem__(self, name: str) -> None:
         raise TypeError(f"{self._what} matrices cannot be deleted; assign a replacement instead")

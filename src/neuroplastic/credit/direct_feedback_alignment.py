@@ -194,7 +194,7 @@ class DirectFeedbackAlignment(LayerLocalRule):
                 f"{call.name}: its input has {len(x)} examples, the output error {len(error)}; "
                 "direct feedback alignment needs the batch as the first dimension throughout"
             )
-        d = self.feedback[call.name].to(error)  # (n_in, K)
+        d = self.feedback.on(call.name, error)  # (n_in, K)
         return (error @ d.T).view(x.shape).to(x.dtype)  # (N, K) @ (K, n_in)
 
     @contextlib.contextmanager

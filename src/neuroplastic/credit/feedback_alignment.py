@@ -98,7 +98,7 @@ class FeedbackAlignment(LayerLocalRule):
             self.feedback[name] = self.scale * draw_uniform(module.weight.shape, bound, generator)
 
     def input_error(self, call: LayerCall, x: Tensor, g: Tensor) -> Tensor:
-        return feedback_error(call, x, g, self.feedback[call.name])
+        return feedback_error(call, x, g, self.feedback.on(call.name, g))
 
     @contextlib.contextmanager
     def as_backprop(self) -> Iterator[FeedbackAlignment]:

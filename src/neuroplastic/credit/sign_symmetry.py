@@ -47,8 +47,9 @@ class SignSymmetry(LayerLocalRule):
     * ``"frsf"`` (fixed random magnitudes): ``M = |U(-1/sqrt(fan_in), 1/sqrt(fan_in))|`` drawn
       once at construction, the magnitude law of the forward init. With ``magnitudes[name] =
       |W|`` it is backprop.
-    * ``"brsf"`` (batch-wise random magnitudes): the same law, redrawn for every layer at every
-      forward pass that will be differentiated, on the CPU (a stochastic rule).
+    * ``"brsf"`` (batch-wise random magnitudes): the same law, redrawn at every forward pass for
+      every layer whose input will receive an error (not for a first layer fed by data), on the
+      CPU (a stochastic rule).
 
     ``scaled`` (default ``False``, as in the paper, which relied on batch normalisation to keep
     the magnitudes in check) is ours: each ``V`` is rescaled to its weight's Frobenius norm, so
@@ -104,6 +105,8 @@ class SignSymmetry(LayerLocalRule):
         return draw_uniform(module.weight.shape, init_bound(fan_in(module)), self.generator).abs()
 
     def on_layer_call(self, call: LayerCall, x: Tensor) -> None:
+        if not x.requires_grad:
+            return  # no error goes to this input (the data): V is never used, so not built
         if self._weight_magnitudes:
             magnitudes = call.weight.abs() / self.scale
             call.feedback = self.sign_feedback(call.name, call.weight, magnitudes)
@@ -117,7 +120,7 @@ class SignSymmetry(LayerLocalRule):
         the layer's ``M``, if given)."""
         v = weight.sign()
         if magnitudes is None and self.magnitudes is not None:
-            magnitudes = self.magnitudes[name]
+            magnitudes = self.magnitudes.on(name, weight)
         if magnitudes is not None:
             v = magnitudes.to(v) * v
         if self.scale != 1.0:
