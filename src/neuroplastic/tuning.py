@@ -1,0 +1,396 @@
+"""The one tuner: every method gets the same trial budget, every trial is recorded, studies resume.
+
+An experiment declares, per method, a :class:`Study` (a search space, a number of trials, a
+sampler) and an objective ``(params, trial) -> validation score`` that trains on the training split
+and scores on validation data carved from it, never the test set. :func:`tune` asks Optuna for
+hyper-parameters, runs the objective and records each trial through a :class:`TrialRecorder` (the
+results store, or memory), so that a study stopped by Ctrl-C or ``kill -9`` resumes without
+repeating a finished trial.
+
+Determinism, whatever stopped or ran the study. Trials are asked in *rounds* of
+``Study.round_size``: the hyper-parameters of trial ``k`` are a function of the study's seed, of
+``k`` and of the trials of the rounds before ``k``'s round only, computed by a fresh Optuna study
+with a sampler seeded for trial ``k`` and the earlier trials replayed into it. So
+
+* a resumed study asks exactly what an uninterrupted one would have asked;
+* the trials of one round are independent of each other and can run in parallel (an executor, a
+  replica batch) without changing any result.
+
+Samplers: ``"tpe"`` (Optuna's TPE, the default; its first ``startup_trials`` are random),
+``"random"`` and ``"grid"`` (every dimension a :class:`Choice`; the grid's points are visited in
+an order shuffled by the seed, one per trial, so a budget smaller than the grid is a random subset).
+
+A best value in the outer ``EDGE_FRACTION`` of a range (or at the end of an ordered grid) is
+flagged in :attr:`TuningResult.on_edge`: the range was too narrow, and a verdict resting on that
+method's result should say so.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import product
+from typing import Any, Protocol
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.seeding import derive_seed
+
+SAMPLERS = ("tpe", "random", "grid")
+DIRECTIONS = ("minimize", "maximize")
+EDGE_FRACTION = 0.05
+"""A best value within this fraction of a range's width from either end (in log space for log
+ranges) counts as on the edge."""
+
+
+# -- search spaces ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    """A positive float, sampled uniformly in log space over ``[low, high]`` (learning rates)."""
+
+    low: float
+    high: float
+
+    def __post_init__(self):
+        if not (0 < self.low < self.high and math.isfinite(self.high)):
+            raise ValueError(f"LogUniform needs 0 < low < high < inf, got {self.low}, {self.high}")
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """A float, sampled uniformly over ``[low, high]``."""
+
+    low: float
+    high: float
+
+    def __post_init__(self):
+        if not (self.low < self.high and math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"Uniform needs finite low < high, got {self.low}, {self.high}")
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer in ``[low, high]`` (both included), uniform or log-uniform."""
+
+    low: int
+    high: int
+    log: bool = False
+
+    def __post_init__(self):
+        if not self.low < self.high or (self.log and self.low < 1):
+            raise ValueError(f"IntRange needs low < high (and low >= 1 if log), got {self}")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of ``values`` (numbers, strings or booleans). Numeric values count as ordered for the
+    edge check; a :class:`Study` with ``sampler="grid"`` takes its grid from its Choices."""
+
+    values: tuple
+
+    def __post_init__(self):
+        object.__setattr__(self, "values", tuple(self.values))
+        if len(self.values) < 1 or len(set(self.values)) != len(self.values):
+            raise ValueError(f"Choice needs distinct values, got {self.values}")
+
+
+Dimension = LogUniform | Uniform | IntRange | Choice
+
+
+def _distribution(dimension: Dimension) -> BaseDistribution:
+    if isinstance(dimension, LogUniform):
+        return FloatDistribution(dimension.low, dimension.high, log=True)
+    if isinstance(dimension, Uniform):
+        return FloatDistribution(dimension.low, dimension.high)
+    if isinstance(dimension, IntRange):
+        return IntDistribution(dimension.low, dimension.high, log=dimension.log)
+    if isinstance(dimension, Choice):
+        return CategoricalDistribution(dimension.values)
+    raise TypeError(f"not a search-space dimension: {dimension!r}")
+
+
+@dataclass(frozen=True)
+class Study:
+    """What to tune for one method, and how.
+
+    Args:
+        method: the method's name (a study is identified by experiment, config and method).
+        space: ``{hyper-parameter: dimension}``.
+        trials: the budget; every method of an experiment should get the same.
+        sampler: ``"tpe"`` (default), ``"random"`` or ``"grid"``.
+        seed: the study's seed (the sampler's draws; not the trials' training seeds).
+        direction: ``"minimize"`` (an error, default) or ``"maximize"`` (an accuracy).
+        round_size: trials asked together (see the module docstring). Part of the protocol:
+            changing it changes which hyper-parameters are tried.
+        startup_trials: TPE's random trials before it models the scores.
+    """
+
+    method: str
+    space: Mapping[str, Dimension]
+    trials: int
+    sampler: str = "tpe"
+    seed: int = 0
+    direction: str = "minimize"
+    round_size: int = 4
+    startup_trials: int = 8
+
+    def __post_init__(self):
+        if not self.space:
+            raise ValueError(f"study {self.method!r}: the search space is empty")
+        for name, dimension in self.space.items():
+            _distribution(dimension)  # type check, with a clear error
+            if not isinstance(name, str):
+                raise TypeError(f"hyper-parameter names are strings, got {name!r}")
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+            raise ValueError(f"trials must be a positive integer, got {self.trials!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        if self.round_size < 1 or self.startup_trials < 0:
+            raise ValueError("round_size must be >= 1 and startup_trials >= 0")
+        if self.sampler == "grid":
+            if not all(isinstance(d, Choice) for d in self.space.values()):
+                raise ValueError("sampler='grid' needs every dimension to be a Choice")
+            size = math.prod(len(d.values) for d in self.space.values())
+            if self.trials > size:
+                raise ValueError(f"{self.trials} trials asked of a grid of {size} points")
+
+
+# -- trials and their record ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial as the tuner sees it."""
+
+    number: int
+    params: dict[str, Any]
+    seed: int
+    """The trial's training seed (derived from the study's seed and the trial's number)."""
+    status: str = "finished"
+    """``finished`` or ``failed`` (the objective raised a NeuroplasticError, e.g. divergence)."""
+    value: float | None = None
+    curves: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What an objective returns: the validation score and, optionally, learning curves."""
+
+    value: float
+    curves: dict = field(default_factory=dict)
+
+
+class TrialRecorder(Protocol):
+    """Where trials are recorded. ``finished_trials`` returns the study's finished and failed
+    trials (the others, interrupted ones included, are run again)."""
+
+    def finished_trials(self, method: str) -> list[Trial]: ...
+
+    def start_trial(self, method: str, number: int, params: dict, seed: int) -> int: ...
+
+    def finish_trial(self, trial_id: int, value: float, curves: dict) -> None: ...
+
+    def mark_trial(self, trial_id: int, status: str, error: str | None = None) -> None: ...
+
+
+class MemoryRecorder:
+    """Trials kept in this process only (library use without a store, tests)."""
+
+    def __init__(self):
+        self._trials: dict[int, tuple[str, Trial]] = {}
+
+    def finished_trials(self, method: str) -> list[Trial]:
+        return sorted(
+            (t for m, t in self._trials.values() if m == method and t.status != "running"),
+            key=lambda t: t.number,
+        )
+
+    def start_trial(self, method: str, number: int, params: dict, seed: int) -> int:
+        trial_id = len(self._trials)
+        self._trials[trial_id] = (method, Trial(number, dict(params), seed, "running"))
+        return trial_id
+
+    def finish_trial(self, trial_id: int, value: float, curves: dict) -> None:
+        method, trial = self._trials[trial_id]
+        finished = replace(trial, status="finished", value=float(value), curves=dict(curves))
+        self._trials[trial_id] = (method, finished)
+
+    def mark_trial(self, trial_id: int, status: str, error: str | None = None) -> None:
+        method, trial = self._trials[trial_id]
+        if status == "failed":
+            self._trials[trial_id] = (method, replace(trial, status="failed"))
+        else:  # interrupted: forgotten, so it runs again
+            del self._trials[trial_id]
+
+
+# -- asking -----------------------------------------------------------------------------------
+
+
+def trial_seed(study: Study, number: int) -> int:
+    """The training seed of trial ``number``: the same for every method of an experiment with
+    the same study seed, so methods are compared on the same data orders."""
+    return derive_seed("trial", study.seed, number)
+
+
+def suggest(study: Study, history: Sequence[Trial], number: int) -> dict[str, Any]:
+    """The hyper-parameters of trial ``number``, from the trials of the earlier rounds only."""
+    if study.sampler == "grid":
+        names = list(study.space)
+        points = list(product(*(study.space[name].values for name in names)))
+        random.Random(derive_seed("grid", study.seed)).shuffle(points)
+        return dict(zip(names, points[number], strict=True))
+    round_start = number - number % study.round_size
+    earlier = [t for t in history if t.number < round_start]
+    seed = derive_seed("ask", study.seed, number) % 2**32  # same draws for every method
+    if study.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=study.startup_trials)
+    distributions = {name: _distribution(d) for name, d in study.space.items()}
+    optuna_study = optuna.create_study(direction=study.direction, sampler=sampler)
+    for trial in earlier:
+        finite = trial.status == "finished" and trial.value is not None
+        finite = finite and math.isfinite(trial.value)
+        optuna_study.add_trial(
+            optuna.trial.create_trial(
+                params=trial.params,
+                distributions=distributions,
+                value=trial.value if finite else None,
+                state=optuna.trial.TrialState.COMPLETE if finite else optuna.trial.TrialState.FAIL,
+            )
+        )
+    return dict(optuna_study.ask(distributions).params)
+
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# -- running a study --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """A finished study: its trials, the best one, and where the best sits in the space."""
+
+    study: Study
+    trials: list[Trial]
+    best: Trial
+    on_edge: dict[str, str]
+    """``{hyper-parameter: "low" | "high"}`` for best values on the edge of their range."""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.best.params
+
+    def describe(self) -> str:
+        """One line: ``fa: lr=0.0123 (val 0.0412, best of 8 trials; lr at the high edge)``."""
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in self.best.params.items())
+        edges = "; ".join(
+            f"{k} at the {side} edge of its range" for k, side in self.on_edge.items()
+        )
+        return (
+            f"{self.study.method}: {shown} (score {_fmt(self.best.value)}, best of "
+            f"{len(self.trials)} trials{'; ' + edges if edges else ''})"
+        )
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+Objective = Callable[[dict[str, Any], Trial], "TrialOutcome | float"]
+
+
+def tune(
+    study: Study,
+    objective: Objective,
+    recorder: TrialRecorder | None = None,
+    *,
+    on_trial: Callable[[Trial], None] | None = None,
+) -> TuningResult:
+    """Run the trials of ``study`` that ``recorder`` has not finished, then pick the best.
+
+    ``objective(params, trial)`` trains with ``params`` from ``trial.seed`` and returns the
+    validation score (or a :class:`TrialOutcome` with curves). A NeuroplasticError (divergence)
+    records the trial as failed, which uses its budget; any other exception, Ctrl-C included,
+    marks the trial interrupted and propagates, and the next call runs it again.
+    """
+    recorder = recorder if recorder is not None else MemoryRecorder()
+    history = {t.number: t for t in recorder.finished_trials(study.method)}
+    for number in range(study.trials):
+        if number in history:
+            continue
+        params = suggest(study, [history[n] for n in sorted(history)], number)
+        seed = trial_seed(study, number)
+        trial_id = recorder.start_trial(study.method, number, params, seed)
+        running = Trial(number, params, seed, "running")
+        try:
+            outcome = objective(params, running)
+        except NeuroplasticError as error:
+            recorder.mark_trial(trial_id, "failed", str(error))
+            history[number] = Trial(number, params, seed, "failed")
+        except BaseException as error:
+            recorder.mark_trial(trial_id, "interrupted", f"{type(error).__name__}: {error}")
+            raise
+        else:
+            if not isinstance(outcome, TrialOutcome):
+                outcome = TrialOutcome(float(outcome))
+            recorder.finish_trial(trial_id, float(outcome.value), outcome.curves)
+            history[number] = Trial(number, params, seed, "finished", float(outcome.value),
+                                    outcome.curves)  # fmt: skip
+        if on_trial is not None:
+            on_trial(history[number])
+    trials = [history[n] for n in range(study.trials)]
+    return TuningResult(study, trials, best_trial(study, trials), on_edge(study, trials))
+
+
+def best_trial(study: Study, trials: Sequence[Trial]) -> Trial:
+    """The finished trial with the best finite score (ties: the earliest)."""
+    scored = [t for t in trials if t.status == "finished" and t.value is not None]
+    scored = [t for t in scored if math.isfinite(t.value)]
+    if not scored:
+        raise NeuroplasticError(
+            f"every one of the {len(trials)} trials of {study.method!r} failed or diverged",
+            "lower the range of the step size, or check the method on a smaller problem",
+        )
+    sign = 1.0 if study.direction == "minimize" else -1.0
+    return min(scored, key=lambda t: (sign * t.value, t.number))
+
+
+def on_edge(study: Study, trials: Sequence[Trial]) -> dict[str, str]:
+    """Where the best trial's values sit on the edge of their dimension (see the module doc)."""
+    best = best_trial(study, trials).params
+    edges: dict[str, str] = {}
+    for name, dimension in study.space.items():
+        value = best[name]
+        if isinstance(dimension, Choice):
+            numeric = [v for v in dimension.values if isinstance(v, int | float)]
+            if len(numeric) != len(dimension.values) or isinstance(value, bool):
+                continue
+            low, high = min(numeric), max(numeric)
+            side = "low" if value == low else "high" if value == high else None
+        elif isinstance(dimension, IntRange):
+            side = "low" if value == dimension.low else "high" if value == dimension.high else None
+        else:
+            scale = math.log if isinstance(dimension, LogUniform) else float
+            position = (scale(value) - scale(dimension.low)) / (
+                scale(dimension.high) - scale(dimension.low)
+            )
+            near_high = position > 1 - EDGE_FRACTION
+            side = "low" if position < EDGE_FRACTION else "high" if near_high else None
+        if side is not None:
+            edges[name] = side
+    return edges

@@ -1,0 +1,171 @@
+"""The tuner: deterministic asks, resumption without repeats, rounds, grids, edges, failures."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from neuroplastic.errors import NeuroplasticError
+from neuroplastic.tuning import (
+    Choice,
+    IntRange,
+    LogUniform,
+    MemoryRecorder,
+    Study,
+    TrialOutcome,
+    Uniform,
+    suggest,
+    trial_seed,
+    tune,
+)
+
+
+def bowl(params, trial) -> float:
+    """Smallest at lr = 1e-2, momentum 0.9, any width."""
+    return (math.log10(params["lr"]) + 2) ** 2 + (params["momentum"] - 0.9) ** 2
+
+
+SPACE = {"lr": LogUniform(1e-5, 1.0), "momentum": Uniform(0.0, 0.99)}
+
+
+def study(**changes) -> Study:
+    settings = {"method": "sgd", "space": SPACE, "trials": 12, "seed": 3} | changes
+    return Study(**settings)
+
+
+def test_the_same_study_asks_the_same_trials():
+    first, second = tune(study(), bowl), tune(study(), bowl)
+    assert [t.params for t in first.trials] == [t.params for t in second.trials]
+    assert [t.number for t in first.trials] == list(range(12))
+    assert first.best == second.best
+    other_seed = tune(study(seed=4), bowl)
+    assert [t.params for t in other_seed.trials] != [t.params for t in first.trials]
+
+
+def test_every_method_gets_the_same_draws_and_training_seeds():
+    """Paired comparisons: two methods with the same space and seed try the same first round and
+    train from the same seeds."""
+    a, b = study(method="a"), study(method="b")
+    assert suggest(a, [], 0) == suggest(b, [], 0)
+    assert trial_seed(a, 5) == trial_seed(b, 5) != trial_seed(a, 6)
+
+
+def test_a_stopped_study_resumes_without_repeating_and_asks_what_it_would_have():
+    uninterrupted = tune(study(), bowl)
+    recorder, calls = MemoryRecorder(), []
+
+    def stops_at_seven(params, trial):
+        if trial.number == 7:
+            raise KeyboardInterrupt
+        calls.append(trial.number)
+        return bowl(params, trial)
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(study(), stops_at_seven, recorder)
+    assert calls == list(range(7))
+    assert [t.number for t in recorder.finished_trials("sgd")] == list(range(7))
+
+    def counts(params, trial):
+        calls.append(trial.number)
+        return bowl(params, trial)
+
+    resumed = tune(study(), counts, recorder)
+    assert calls == list(range(12))  # 0-6 once, then 7-11: nothing ran twice
+    assert [t.params for t in resumed.trials] == [t.params for t in uninterrupted.trials]
+    assert resumed.best == uninterrupted.best
+
+
+def test_a_round_depends_only_on_earlier_rounds():
+    """The trials of one round can run in parallel: no trial's params depend on a score of its
+    own round."""
+    s = study(round_size=4, startup_trials=0)  # TPE models the scores from the first round on
+    history = tune(s, bowl).trials
+    changed = [t if t.number != 4 else type(t)(4, t.params, t.seed, "finished", -99.0)
+               for t in history]  # fmt: skip
+    for number in (5, 6, 7):  # same round as trial 4
+        assert suggest(s, changed, number) == suggest(s, history, number)
+    assert suggest(s, changed, 8) != suggest(s, history, 8)  # the next round sees it
+
+
+def test_tpe_finds_the_bowl_better_than_its_random_start():
+    result = tune(study(trials=32, round_size=4, startup_trials=8), bowl)
+    random_start = min(t.value for t in result.trials[:8])
+    assert result.best.value < random_start
+    assert abs(math.log10(result.params["lr"]) + 2) < 0.5
+
+
+def test_grid_visits_distinct_points_in_a_seeded_order():
+    space = {"lr": Choice((0.1, 0.01, 0.001)), "width": Choice((10, 20))}
+    s = Study("m", space, trials=6, sampler="grid", seed=1)
+    result = tune(s, lambda p, t: p["lr"] * p["width"])
+    points = [tuple(t.params.values()) for t in result.trials]
+    assert len(set(points)) == 6
+    assert result.params == {"lr": 0.001, "width": 10}
+    assert result.on_edge == {"lr": "low", "width": "low"}
+    with pytest.raises(ValueError, match="7 trials asked of a grid of 6"):
+        Study("m", space, trials=7, sampler="grid")
+    with pytest.raises(ValueError, match="every dimension to be a Choice"):
+        Study("m", SPACE, trials=2, sampler="grid")
+
+
+def test_a_best_value_on_the_edge_of_its_range_is_flagged():
+    result = tune(study(trials=16), lambda p, t: -math.log10(p["lr"]))  # best: the largest lr
+    assert result.on_edge.get("lr") == "high"
+    assert "lr at the high edge of its range" in result.describe()
+    inside = tune(study(trials=16), bowl)
+    assert "lr" not in inside.on_edge
+    counts = tune(Study("m", {"n": IntRange(1, 5)}, trials=16), lambda p, t: p["n"])
+    assert counts.on_edge == {"n": "low"}
+
+
+def test_failed_trials_use_their_budget_and_all_failing_is_an_error():
+    def diverges_above(params, trial):
+        if params["lr"] > 1e-2:
+            raise NeuroplasticError("diverged", "lower the learning rate")
+        return bowl(params, trial)
+
+    result = tune(study(), diverges_above)
+    statuses = [t.status for t in result.trials]
+    assert len(statuses) == 12 and "failed" in statuses
+    assert result.best.params["lr"] <= 1e-2
+
+    def always(params, trial):
+        raise NeuroplasticError("diverged", "lower the learning rate")
+
+    with pytest.raises(NeuroplasticError, match="every one of the 4 trials"):
+        tune(study(trials=4), always)
+
+
+def test_non_finite_scores_never_win_and_outcomes_keep_their_curves():
+    def objective(params, trial):
+        value = math.nan if trial.number % 2 else bowl(params, trial)
+        return TrialOutcome(value, {"val_error": [value]})
+
+    result = tune(study(trials=6), objective)
+    assert math.isfinite(result.best.value) and result.best.number % 2 == 0
+    assert result.trials[1].curves["val_error"][0] != result.trials[1].curves["val_error"][0]
+
+
+def test_maximize():
+    result = tune(study(direction="maximize", trials=16), lambda p, t: -bowl(p, t))
+    assert result.best.value == max(t.value for t in result.trials)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: LogUniform(0.0, 1.0), "0 < low < high"),
+        (lambda: Uniform(1.0, 1.0), "finite low < high"),
+        (lambda: IntRange(0, 4, log=True), "low >= 1"),
+        (lambda: Choice(()), "distinct values"),
+        (lambda: study(trials=0), "positive integer"),
+        (lambda: study(sampler="bayes"), "sampler must be one of"),
+        (lambda: study(direction="down"), "direction must be one of"),
+        (lambda: Study("m", {}, trials=2), "search space is empty"),
+        (lambda: Study("m", {"lr": (0.1, 1.0)}, trials=2), "not a search-space dimension"),
+    ],
+)
+def test_bad_declarations_are_refused(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
