@@ -11,9 +11,16 @@ here, complete and unambiguous. That drives the design:
   power loss, and readers (report generation) never block the writer.
 * Each row records the writer's pid and hostname. A row still ``"running"`` whose process no
   longer exists is marked ``"interrupted"`` the next time the store is opened on that host.
-* JSON columns hold config, metrics and curves. Non-finite floats (a diverged run's ``NaN`` loss)
-  are valid results, but JSON has no spelling for them, so they are stored as tagged objects and
-  restored on read.
+* JSON columns hold config, hyper-parameters, metrics and curves. Non-finite floats (a diverged
+  run's ``NaN`` loss) are valid results, but JSON has no spelling for them, so they are stored as
+  tagged objects and restored on read.
+* Tuning trials are recorded work too, in their own table with the same lifecycle (``"running"``
+  committed first, results and ``"finished"`` in one statement, stale rows ``"interrupted"`` on
+  open), so a study killed by Ctrl-C or ``kill -9`` resumes without repeating finished trials. A
+  study is one (experiment, config hash, method); each final run records the hyper-parameters it
+  used.
+* The file carries a schema version. An older file is migrated in place, in one transaction under
+  the write lock, when it is opened; a newer one is refused rather than misread.
 """
 
 from __future__ import annotations
@@ -21,34 +28,72 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 import os
 import socket
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from neuroplastic.errors import NeuroplasticError
 
-__all__ = ["RUN_STATUSES", "SCHEMA_VERSION", "RunRecord", "Store", "config_hash"]
+__all__ = ["RUN_STATUSES", "SCHEMA_VERSION", "RunRecord", "Store", "TrialRecord", "config_hash"]
 
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bumped whenever the table layout changes, so an older library refuses a newer file instead of
-misreading it."""
+misreading it. Version 2 added the ``trials`` table and ``runs.hyperparameters``."""
 
 BUSY_TIMEOUT_SECONDS = 30.0
 """How long a write waits for another process's transaction (e.g. two runners sharing a store)
 before giving up; transactions here are milliseconds long, so this only trips on a real hang."""
 
 STALE_RUN_ERROR = "process ended without finishing (killed?)"
+"""The error recorded on a run or trial found ``"running"`` after its process died."""
 
 _NON_FINITE_TAG = "$float"
 """Key of the one-entry object that stands in for NaN/inf inside stored JSON."""
+
+_RUNS_HYPERPARAMETERS_COLUMN = "hyperparameters TEXT NOT NULL DEFAULT '{}'"
+"""Shared by the current ``runs`` table and the version 1 -> 2 migration, so both agree."""
+
+_TRIALS_TABLE = f"""
+CREATE TABLE trials (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    experiment  TEXT    NOT NULL,
+    config      TEXT    NOT NULL,
+    config_hash TEXT    NOT NULL,
+    method      TEXT    NOT NULL,
+    number      INTEGER NOT NULL CHECK (number >= 0),
+    params      TEXT    NOT NULL,
+    seed        INTEGER NOT NULL,
+    quick       INTEGER NOT NULL CHECK (quick IN (0, 1)),
+    dataset     TEXT    NOT NULL,
+    device      TEXT    NOT NULL,
+    version     TEXT    NOT NULL,
+    git_rev     TEXT,
+    status      TEXT    NOT NULL CHECK (status IN {RUN_STATUSES!r}),
+    started_at  TEXT    NOT NULL,
+    ended_at    TEXT,
+    value       TEXT,
+    curves      TEXT    NOT NULL DEFAULT '{{}}',
+    error       TEXT,
+    pid         INTEGER NOT NULL,
+    hostname    TEXT    NOT NULL,
+    CHECK ((status = 'finished') = (value IS NOT NULL)),
+    CHECK (status != 'finished' OR ended_at IS NOT NULL)
+)"""
+"""One row per tuning trial. ``number`` counts trials within the study (experiment, config_hash,
+method) from 0; a trial that was interrupted may be tried again under the same number. ``value``
+(the validation score) is JSON text, not REAL, because SQLite turns a REAL NaN into NULL and a
+diverged trial's NaN score is a result worth keeping; it is set exactly when the trial finished."""
+
+_TRIALS_INDEX = "CREATE INDEX trials_by_study ON trials (experiment, config_hash, method, status)"
 
 _SCHEMA_STATEMENTS = (
     """
@@ -77,12 +122,28 @@ CREATE TABLE runs (
     error         TEXT,
     pid           INTEGER NOT NULL,
     hostname      TEXT    NOT NULL,
+    {_RUNS_HYPERPARAMETERS_COLUMN},
     CHECK (status != 'finished' OR ended_at IS NOT NULL)
 )""",
     "CREATE INDEX runs_by_config ON runs (experiment, config_hash, seed, status)",
+    _TRIALS_TABLE,
+    _TRIALS_INDEX,
 )
-"""Run one by one, not with ``executescript``, which would first commit the open transaction.
-AUTOINCREMENT because run ids are quoted in reports: an id must never be reused for another run."""
+"""The current schema, for a new file. Run one by one, not with ``executescript``, which would
+first commit the open transaction. AUTOINCREMENT because run ids are quoted in reports: an id must
+never be reused for another run. ``hyperparameters`` is the last column of ``runs`` because that is
+where ``ALTER TABLE ... ADD COLUMN`` puts it in a migrated file: both layouts are the same."""
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        f"ALTER TABLE runs ADD COLUMN {_RUNS_HYPERPARAMETERS_COLUMN}",
+        _TRIALS_TABLE,
+        _TRIALS_INDEX,
+    ),
+}
+"""The statements that take a file from schema version ``v`` to ``v + 1``, keyed by ``v``. Old
+rows keep their ids and contents; a new column's default fills them in (``{}``: no recorded
+hyper-parameters)."""
 
 
 @dataclass(frozen=True)
@@ -106,12 +167,49 @@ class RunRecord:
     curves: dict[str, dict[str, list]]
     curve_x_label: str | None
     error: str | None
+    hyperparameters: dict = field(default_factory=dict)
+    """The tuned hyper-parameters this run used (method -> {name: value}, or any plain JSON
+    object); ``{}`` when none were recorded, as for every run written before schema version 2."""
 
     def to_dict(self) -> dict:
         """A plain copy for ``json.dumps`` (e.g. a CLI's ``--json`` output).
 
         Non-finite metrics stay Python floats, which ``json.dumps`` writes as ``NaN``/``Infinity``.
         """
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One tuning trial as stored: which hyper-parameters were tried, in which study, and the
+    validation score they reached. A study is one (experiment, config_hash, method)."""
+
+    id: int
+    experiment: str
+    config: dict
+    config_hash: str
+    method: str
+    number: int
+    """The trial's 0-based number within its study."""
+    params: dict
+    """The hyper-parameters tried, {name: value}."""
+    seed: int
+    """The seed the trial trained with."""
+    quick: bool
+    dataset: str
+    device: str
+    version: str
+    git_rev: str | None
+    status: str
+    started_at: str
+    ended_at: str | None
+    value: float | None
+    """The validation score; ``None`` unless the trial finished. May be NaN or +-inf."""
+    curves: dict[str, dict[str, list]]
+    error: str | None
+
+    def to_dict(self) -> dict:
+        """A plain copy for ``json.dumps``; a non-finite value stays a Python float."""
         return asdict(self)
 
 
@@ -134,7 +232,7 @@ class Store:
         try:
             self._configure_connection()
             self._ensure_schema()
-            self._mark_stale_runs()
+            self._mark_stale_rows()
         except sqlite3.DatabaseError as error:
             self._connection.close()
             if getattr(error, "sqlite_errorname", None) == "SQLITE_NOTADB":
@@ -167,14 +265,26 @@ class Store:
         device: str,
         version: str,
         git_rev: str | None,
+        hyperparameters: dict | None = None,
     ) -> int:
         """Record a run as ``"running"`` and commit at once, so even a run killed in its first
-        second leaves a row that is later marked ``"interrupted"``. Returns the run id."""
+        second leaves a row that is later marked ``"interrupted"``. Returns the run id.
+
+        ``hyperparameters`` are the tuned values the run uses, e.g. ``{"backprop": {"lr": 0.1}}``:
+        a dict with string keys whose values are plain JSON (numbers, strings, booleans, None,
+        lists and dicts of them; numpy/torch scalars are unwrapped). ``None`` records ``{}``.
+        """
+        hyperparameters_json = _to_json(
+            _plain_json_object(
+                {} if hyperparameters is None else hyperparameters, "hyperparameters"
+            )
+        )
         with self._transaction() as connection:
             cursor = connection.execute(
                 """INSERT INTO runs (experiment, config, config_hash, seed, quick, dataset,
-                                     device, version, git_rev, status, started_at, pid, hostname)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)""",
+                                     device, version, git_rev, status, started_at, pid, hostname,
+                                     hyperparameters)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)""",
                 (
                     experiment,
                     _to_json(config),
@@ -188,6 +298,7 @@ class Store:
                     _now(),
                     os.getpid(),
                     socket.gethostname(),
+                    hyperparameters_json,
                 ),
             )
             return int(cursor.lastrowid)
@@ -207,7 +318,7 @@ class Store:
         metrics_json = _to_json(_normalise_metrics(metrics))
         curves_json = _to_json(_normalise_curves(curves))
         with self._transaction() as connection:
-            status = self._status_of(connection, run_id)
+            status = self._status_of(connection, "runs", run_id)
             if status != "running":
                 raise NeuroplasticError(
                     f"run {run_id} in {self.path} is {status!r}, so it cannot be finished",
@@ -230,11 +341,100 @@ class Store:
         if status not in ("failed", "interrupted"):
             raise ValueError(f"mark_run status must be 'failed' or 'interrupted', not {status!r}")
         with self._transaction() as connection:
-            if self._status_of(connection, run_id) == "finished":
+            if self._status_of(connection, "runs", run_id) == "finished":
                 return
             connection.execute(
                 "UPDATE runs SET status = ?, error = ?, ended_at = ? WHERE id = ?",
                 (status, error, _now(), run_id),
+            )
+
+    def start_trial(
+        self,
+        *,
+        experiment: str,
+        config: dict,
+        method: str,
+        number: int,
+        params: dict,
+        seed: int,
+        quick: bool,
+        dataset: str,
+        device: str,
+        version: str,
+        git_rev: str | None,
+    ) -> int:
+        """Record a tuning trial as ``"running"`` and commit at once (as :meth:`start_run`), so a
+        study killed mid-trial leaves a row that is later marked ``"interrupted"``. Returns the
+        trial id.
+
+        ``number`` is the trial's 0-based number within the study (experiment, config, method);
+        ``params`` the hyper-parameters tried, a dict of plain JSON values as for
+        :meth:`start_run`'s ``hyperparameters``.
+        """
+        number = operator.index(number)
+        if number < 0:
+            raise ValueError(f"a trial number counts from 0, so it cannot be {number}")
+        params_json = _to_json(_plain_json_object(params, "params"))
+        with self._transaction() as connection:
+            cursor = connection.execute(
+                """INSERT INTO trials (experiment, config, config_hash, method, number, params,
+                                       seed, quick, dataset, device, version, git_rev, status,
+                                       started_at, pid, hostname)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)""",
+                (
+                    experiment,
+                    _to_json(config),
+                    config_hash(config),
+                    method,
+                    number,
+                    params_json,
+                    int(seed),
+                    int(bool(quick)),
+                    dataset,
+                    device,
+                    version,
+                    git_rev,
+                    _now(),
+                    os.getpid(),
+                    socket.gethostname(),
+                ),
+            )
+            return int(cursor.lastrowid)
+
+    def finish_trial(self, trial_id: int, value: float, curves: dict | None = None) -> None:
+        """Store the trial's validation score (NaN and +-inf included) and curves and mark it
+        ``"finished"`` in one statement, as :meth:`finish_run` does for a run.
+
+        Only a ``"running"`` trial can finish: a finished score is never silently overwritten.
+        """
+        value_json = _to_json(_plain_float(value))
+        curves_json = _to_json(_normalise_curves({} if curves is None else curves))
+        with self._transaction() as connection:
+            status = self._status_of(connection, "trials", trial_id)
+            if status != "running":
+                raise NeuroplasticError(
+                    f"trial {trial_id} in {self.path} is {status!r}, so it cannot be finished",
+                    "start a new trial with start_trial(); a trial finishes exactly once",
+                )
+            connection.execute(
+                """UPDATE trials SET status = 'finished', ended_at = ?, value = ?, curves = ?
+                   WHERE id = ?""",
+                (_now(), value_json, curves_json, trial_id),
+            )
+
+    def mark_trial(self, trial_id: int, status: str, error: str | None = None) -> None:
+        """Mark a trial ``"failed"`` (e.g. it diverged and was pruned) or ``"interrupted"``.
+
+        As with :meth:`mark_run`, a trial that already finished is left as it is.
+        """
+        if status not in ("failed", "interrupted"):
+            raise ValueError(f"mark_trial status must be 'failed' or 'interrupted', not {status!r}")
+        with self._transaction() as connection:
+            if self._status_of(connection, "trials", trial_id) == "finished":
+                return
+            connection.execute(
+                "UPDATE trials SET status = ?, error = ?, ended_at = ? WHERE id = ?",
+                (status, error, _now(), trial_id),
             )
 
     # -- reading -----------------------------------------------------------------------------
@@ -252,10 +452,7 @@ class Store:
 
     def runs(self, experiment: str | None = None, status: str | None = None) -> list[RunRecord]:
         """All runs, optionally of one experiment and/or one status, oldest first."""
-        if status is not None and status not in RUN_STATUSES:
-            raise NeuroplasticError(
-                f"unknown run status {status!r}", f"use one of: {', '.join(RUN_STATUSES)}"
-            )
+        _check_status(status)
         rows = self._connection.execute(
             """SELECT * FROM runs
                WHERE (:experiment IS NULL OR experiment = :experiment)
@@ -269,13 +466,46 @@ class Store:
         """One run by id."""
         row = self._connection.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
-            raise self._missing_run_error(run_id)
+            raise self._missing_error("runs", run_id)
         return _record_from_row(row)
 
     def experiments(self) -> list[str]:
         """Names of the experiments with at least one run, sorted."""
         rows = self._connection.execute("SELECT DISTINCT experiment FROM runs ORDER BY experiment")
         return [name for (name,) in rows]
+
+    def trials(
+        self,
+        experiment: str | None = None,
+        config_hash: str | None = None,
+        method: str | None = None,
+        status: str | None = None,
+    ) -> list[TrialRecord]:
+        """All tuning trials, optionally of one experiment, config hash, method and/or status,
+        oldest first. The first three together name one study: what a resumed study reads."""
+        _check_status(status)
+        rows = self._connection.execute(
+            """SELECT * FROM trials
+               WHERE (:experiment IS NULL OR experiment = :experiment)
+                 AND (:config_hash IS NULL OR config_hash = :config_hash)
+                 AND (:method IS NULL OR method = :method)
+                 AND (:status IS NULL OR status = :status)
+               ORDER BY id""",
+            {
+                "experiment": experiment,
+                "config_hash": config_hash,
+                "method": method,
+                "status": status,
+            },
+        )
+        return [_trial_from_row(row) for row in rows]
+
+    def get_trial(self, trial_id: int) -> TrialRecord:
+        """One trial by id."""
+        row = self._connection.execute("SELECT * FROM trials WHERE id = ?", (trial_id,)).fetchone()
+        if row is None:
+            raise self._missing_error("trials", trial_id)
+        return _trial_from_row(row)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -302,21 +532,24 @@ class Store:
 
     def _ensure_schema(self) -> None:
         """Create the schema in an empty file, or check that an existing file is ours and no newer
-        than this library understands. Creation re-checks under the write lock, so two processes
-        opening a new store at once cannot both create it."""
-        if self._table_names():
-            self._check_schema()
-            return
-        with self._transaction() as connection:
-            if self._table_names():
-                self._check_schema()
+        than this library understands, migrating it if it is older. Creation and migration each
+        re-check under the write lock, so two processes opening a store at once cannot both create
+        or both migrate it."""
+        if not self._table_names():
+            with self._transaction() as connection:
+                created = not self._table_names()
+                if created:
+                    for statement in _SCHEMA_STATEMENTS:
+                        connection.execute(statement)
+                    connection.execute(
+                        "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),),
+                    )
+            if created:
                 return
-            for statement in _SCHEMA_STATEMENTS:
-                connection.execute(statement)
-            connection.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+        found_version = self._schema_version()
+        if found_version < SCHEMA_VERSION:
+            self._migrate(found_version)
 
     def _table_names(self) -> set[str]:
         rows = self._connection.execute(
@@ -324,7 +557,9 @@ class Store:
         )
         return {name for (name,) in rows}
 
-    def _check_schema(self) -> None:
+    def _schema_version(self) -> int:
+        """The file's schema version, once it is known to be a store this library can read or
+        migrate; anything else is refused with the reason."""
         if not {"meta", "runs"} <= self._table_names():
             raise _not_a_store_error(self.path, "it is an SQLite database with other tables")
         row = self._connection.execute(
@@ -332,48 +567,83 @@ class Store:
         ).fetchone()
         if row is None:
             raise _not_a_store_error(self.path, "it has no schema version")
-        found_version = int(row[0])
+        try:
+            found_version = int(row[0])
+        except ValueError:
+            raise _not_a_store_error(
+                self.path, f"its schema version {row[0]!r} is not a number"
+            ) from None
         if found_version > SCHEMA_VERSION:
             raise NeuroplasticError(
                 f"{self.path} was written by a newer neuroplastic (store schema version "
                 f"{found_version}; this version reads up to {SCHEMA_VERSION})",
                 "upgrade neuroplastic (pip install -U neuroplastic), or use another store path",
             )
-        if found_version < SCHEMA_VERSION:
+        if found_version < min(_MIGRATIONS, default=SCHEMA_VERSION):
             raise NeuroplasticError(
                 f"{self.path} has store schema version {found_version}, which this version of "
                 f"neuroplastic cannot read (it expects {SCHEMA_VERSION})",
                 "use the neuroplastic version that wrote it, or start a new store at another path",
             )
+        return found_version
 
-    def _mark_stale_runs(self) -> None:
-        """Mark ``"interrupted"`` the runs of this host whose process is gone (kill -9, power
-        loss, OOM killer): nothing else will ever finish them. Runs of other hosts sharing the
-        file are left alone, because their pids mean nothing here."""
-        rows = self._connection.execute(
-            "SELECT id, pid FROM runs WHERE status = 'running' AND hostname = ?",
-            (socket.gethostname(),),
-        ).fetchall()
-        stale_ids = [run_id for run_id, pid in rows if not _process_exists(pid)]
-        if not stale_ids:
+    def _migrate(self, found_version: int) -> None:
+        """Bring an older file up to :data:`SCHEMA_VERSION` in one transaction: every step and the
+        new version number commit together, or nothing changes. The version is read again under
+        the write lock, because another process may have migrated the file since we looked."""
+        try:
+            with self._transaction() as connection:
+                version = self._schema_version()
+                if version >= SCHEMA_VERSION:
+                    return
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[step]:
+                        connection.execute(statement)
+                connection.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
+                )
+        except sqlite3.DatabaseError as error:
+            raise NeuroplasticError(
+                f"could not migrate {self.path} from store schema version {found_version} to "
+                f"{SCHEMA_VERSION}: {error}",
+                "the file was left as it was; check that it is a neuroplastic store and that no "
+                "other program holds it open for writing, or use the neuroplastic version that "
+                "wrote it",
+            ) from error
+
+    def _mark_stale_rows(self) -> None:
+        """Mark ``"interrupted"`` the runs and trials of this host whose process is gone (kill -9,
+        power loss, OOM killer): nothing else will ever finish them. Rows of other hosts sharing
+        the file are left alone, because their pids mean nothing here."""
+        stale: dict[str, list[int]] = {}
+        for table in ("runs", "trials"):
+            rows = self._connection.execute(
+                f"SELECT id, pid FROM {table} WHERE status = 'running' AND hostname = ?",
+                (socket.gethostname(),),
+            ).fetchall()
+            stale[table] = [row_id for row_id, pid in rows if not _process_exists(pid)]
+        if not any(stale.values()):
             return
         with self._transaction() as connection:
-            connection.executemany(
-                "UPDATE runs SET status = 'interrupted', error = ? "
-                "WHERE id = ? AND status = 'running'",
-                [(STALE_RUN_ERROR, run_id) for run_id in stale_ids],
-            )
+            for table, stale_ids in stale.items():
+                connection.executemany(
+                    f"UPDATE {table} SET status = 'interrupted', error = ? "
+                    "WHERE id = ? AND status = 'running'",
+                    [(STALE_RUN_ERROR, row_id) for row_id in stale_ids],
+                )
 
-    def _status_of(self, connection: sqlite3.Connection, run_id: int) -> str:
-        row = connection.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+    def _status_of(self, connection: sqlite3.Connection, table: str, row_id: int) -> str:
+        row = connection.execute(f"SELECT status FROM {table} WHERE id = ?", (row_id,)).fetchone()
         if row is None:
-            raise self._missing_run_error(run_id)
+            raise self._missing_error(table, row_id)
         return str(row[0])
 
-    def _missing_run_error(self, run_id: int) -> NeuroplasticError:
+    def _missing_error(self, table: str, row_id: int) -> NeuroplasticError:
+        noun = table.removesuffix("s")  # "runs" -> "run", "trials" -> "trial"
         return NeuroplasticError(
-            f"no run with id {run_id} in {self.path}",
-            "list the runs in this store to find the right id, or check the store path",
+            f"no {noun} with id {row_id} in {self.path}",
+            f"list the {table} in this store to find the right id, or check the store path",
         )
 
 
@@ -461,6 +731,69 @@ def _untag_non_finite(obj: dict) -> Any:
     return obj
 
 
+def _check_status(status: str | None) -> None:
+    if status is not None and status not in RUN_STATUSES:
+        raise NeuroplasticError(
+            f"unknown status {status!r}", f"use one of: {', '.join(RUN_STATUSES)}"
+        )
+
+
+def _plain_float(value: Any) -> float:
+    """A score as a plain float (numpy and 0-d torch scalars unwrapped); NaN and inf allowed."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"a trial's value must be a number, not {type(value).__name__}")
+    return float(value)
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain_json_object(value: Any, name: str) -> dict:
+    """Check that ``value`` is a dict that survives a JSON round trip unchanged (string keys,
+    plain values), and return it with numpy/torch scalars unwrapped and tuples made lists.
+
+    Checked before anything is written, so a bad value never leaves a half-recorded row.
+    """
+    if not isinstance(value, dict):
+        raise NeuroplasticError(
+            f"{name} must be a dict of names to values, not a {type(value).__name__}",
+            'pass e.g. {"lr": 0.1}, or {"backprop": {"lr": 0.1}} for several methods',
+        )
+    return _plain_json(value, name)
+
+
+def _plain_json(value: Any, where: str) -> Any:
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    if isinstance(value, dict):
+        plain = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise NeuroplasticError(
+                    f"{where} has the key {key!r} ({type(key).__name__}); JSON keys are strings",
+                    f"use str(key) as the key, e.g. {str(key)!r}",
+                )
+            plain[key] = _plain_json(item, f"{where}[{key!r}]")
+        return plain
+    if isinstance(value, list | tuple):
+        return [_plain_json(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if hasattr(value, "item"):  # a numpy or 0-d torch scalar
+        try:
+            item = value.item()
+        except (TypeError, ValueError, RuntimeError):  # e.g. a tensor of several elements
+            pass
+        else:
+            if isinstance(item, _JSON_SCALARS):
+                return item
+    raise NeuroplasticError(
+        f"{where} is a {type(value).__name__}, which cannot be stored as JSON",
+        "store plain numbers, strings, booleans and None, or lists and dicts of them "
+        "(e.g. float(x) or x.tolist())",
+    )
+
+
 def _normalise_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """Plain floats (a 0-d tensor or numpy scalar would not serialise), string names."""
     return {str(name): float(value) for name, value in metrics.items()}
@@ -508,5 +841,30 @@ def _record_from_row(row: sqlite3.Row) -> RunRecord:
         metrics=_from_json(row["metrics"]),
         curves=_from_json(row["curves"]),
         curve_x_label=row["curve_x_label"],
+        error=row["error"],
+        hyperparameters=_from_json(row["hyperparameters"]),
+    )
+
+
+def _trial_from_row(row: sqlite3.Row) -> TrialRecord:
+    return TrialRecord(
+        id=row["id"],
+        experiment=row["experiment"],
+        config=_from_json(row["config"]),
+        config_hash=row["config_hash"],
+        method=row["method"],
+        number=row["number"],
+        params=_from_json(row["params"]),
+        seed=row["seed"],
+        quick=bool(row["quick"]),
+        dataset=row["dataset"],
+        device=row["device"],
+        version=row["version"],
+        git_rev=row["git_rev"],
+        status=row["status"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        value=None if row["value"] is None else float(_from_json(row["value"])),
+        curves=_from_json(row["curves"]),
         error=row["error"],
     )
