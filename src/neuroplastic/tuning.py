@@ -42,7 +42,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from neuroplastic.errors import NeuroplasticError
+from neuroplastic.errors import DivergenceError, NeuroplasticError
 from neuroplastic.seeding import derive_seed
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -362,9 +362,10 @@ def best_trial(study: Study, trials: Sequence[Trial]) -> Trial:
     scored = [t for t in trials if t.status == "finished" and t.value is not None]
     scored = [t for t in scored if math.isfinite(t.value)]
     if not scored:
-        raise NeuroplasticError(
+        raise DivergenceError(
             f"every one of the {len(trials)} trials of {study.method!r} failed or diverged",
-            "lower the range of the step size, or check the method on a smaller problem",
+            "lower the range of the step size (--set ...), or check the method on a smaller "
+            "problem",
         )
     sign = 1.0 if study.direction == "minimize" else -1.0
     return min(scored, key=lambda t: (sign * t.value, t.number))

@@ -23,6 +23,7 @@ from neuroplastic.errors import NeuroplasticError
 if TYPE_CHECKING:
     from neuroplastic.store import RunRecord
     from neuroplastic.tasks.datasets import Dataset
+    from neuroplastic.tuning import Objective, Study, TrialRecorder, TuningResult
 
 
 class Progress(Protocol):
@@ -56,7 +57,24 @@ class RunContext:
     checkpoint_dir: Path | None = None
     """Where a long run may save its progress to resume after an interruption (beside the
     store); None: no checkpoints."""
+    recorder: TrialRecorder | None = None
+    """Where :meth:`tune` records trials: the runner binds one to the results store and this
+    config, so a study resumes across processes; None: kept in memory for this context."""
+    tuned: dict[str, TuningResult] = field(default_factory=dict)
+    """The studies tuned in this context so far, by name (what the runner records with every
+    seed as its hyper-parameters)."""
     _datasets: dict[str, Dataset] = field(default_factory=dict, repr=False)
+
+    def tune(self, study: Study, objective: Objective) -> TuningResult:
+        """``study`` tuned by :func:`neuroplastic.tuning.tune`, once per context: the seeds of
+        one invocation share it, trials already in the recorder are not run again."""
+        if study.method not in self.tuned:
+            from neuroplastic.tuning import MemoryRecorder, tune
+
+            if self.recorder is None:
+                self.recorder = MemoryRecorder()
+            self.tuned[study.method] = tune(study, objective, self.recorder)
+        return self.tuned[study.method]
 
     def load_dataset(self, name: str) -> Dataset:
         """The named dataset on this context's device, read from disk once per context."""
@@ -78,6 +96,8 @@ class RunResult:
     metrics: dict[str, float]
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     curve_x_label: str = "epoch"
+    hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``{study name: chosen hyper-parameters}`` this seed trained with (``context.tuned``)."""
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ from neuroplastic.stats import Summary, mean_ci
 from neuroplastic.store import RunRecord
 from neuroplastic.tasks.splits import validation_split
 from neuroplastic.threads import one_cpu_thread
+from neuroplastic.tuning import Choice, Objective, Study, Trial
 
 NAME = "perturbation-scaling"
 WEIGHT, NODE, BACKPROP = "weight-perturbation", "node-perturbation", "backprop"
@@ -379,36 +380,45 @@ def train(
     return passes_axis, losses, model
 
 
-_TUNED: dict[tuple[Config, str], dict[tuple[str, int], float]] = {}
+def study_name(method: str, width: int) -> str:
+    """One learning-rate study per method and training width: ``"node-perturbation@w32"``."""
+    return f"{method}@w{width}"
 
 
-def tuned_learning_rates(config: Config, splits: Splits) -> dict[tuple[str, int], float]:
-    """The grid value with the lowest validation loss after the budget, per (method, width).
+def learning_rate_study(config: Config, method: str, width: int) -> Study:
+    """Every value of the ``lrs`` grid once (an equal budget for every method and width)."""
+    return Study(
+        study_name(method, width),
+        {"lr": Choice(config.lrs)},
+        trials=len(config.lrs),
+        sampler="grid",
+        seed=config.tuning_seed,
+    )
 
-    Trained from ``tuning_seed`` (never a run's seed); a diverging value scores infinity. Cached
-    per config and device, so the seeds of one process share it.
-    """
-    key = (config, str(splits.train_x.device))
-    if key in _TUNED:
-        return _TUNED[key]
+
+def validation_loss(config: Config, method: str, width: int, splits: Splits) -> Objective:
+    """The objective of a learning-rate trial: train from ``tuning_seed`` (never a run's seed;
+    the same networks, minibatches and noise for every value of the grid, a paired comparison)
+    and score the mean loss on the validation images; a diverging run fails its trial."""
+
+    def objective(params: dict, trial: Trial) -> float:
+        model = train(config, method, width, params["lr"], config.tuning_seed, splits)[2]
+        return mean_loss(model, splits.val_x, splits.val_y, config.loss)
+
+    return objective
+
+
+def tuned_learning_rates(
+    config: Config, splits: Splits, context: RunContext
+) -> dict[tuple[str, int], float]:
+    """The grid value with the lowest validation loss, per (method, width), through the one
+    tuner (recorded in the store when the runner gives the context one; once per context)."""
     chosen = {}
     for width in config.train_widths:
         for method in METHODS:
-            scores = []
-            for lr in config.lrs:
-                try:
-                    model = train(config, method, width, lr, config.tuning_seed, splits)[2]
-                    score = mean_loss(model, splits.val_x, splits.val_y, config.loss)
-                except DivergenceError:
-                    score = math.inf
-                scores.append(score if math.isfinite(score) else math.inf)
-            if not math.isfinite(min(scores)):
-                raise DivergenceError(
-                    f"{method} diverged at every learning rate of {config.lrs} (width {width})",
-                    hint="add smaller learning rates with --set lrs=...",
-                )
-            chosen[method, width] = config.lrs[int(np.argmin(scores))]
-    _TUNED[key] = chosen
+            study = learning_rate_study(config, method, width)
+            result = context.tune(study, validation_loss(config, method, width, splits))
+            chosen[method, width] = result.params["lr"]
     return chosen
 
 
@@ -453,7 +463,7 @@ def _run(config: Config, seed: int, context: RunContext) -> RunResult:
         metrics[f"{method}/slope_synapses"] = slope(log_v[method][:sweep], log_p[:sweep])
         metrics[f"{method}/slope_neurons"] = slope(log_v[method][:sweep], log_n[:sweep])
 
-    rates = tuned_learning_rates(config, splits)
+    rates = tuned_learning_rates(config, splits, context)
     curves: dict[str, dict[str, list[float]]] = {}
     for width in config.train_widths:
         for method in METHODS:
@@ -463,7 +473,8 @@ def _run(config: Config, seed: int, context: RunContext) -> RunResult:
             metrics[f"{method}/train_loss_w{width}"] = losses[-1]
             metrics[f"{method}/lr_w{width}"] = lr
             context.progress.advance(loss=losses[-1])
-    return RunResult(metrics=metrics, curves=curves, curve_x_label="forward passes")
+    hyperparameters = {name: result.params for name, result in context.tuned.items()}
+    return RunResult(metrics, curves, "forward passes", hyperparameters)
 
 
 # -- verdict and report ---------------------------------------------------------------------------
