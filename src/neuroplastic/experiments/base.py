@@ -57,24 +57,33 @@ class RunContext:
     checkpoint_dir: Path | None = None
     """Where a long run may save its progress to resume after an interruption (beside the
     store); None: no checkpoints."""
-    recorder: TrialRecorder | None = None
-    """Where :meth:`tune` records trials: the runner binds one to the results store and this
-    config, so a study resumes across processes; None: kept in memory for this context."""
-    tuned: dict[str, TuningResult] = field(default_factory=dict)
-    """The studies tuned in this context so far, by name (what the runner records with every
-    seed as its hyper-parameters)."""
+    recorder_for: Callable[[Any], TrialRecorder] | None = None
+    """``recorder_for(config) -> TrialRecorder``: where :meth:`tune` records the trials of a
+    config. The runner binds it to the results store, so a study resumes across processes;
+    None: trials are kept in memory for this context."""
     _datasets: dict[str, Dataset] = field(default_factory=dict, repr=False)
+    _tuned: dict[tuple[str, str], TuningResult] = field(default_factory=dict, repr=False)
+    _recorders: dict[str, TrialRecorder] = field(default_factory=dict, repr=False)
 
-    def tune(self, study: Study, objective: Objective) -> TuningResult:
-        """``study`` tuned by :func:`neuroplastic.tuning.tune`, once per context: the seeds of
-        one invocation share it, trials already in the recorder are not run again."""
-        if study.method not in self.tuned:
-            from neuroplastic.tuning import MemoryRecorder, tune
+    def tune(self, config: Any, study: Study, objective: Objective) -> TuningResult:
+        """``study`` for ``config``, tuned by :func:`neuroplastic.tuning.tune` once per context
+        (the seeds of one invocation share it); trials already recorded are not run again.
 
-            if self.recorder is None:
-                self.recorder = MemoryRecorder()
-            self.tuned[study.method] = tune(study, objective, self.recorder)
-        return self.tuned[study.method]
+        ``objective`` must depend on nothing but ``config`` and its arguments: a study is known
+        by its config and name.
+        """
+        from neuroplastic.config import config_to_dict
+        from neuroplastic.store import config_hash
+        from neuroplastic.tuning import MemoryRecorder, tune
+
+        digest = config_hash(config_to_dict(config))
+        key = (digest, study.method)
+        if key not in self._tuned:
+            if digest not in self._recorders:
+                make = self.recorder_for
+                self._recorders[digest] = make(config) if make else MemoryRecorder()
+            self._tuned[key] = tune(study, objective, self._recorders[digest])
+        return self._tuned[key]
 
     def load_dataset(self, name: str) -> Dataset:
         """The named dataset on this context's device, read from disk once per context."""
@@ -97,7 +106,8 @@ class RunResult:
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     curve_x_label: str = "epoch"
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """``{study name: chosen hyper-parameters}`` this seed trained with (``context.tuned``)."""
+    """``{study name: chosen hyper-parameters}`` this seed trained with (from ``context.tune``),
+    recorded with the run."""
 
 
 @dataclass(frozen=True)

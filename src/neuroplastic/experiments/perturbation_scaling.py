@@ -417,7 +417,7 @@ def tuned_learning_rates(
     for width in config.train_widths:
         for method in METHODS:
             study = learning_rate_study(config, method, width)
-            result = context.tune(study, validation_loss(config, method, width, splits))
+            result = context.tune(config, study, validation_loss(config, method, width, splits))
             chosen[method, width] = result.params["lr"]
     return chosen
 
@@ -473,7 +473,11 @@ def _run(config: Config, seed: int, context: RunContext) -> RunResult:
             metrics[f"{method}/train_loss_w{width}"] = losses[-1]
             metrics[f"{method}/lr_w{width}"] = lr
             context.progress.advance(loss=losses[-1])
-    hyperparameters = {name: result.params for name, result in context.tuned.items()}
+    hyperparameters = {
+        study_name(method, width): {"lr": rates[method, width]}
+        for width in config.train_widths
+        for method in METHODS
+    }
     return RunResult(metrics, curves, "forward passes", hyperparameters)
 
 
