@@ -294,7 +294,7 @@ def show(
     store: StoreOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
 ) -> None:
-    """Print one recorded run: config, provenance, status and final metrics."""
+    """Print one recorded run: config, hyper-parameters, provenance, status and final metrics."""
     from neuroplastic.store import Store
 
     store_path = store or default_store()
@@ -323,6 +323,8 @@ def show(
     ):
         table.add_row(key, str(getattr(record, key)))
     table.add_row("config", json.dumps(record.config))
+    for key, value in record.hyperparameters.items():  # method -> {name: value}, if tuned
+        table.add_row(Text(f"hyperparameters {key}"), Text(json.dumps(value)))
     for key, value in record.metrics.items():
         table.add_row(key, f"{value:.6g}")
     if record.error:

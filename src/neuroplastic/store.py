@@ -788,7 +788,7 @@ def _plain_json(value: Any, where: str) -> Any:
             if isinstance(item, _JSON_SCALARS):
                 return item
     raise NeuroplasticError(
-        f"{where} is a {type(value).__name__}, which cannot be stored as JSON",
+        f"{where} is of type {type(value).__name__}, which cannot be stored as JSON",
         "store plain numbers, strings, booleans and None, or lists and dicts of them "
         "(e.g. float(x) or x.tolist())",
     )
