@@ -197,3 +197,70 @@ def test_verdict_needs_five_default_seeds():
     assert ps.verdict(runs).status == "not run"
     quick = dataclasses.replace(record(4, SCALING, LEARNING), quick=True)
     assert ps.verdict([*runs, quick]).status == "not run"
+
+
+def test_tuning_trials_are_recorded_and_reused(tmp_path, monkeypatch):
+    """Every learning-rate trial is a row of the store; the runs record the rates they used; a
+    second invocation of the same config finds the study finished and runs no trial again."""
+    monkeypatch.setitem(neuroplastic.experiments.EXPERIMENTS, ps.NAME, ps.EXPERIMENT)
+    with Store(tmp_path / "runs.db") as store:
+        run_experiment(ps.EXPERIMENT, TINY, [1], store, device="cpu")
+        trials = store.trials(ps.NAME)
+        assert len(trials) == len(ps.METHODS) * len(TINY.train_widths) * len(TINY.lrs)
+        assert {t.status for t in trials} <= {"finished", "failed"}
+        (record,) = store.runs(ps.NAME)
+        for method in ps.METHODS:
+            name = ps.study_name(method, 4)
+            chosen = record.hyperparameters[name]["lr"]
+            assert chosen == record.metrics[f"{method}/lr_w4"]
+            scores = {t.params["lr"]: t.value for t in trials if t.method == name}
+            assert chosen == min(scores, key=lambda lr: scores[lr])
+        run_experiment(ps.EXPERIMENT, TINY, [2], store, device="cpu")
+        assert len(store.trials(ps.NAME)) == len(trials)
+
+
+def test_kill_9_in_the_middle_of_tuning_resumes_where_it_stopped(tmp_path):
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    store = tmp_path / "results.db"
+    settings = {"widths": "4,8", "input_sides": "7", "input_sweep_width": "4",
+                "batch_size": "20", "variance_draws": "8", "train_widths": "4", "budget": "1500",
+                "curve_points": "4", "n_train_eval": "200",
+                "lrs": "0.001,0.003,0.01,0.03,0.1,0.3"}  # fmt: skip
+    argv = [sys.executable, "-m", "neuroplastic.cli", "run", ps.NAME, "--store", str(store),
+            "--quiet", *(a for k, v in settings.items() for a in ("--set", f"{k}={v}"))]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            if store.exists():
+                with sqlite3.connect(store) as db:
+                    try:
+                        query = "select count(*) from trials where status='finished'"
+                        if db.execute(query).fetchone()[0] >= 3:
+                            break
+                    except sqlite3.OperationalError:  # schema not created yet
+                        pass
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with Store(store) as results:
+        before = {t.id: t for t in results.trials(status="finished")}
+        assert 3 <= len(before) < 18
+        assert results.runs()[0].status == "interrupted"
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    with Store(store) as results:
+        trials = results.trials(status="finished") + results.trials(status="failed")
+        studies = [(t.method, t.number) for t in trials]
+        assert len(studies) == len(set(studies)) == 18  # every trial once, none repeated
+        assert all(results.get_trial(i) == t for i, t in before.items())  # kept as they were
+        assert results.runs(status="finished")[0].hyperparameters

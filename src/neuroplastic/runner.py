@@ -34,6 +34,7 @@ from neuroplastic.experiments.base import (
 )
 from neuroplastic.store import RunRecord, Store, config_hash
 from neuroplastic.tasks.datasets import DATASETS
+from neuroplastic.tuning import Trial
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,45 @@ class InProcessExecutor:
         for spec in specs:
             on_start(spec)
             yield spec, execute(spec, context)
+
+
+@dataclass(frozen=True)
+class StoreRecorder:
+    """The tuning trials of one experiment and config, recorded in the results store (the
+    :class:`~neuroplastic.tuning.TrialRecorder` the runner gives experiments), with the same
+    provenance as its runs."""
+
+    store: Store
+    experiment: str
+    config: dict[str, Any]
+    quick: bool
+    dataset: str
+    device: str
+    git_rev: str | None
+
+    def finished_trials(self, method: str) -> list[Trial]:
+        """The study's finished and failed trials; the latest record of a number wins."""
+        latest: dict[int, Trial] = {}
+        for record in self.store.trials(self.experiment, config_hash(self.config), method):
+            if record.status in ("finished", "failed"):
+                latest[record.number] = Trial(
+                    record.number, record.params, record.seed, record.status, record.value,
+                    record.curves,
+                )  # fmt: skip
+        return [latest[number] for number in sorted(latest)]
+
+    def start_trial(self, method: str, number: int, params: dict, seed: int) -> int:
+        return self.store.start_trial(
+            experiment=self.experiment, config=self.config, method=method, number=number,
+            params=params, seed=seed, quick=self.quick, dataset=self.dataset, device=self.device,
+            version=neuroplastic.__version__, git_rev=self.git_rev,
+        )  # fmt: skip
+
+    def finish_trial(self, trial_id: int, value: float, curves: dict) -> None:
+        self.store.finish_trial(trial_id, value, curves)
+
+    def mark_trial(self, trial_id: int, status: str, error: str | None = None) -> None:
+        self.store.mark_trial(trial_id, status, error)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -195,6 +235,10 @@ def run_experiment(
 
     revision = git_revision()
     in_flight: dict[int, int] = {}  # seed -> run id
+    context.recorder_for = lambda tuned_config: StoreRecorder(
+        store, experiment.name, config_to_dict(tuned_config), quick, dataset,
+        str(context.device), revision,
+    )  # fmt: skip
 
     def on_start(spec: RunSpec) -> None:
         for seed in spec.seeds:
@@ -217,7 +261,8 @@ def run_experiment(
                     store.mark_run(run_id, "failed", str(result))
                     outcome.failures.append((seed, str(result)))
                 else:
-                    store.finish_run(run_id, result.metrics, result.curves, result.curve_x_label)
+                    store.finish_run(run_id, result.metrics, result.curves,
+                                     result.curve_x_label, result.hyperparameters)  # fmt: skip
                     record_ids[seed] = run_id
     except KeyboardInterrupt:
         for run_id in in_flight.values():

@@ -309,14 +309,22 @@ class Store:
         metrics: dict[str, float],
         curves: dict,
         curve_x_label: str | None = None,
+        hyperparameters: dict | None = None,
     ) -> None:
         """Store the results and mark the run ``"finished"`` in one statement, so no reader or
         crash can ever see a finished run without its metrics.
 
+        ``hyperparameters`` (as in :meth:`start_run`), when given, replace those recorded at the
+        start: a run that tunes as it goes knows them only at the end.
         Only a ``"running"`` run can finish: a finished result is never silently overwritten.
         """
         metrics_json = _to_json(_normalise_metrics(metrics))
         curves_json = _to_json(_normalise_curves(curves))
+        hyperparameters_json = (
+            None
+            if hyperparameters is None
+            else _to_json(_plain_json_object(hyperparameters, "hyperparameters"))
+        )
         with self._transaction() as connection:
             status = self._status_of(connection, "runs", run_id)
             if status != "running":
@@ -326,9 +334,10 @@ class Store:
                 )
             connection.execute(
                 """UPDATE runs SET status = 'finished', ended_at = ?, metrics = ?, curves = ?,
-                                   curve_x_label = ?
+                                   curve_x_label = ?,
+                                   hyperparameters = COALESCE(?, hyperparameters)
                    WHERE id = ?""",
-                (_now(), metrics_json, curves_json, curve_x_label, run_id),
+                (_now(), metrics_json, curves_json, curve_x_label, hyperparameters_json, run_id),
             )
 
     def mark_run(self, run_id: int, status: str, error: str | None = None) -> None:
