@@ -231,8 +231,9 @@ def test_kill_9_in_the_middle_of_tuning_resumes_where_it_stopped(tmp_path):
                 "batch_size": "20", "variance_draws": "8", "train_widths": "4", "budget": "1500",
                 "curve_points": "4", "n_train_eval": "200",
                 "lrs": "0.001,0.003,0.01,0.03,0.1,0.3"}  # fmt: skip
+    overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     argv = [sys.executable, "-m", "neuroplastic.cli", "run", ps.NAME, "--store", str(store),
-            "--quiet", *(a for k, v in settings.items() for a in ("--set", f"{k}={v}"))]  # fmt: skip
+            "--quiet", *overrides]  # fmt: skip
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
