@@ -253,6 +253,8 @@ def run_experiment(
                 git_rev=revision,
             )
 
+    if specs and experiment.tune is not None:
+        experiment.tune(config, context)  # in the driver: trials recorded before any seed runs
     try:
         for spec, results in (executor or InProcessExecutor()).map(specs, context, on_start):
             for seed, result in zip(spec.seeds, results, strict=True):

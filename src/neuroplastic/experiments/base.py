@@ -154,6 +154,11 @@ class Experiment:
     """Optional: all seeds as one batched computation (a replica dimension), one outcome per seed
     in order, each equal to what ``run`` gives for that seed alone up to float rounding (a
     diverged replica is a NeuroplasticError in its place)."""
+    tune: Callable[[Any, RunContext], None] | None = None
+    """Optional, for experiments that tune: run every study the config needs through
+    ``context.tune`` (what ``run`` would otherwise do on its first seed). The runner calls it
+    once, in the driver, before any seed starts, so the trials are recorded by the driver and
+    the seeds, wherever they run, only read the finished studies."""
 
 
 def panel_per_metric(key: str) -> tuple[str, str]:

@@ -422,6 +422,12 @@ def tuned_learning_rates(
     return chosen
 
 
+def tune(config: Config, context: RunContext) -> None:
+    """Every learning-rate study of the config (the runner calls this before the seeds)."""
+    with one_cpu_thread(context.device):
+        tuned_learning_rates(config, make_splits(config, context), context)
+
+
 # -- one seed -------------------------------------------------------------------------------------
 
 
@@ -592,4 +598,5 @@ EXPERIMENT = Experiment(
     command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
     plot_panel=plot_panel,
     tables=tables,
+    tune=tune,
 )
