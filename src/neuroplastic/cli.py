@@ -271,7 +271,9 @@ def report(
     with Store(store_path) as results:
         if name is not None:
             experiment = get_experiment(name)
-            path = experiment_report(experiment, results.runs(name), out, fmt)
+            path = experiment_report(
+                experiment, results.runs(name), out, fmt, results.trials(name)
+            )
             if fmt == "md":
                 console.print(path.read_text(), markup=False, highlight=False)
             console.print(f"wrote {path}")

@@ -154,6 +154,10 @@ class Experiment:
     """Optional: all seeds as one batched computation (a replica dimension), one outcome per seed
     in order, each equal to what ``run`` gives for that seed alone up to float rounding (a
     diverged replica is a NeuroplasticError in its place)."""
+    studies: Callable[[Any], Sequence[Study]] | None = None
+    """Optional, with ``tune``: the studies a config tunes (a pure function of the config), so
+    that reports can rebuild their declarations (ranges, direction) from the stored config and
+    flag best values on the edge of their range."""
     tune: Callable[[Any, RunContext], None] | None = None
     """Optional, for experiments that tune: run every study the config needs through
     ``context.tune`` (what ``run`` would otherwise do on its first seed). The runner calls it

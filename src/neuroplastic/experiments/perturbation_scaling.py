@@ -422,6 +422,15 @@ def tuned_learning_rates(
     return chosen
 
 
+def studies(config: Config) -> list[Study]:
+    """The learning-rate studies of a config, one per method and training width."""
+    return [
+        learning_rate_study(config, method, width)
+        for width in config.train_widths
+        for method in METHODS
+    ]
+
+
 def tune(config: Config, context: RunContext) -> None:
     """Every learning-rate study of the config (the runner calls this before the seeds)."""
     with one_cpu_thread(context.device):
@@ -598,5 +607,6 @@ EXPERIMENT = Experiment(
     command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
     plot_panel=plot_panel,
     tables=tables,
+    studies=studies,
     tune=tune,
 )
