@@ -128,6 +128,41 @@ def summary_table(title: str, rows: list) -> Table:
     return table
 
 
+def hyperparameter_table(records: list) -> Table | None:
+    """The hyper-parameters the seeds trained with, one row per study (tuned on validation
+    data, the same for every seed of a config); None when nothing was tuned."""
+    if not records or not records[0].hyperparameters:
+        return None
+    table = Table(title="chosen hyper-parameters (tuned on validation data)")
+    table.add_column("study")
+    table.add_column("values")
+    for study, values in records[0].hyperparameters.items():
+        shown = values
+        if isinstance(values, dict):
+            shown = ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+            )
+        table.add_row(study, str(shown))
+    return table
+
+
+def verdict_sentence(experiment, records: list, store_path: Path) -> str:
+    """The claim's status in one plain sentence, from every run of the experiment in the store,
+    and what the verdict reads."""
+    verdict = experiment.verdict(records)
+    sentences = {
+        "holds": "the claim holds",
+        "does not hold": "the claim does not hold",
+        "partly holds": "the claim partly holds",
+        "not run": "not decided at this budget",
+    }
+    status = sentences.get(verdict.status, verdict.status)
+    return (
+        f"Verdict ({experiment.command}, from {store_path}): {status}: {verdict.headline}.\n"
+        f"Next: neuroplastic report {experiment.name} --store {store_path}"
+    )
+
+
 @app.command("list")
 def list_experiments(
     name: Annotated[
@@ -218,11 +253,16 @@ def run(
     if outcome.skipped_seeds:
         console.print(f"resumed: seeds {outcome.skipped_seeds} were already finished")
     if rows:
-        console.print(summary_table(f"{name} ({label})", rows))
+        console.print(summary_table(f"{name} ({label}): results over seeds", rows))
+        chosen = hyperparameter_table(outcome.records)
+        if chosen is not None:
+            console.print(chosen)
         ids = ", ".join(str(record.id) for record in outcome.records)
         console.print(f"recorded runs {ids} in {store_path}")
     for seed, message in outcome.failures:
         errors.print(Text.assemble((f"seed {seed} failed: ", "red"), message))
+    with Store(store_path) as results:
+        console.print(verdict_sentence(experiment, results.runs(name), store_path), markup=False)
 
     if json_path is not None:
         write_json(
@@ -271,9 +311,7 @@ def report(
     with Store(store_path) as results:
         if name is not None:
             experiment = get_experiment(name)
-            path = experiment_report(
-                experiment, results.runs(name), out, fmt, results.trials(name)
-            )
+            path = experiment_report(experiment, results.runs(name), out, fmt, results.trials(name))
             if fmt == "md":
                 console.print(path.read_text(), markup=False, highlight=False)
             console.print(f"wrote {path}")
