@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
+import torch
 
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.experiments.base import RunContext
 from neuroplastic.tuning import (
     Choice,
     IntRange,
@@ -150,6 +153,128 @@ def test_non_finite_scores_never_win_and_outcomes_keep_their_curves():
 def test_maximize():
     result = tune(study(direction="maximize", trials=16), lambda p, t: -bowl(p, t))
     assert result.best.value == max(t.value for t in result.trials)
+
+
+# -- the batched form --------------------------------------------------------------------------
+
+
+def batched(objective, calls=None):
+    """A batch objective that evaluates ``objective`` on each trial (and logs the batches)."""
+
+    def evaluate(batch):
+        if calls is not None:
+            calls.append([trial.number for _, trial in batch])
+        return [objective(params, trial) for params, trial in batch]
+
+    return evaluate
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"round_size": 4, "startup_trials": 4},  # TPE models the first round from round two on
+        {"sampler": "random", "round_size": 12},
+        {"sampler": "random", "round_size": 5},  # a last round of 2
+    ],
+)
+def test_the_batched_form_equals_the_sequential_form(changes):
+    s, calls = study(**changes), []
+    sequential = tune(s, bowl)
+    together = tune(s, batch_objective=batched(bowl, calls))
+    assert together.trials == sequential.trials
+    assert together.best == sequential.best and together.on_edge == sequential.on_edge
+    size = s.round_size
+    assert calls == [list(range(k, min(k + size, 12))) for k in range(0, 12, size)]
+
+
+def test_random_search_asks_the_same_whatever_the_round_size():
+    """Random draws ignore the history, so one round of every trial (one batch) asks what
+    rounds of one would."""
+    one_by_one = tune(study(sampler="random", round_size=1), bowl)
+    all_at_once = tune(study(sampler="random", round_size=12), batch_objective=batched(bowl))
+    assert all_at_once.trials == one_by_one.trials
+
+
+def test_a_stopped_batched_study_resumes_at_its_unfinished_round():
+    s = study(round_size=4, startup_trials=4)
+    uninterrupted = tune(s, bowl)
+    recorder, calls = MemoryRecorder(), []
+
+    def stops_in_the_second_round(batch):
+        if batch[0][1].number == 4:
+            raise KeyboardInterrupt
+        return batched(bowl, calls)(batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(s, batch_objective=stops_in_the_second_round, recorder=recorder)
+    assert calls == [[0, 1, 2, 3]]
+    assert [t.number for t in recorder.finished_trials("sgd")] == [0, 1, 2, 3]
+    assert all(t.status == "finished" for t in recorder.finished_trials("sgd"))
+    resumed = tune(s, batch_objective=batched(bowl, calls), recorder=recorder)
+    assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]  # nothing ran twice
+    assert resumed.trials == uninterrupted.trials
+
+
+def test_a_batch_resumes_only_its_unfinished_trials():
+    """Trials finished by a sequential run are not run again by a batched one (same record)."""
+    s, recorder = study(round_size=4, startup_trials=4), MemoryRecorder()
+
+    def first_two(params, trial):
+        if trial.number == 2:
+            raise KeyboardInterrupt
+        return bowl(params, trial)
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(s, first_two, recorder)
+    calls = []
+    resumed = tune(s, batch_objective=batched(bowl, calls), recorder=recorder)
+    assert calls == [[2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert resumed.trials == tune(s, bowl).trials
+
+
+def test_batched_failures_one_trial_or_the_whole_batch():
+    s = study(sampler="random", round_size=6)
+
+    def diverges_above(batch):
+        return [
+            NeuroplasticError("diverged", "lower it") if p["lr"] > 1e-2 else bowl(p, t)
+            for p, t in batch
+        ]
+
+    result = tune(s, batch_objective=diverges_above)
+    statuses = {t.number: t.status for t in result.trials}
+    assert {n for n, st in statuses.items() if st == "failed"} == {
+        t.number for t in result.trials if t.params["lr"] > 1e-2
+    }
+    assert 0 < list(statuses.values()).count("failed") < 12
+
+    def raises_on_the_second_round(batch):
+        if batch[0][1].number >= 6:
+            raise NeuroplasticError("diverged", "lower it")
+        return [bowl(p, t) for p, t in batch]
+
+    result = tune(s, batch_objective=raises_on_the_second_round)
+    assert [t.status for t in result.trials] == ["finished"] * 6 + ["failed"] * 6
+    with pytest.raises(ValueError, match="returned 1 outcomes for 6 trials"):
+        tune(s, batch_objective=lambda batch: [0.0])
+    with pytest.raises(TypeError, match="exactly one of"):
+        tune(s)
+    with pytest.raises(TypeError, match="exactly one of"):
+        tune(s, bowl, batch_objective=batched(bowl))
+
+
+@dataclasses.dataclass(frozen=True)
+class SomeConfig:
+    a: int = 1
+
+
+def test_run_context_tunes_a_batched_study_once():
+    context, calls = RunContext(device=torch.device("cpu")), []
+    s = study(sampler="random", round_size=12)
+    first = context.tune(SomeConfig(), s, batch_objective=batched(bowl, calls))
+    again = context.tune(SomeConfig(), s, batch_objective=batched(bowl, calls))
+    assert first is again and calls == [list(range(12))]
+    assert first.trials == tune(s, bowl).trials
 
 
 @pytest.mark.parametrize(

@@ -312,14 +312,21 @@ def _fmt(value: Any) -> str:
 
 
 Objective = Callable[[dict[str, Any], Trial], "TrialOutcome | float"]
+BatchObjective = Callable[
+    [list[tuple[dict[str, Any], Trial]]], "Sequence[TrialOutcome | float | NeuroplasticError]"
+]
+"""Many trials at once: ``[(params, trial), ...] -> [outcome, ...]`` in the same order, where an
+outcome is a score, a :class:`TrialOutcome`, or a NeuroplasticError for a trial that failed
+(diverged) while the others went on."""
 
 
 def tune(
     study: Study,
-    objective: Objective,
+    objective: Objective | None = None,
     recorder: TrialRecorder | None = None,
     *,
     on_trial: Callable[[Trial], None] | None = None,
+    batch_objective: BatchObjective | None = None,
 ) -> TuningResult:
     """Run the trials of ``study`` that ``recorder`` has not finished, then pick the best.
 
@@ -327,34 +334,87 @@ def tune(
     validation score (or a :class:`TrialOutcome` with curves). A NeuroplasticError (divergence)
     records the trial as failed, which uses its budget; any other exception, Ctrl-C included,
     marks the trial interrupted and propagates, and the next call runs it again.
+
+    ``batch_objective`` instead of ``objective``: the unfinished trials of each round (up to
+    ``study.round_size``) are asked together and evaluated by one call, e.g. as one replica
+    batch. A round's hyper-parameters depend on earlier rounds only, so the trials asked, and
+    with an objective whose outcome for a trial does not depend on its batch-mates the results,
+    are those of the sequential form. Each outcome is recorded as its trial's; a
+    NeuroplasticError *returned* in a trial's place fails that trial alone, one *raised* fails
+    the whole batch; any other exception marks the batch's trials interrupted and propagates.
     """
+    if (objective is None) == (batch_objective is None):
+        raise TypeError("tune needs exactly one of objective and batch_objective")
     recorder = recorder if recorder is not None else MemoryRecorder()
     history = {t.number: t for t in recorder.finished_trials(study.method)}
-    for number in range(study.trials):
-        if number in history:
-            continue
-        params = suggest(study, [history[n] for n in sorted(history)], number)
-        seed = trial_seed(study, number)
-        trial_id = recorder.start_trial(study.method, number, params, seed)
-        running = Trial(number, params, seed, "running")
-        try:
-            outcome = objective(params, running)
-        except NeuroplasticError as error:
-            recorder.mark_trial(trial_id, "failed", str(error))
-            history[number] = Trial(number, params, seed, "failed")
-        except BaseException as error:
-            recorder.mark_trial(trial_id, "interrupted", f"{type(error).__name__}: {error}")
-            raise
-        else:
-            if not isinstance(outcome, TrialOutcome):
-                outcome = TrialOutcome(float(outcome))
-            recorder.finish_trial(trial_id, float(outcome.value), outcome.curves)
-            history[number] = Trial(number, params, seed, "finished", float(outcome.value),
-                                    outcome.curves)  # fmt: skip
+
+    def finish(trial: Trial) -> None:
+        history[trial.number] = trial
         if on_trial is not None:
-            on_trial(history[number])
+            on_trial(trial)
+
+    for round_start in range(0, study.trials, study.round_size):
+        numbers = range(round_start, min(round_start + study.round_size, study.trials))
+        pending = [number for number in numbers if number not in history]
+        if not pending:
+            continue
+        earlier = [history[n] for n in sorted(history) if n < round_start]
+
+        def start(number: int, earlier: list[Trial] = earlier) -> tuple[int, Trial]:
+            params = suggest(study, earlier, number)
+            seed = trial_seed(study, number)
+            trial_id = recorder.start_trial(study.method, number, params, seed)
+            return trial_id, Trial(number, params, seed, "running")
+
+        if batch_objective is not None:
+            asked = [start(number) for number in pending]
+            outcomes = _run_batch(batch_objective, asked, recorder)
+            for (trial_id, running), outcome in zip(asked, outcomes, strict=True):
+                finish(_record(recorder, trial_id, running, outcome))
+            continue
+        for number in pending:  # each trial recorded before the next one starts
+            trial_id, running = start(number)
+            try:
+                outcome = objective(running.params, running)
+            except NeuroplasticError as error:
+                outcome = error
+            except BaseException as error:
+                recorder.mark_trial(trial_id, "interrupted", f"{type(error).__name__}: {error}")
+                raise
+            finish(_record(recorder, trial_id, running, outcome))
     trials = [history[n] for n in range(study.trials)]
     return TuningResult(study, trials, best_trial(study, trials), on_edge(study, trials))
+
+
+def _record(recorder: TrialRecorder, trial_id: int, running: Trial, outcome: Any) -> Trial:
+    """Record ``outcome`` (a score, a TrialOutcome, or a NeuroplasticError: failed) as the
+    trial's; the finished trial."""
+    if isinstance(outcome, NeuroplasticError):
+        recorder.mark_trial(trial_id, "failed", str(outcome))
+        return replace(running, status="failed")
+    if not isinstance(outcome, TrialOutcome):
+        outcome = TrialOutcome(float(outcome))
+    value = float(outcome.value)
+    recorder.finish_trial(trial_id, value, outcome.curves)
+    return replace(running, status="finished", value=value, curves=dict(outcome.curves))
+
+
+def _run_batch(batch_objective: BatchObjective, asked: list, recorder: TrialRecorder) -> list:
+    try:
+        outcomes = list(batch_objective([(running.params, running) for _, running in asked]))
+    except NeuroplasticError as error:
+        return [error] * len(asked)
+    except BaseException as error:
+        for trial_id, _ in asked:
+            recorder.mark_trial(trial_id, "interrupted", f"{type(error).__name__}: {error}")
+        raise
+    if len(outcomes) != len(asked):
+        for trial_id, _ in asked:
+            recorder.mark_trial(trial_id, "interrupted", "wrong number of outcomes")
+        raise ValueError(
+            f"batch_objective returned {len(outcomes)} outcomes for {len(asked)} trials"
+        )
+    return outcomes
 
 
 def best_trial(study: Study, trials: Sequence[Trial]) -> Trial:

@@ -23,7 +23,13 @@ from neuroplastic.errors import NeuroplasticError
 if TYPE_CHECKING:
     from neuroplastic.store import RunRecord
     from neuroplastic.tasks.datasets import Dataset
-    from neuroplastic.tuning import Objective, Study, TrialRecorder, TuningResult
+    from neuroplastic.tuning import (
+        BatchObjective,
+        Objective,
+        Study,
+        TrialRecorder,
+        TuningResult,
+    )
 
 
 class Progress(Protocol):
@@ -65,12 +71,20 @@ class RunContext:
     _tuned: dict[tuple[str, str], TuningResult] = field(default_factory=dict, repr=False)
     _recorders: dict[str, TrialRecorder] = field(default_factory=dict, repr=False)
 
-    def tune(self, config: Any, study: Study, objective: Objective) -> TuningResult:
+    def tune(
+        self,
+        config: Any,
+        study: Study,
+        objective: Objective | None = None,
+        *,
+        batch_objective: BatchObjective | None = None,
+    ) -> TuningResult:
         """``study`` for ``config``, tuned by :func:`neuroplastic.tuning.tune` once per context
         (the seeds of one invocation share it); trials already recorded are not run again.
 
-        ``objective`` must depend on nothing but ``config`` and its arguments: a study is known
-        by its config and name.
+        ``objective`` (one trial at a time) or ``batch_objective`` (a round's trials at once, e.g.
+        as one replica batch) must depend on nothing but ``config`` and its arguments: a study is
+        known by its config and name.
         """
         from neuroplastic.config import config_to_dict
         from neuroplastic.store import config_hash
@@ -82,7 +96,9 @@ class RunContext:
             if digest not in self._recorders:
                 make = self.recorder_for
                 self._recorders[digest] = make(config) if make else MemoryRecorder()
-            self._tuned[key] = tune(study, objective, self._recorders[digest])
+            self._tuned[key] = tune(
+                study, objective, self._recorders[digest], batch_objective=batch_objective
+            )
         return self._tuned[key]
 
     def load_dataset(self, name: str) -> Dataset:

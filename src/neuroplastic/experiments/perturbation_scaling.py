@@ -66,6 +66,7 @@ from neuroplastic.experiments.base import (
     finished_by_config,
 )
 from neuroplastic.models.mlp import MLP
+from neuroplastic.seeding import sequence_generator as generator  # (seed, role, *key)
 from neuroplastic.stats import Summary, mean_ci
 from neuroplastic.store import RunRecord
 from neuroplastic.tasks.splits import validation_split
@@ -215,12 +216,6 @@ def pool(images: Tensor, n_in: int) -> Tensor:
         return images
     grid = images.view(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
     return F.adaptive_avg_pool2d(grid, side).flatten(1)
-
-
-def generator(seed: int, role: int, *key: int) -> torch.Generator:
-    """An independent stream for (seed, role, key): networks, orders and noise never overlap."""
-    sequence = np.random.SeedSequence(seed % 2**64, spawn_key=(role, *key))
-    return torch.Generator().manual_seed(int(sequence.generate_state(1, dtype=np.uint64)[0]))
 
 
 def make_rule(method: str, model: MLP, config: Config, noise: torch.Generator) -> CreditRule:
