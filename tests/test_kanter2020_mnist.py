@@ -10,6 +10,7 @@ from neuroplastic.experiments.base import RunContext
 from neuroplastic.models.mlp import MLP
 from neuroplastic.models.replica_mlp import ReplicaMLP
 from neuroplastic.store import RunRecord
+from neuroplastic.tuning import LogUniform, MemoryRecorder
 
 TINY = experiment.Config(
     sizes=(20,),
@@ -111,6 +112,44 @@ def test_tuning_never_reads_the_test_set(context, monkeypatch):
     for key, value in honest.items():
         if "/tuned_" in key or key.endswith("/val_accuracy"):
             assert blind[key] == value, key
+
+
+def test_every_method_gets_a_study_with_the_same_budget():
+    config = experiment.Config()
+    studies = [experiment.settings_study(config, m, s, c) for c, s, m in experiment.cells(config)]
+    assert len(studies) == 7 * 4 * 2 and len({st.method for st in studies}) == len(studies)
+    assert {(st.trials, st.sampler, st.round_size, st.seed) for st in studies} == {
+        (16, "random", 16, 0)
+    }  # one round: every trial of a study in one replica batch
+    assert all(st.direction == "maximize" for st in studies)
+    momentum = experiment.settings_study(config, "momentum", 300, "cross_entropy")
+    assert momentum.method == "momentum n=300 ce"
+    assert momentum.space["lr"] == LogUniform(1e-3, 10.0)
+
+
+def test_the_tune_hook_runs_every_study_so_seeds_only_read_them(context):
+    """The runner tunes in the driver; a seed's run (any context sharing the recorder, as the
+    store is shared) runs no trial again, and records the chosen settings."""
+    recorder, started = MemoryRecorder(), []
+    start = recorder.start_trial
+    recorder.start_trial = lambda *args: started.append(args[:2]) or start(*args)
+    driver = RunContext(device=torch.device("cpu"), recorder_for=lambda config: recorder)
+    driver._datasets = context._datasets
+    experiment.tune(TINY, driver)
+    studies = {"sgd n=20 ce", "accelerated-sign n=20 ce"}
+    assert sorted(started) == sorted((st, n) for st in studies for n in range(TINY.trials))
+    worker = RunContext(device=torch.device("cpu"), recorder_for=lambda config: recorder)
+    worker._datasets = context._datasets
+    result = experiment.run(TINY, 3, worker)
+    assert len(started) == len(studies) * TINY.trials  # nothing ran twice
+    assert set(result.hyperparameters) == studies
+    for study, params in result.hyperparameters.items():
+        assert params.keys() == experiment.SEARCH_SPACES[study.split(" ")[0]].keys()
+        for name, value in params.items():
+            assert result.metrics[f"{study}/tuned_{name}"] == value
+        best = max(recorder.finished_trials(study), key=lambda t: (t.value, -t.number))
+        assert best.params == params
+        assert result.metrics[f"{study}/val_accuracy"] == best.value
 
 
 def test_learning_is_visible_at_300_examples(context):

@@ -19,25 +19,29 @@ Protocol (the paper's where it says, ours where it is silent, marked *ours*):
   in random order), one example per step, ``epochs`` passes (1: 300 steps for 300 examples).
 - Validation (*ours*, for fairness): ``validation_per_class`` images of each label are carved from
   the training images once and never trained on; all tuning reads them, never the test set.
-- Tuning (*ours*): every method gets the same budget, ``trials`` random-search settings from its
-  search space, each trained on ``tuning_seeds`` training sets (drawn independently of the final
-  seeds), scored by mean validation accuracy. The best setting then trains once per final seed, on
-  a training set that depends only on (seed, size), so all methods see the same examples: the
-  comparison is paired.
+- Tuning (*ours*), through the one tuner (:mod:`neuroplastic.tuning`): one :class:`Study` per
+  (method, size, cost), named like its metrics (``"momentum n=300 ce"``), every one with the same
+  budget of ``trials`` random-search settings (Optuna's random sampler, seeded by
+  ``tuning_seed``) from the method's search space. Each setting trains on the same
+  ``tuning_seeds`` training sets (drawn independently of the final seeds) and is scored by its
+  mean validation accuracy; a setting that diverges on any of them fails its trial. The runner
+  tunes in the driver before the seeds (:func:`tune`) and records every trial in the store. The
+  best setting then trains once per final seed, on a training set that depends only on (seed,
+  size), so all methods see the same examples: the comparison is paired.
 - Test: the full 10,000 MNIST test images (``mnist-mini`` carries all of them).
 
 All replicas of one (method, size, cost), tuning trials or seeds, train as one batched computation
 (:class:`~neuroplastic.models.replica_mlp.ReplicaMLP`, optimisers with per-replica
-hyper-parameters), so 20 seeds cost about as much as one.
+hyper-parameters), so 20 seeds cost about as much as one. Random search asks all its trials in one
+round (``round_size = trials``), so a study's ``trials x tuning_seeds`` trainings are one batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,32 +61,34 @@ from neuroplastic.optim import AcceleratedSGD, DeltaBarDelta, MomentumSGD
 from neuroplastic.seeding import derive_seed, generator
 from neuroplastic.stats import mean_ci
 from neuroplastic.store import RunRecord
+from neuroplastic.tasks.datasets import Dataset
+from neuroplastic.tuning import (
+    BatchObjective,
+    Dimension,
+    LogUniform,
+    Study,
+    Trial,
+    TrialOutcome,
+    TuningResult,
+    Uniform,
+)
 
 NAME = "kanter2020-mnist"
 N_CLASSES = 10
 PAPER_MOMENTUM, PAPER_ACCELERATED = 0.43, 0.54
 MIN_SEEDS = 20
 
-# Search spaces: (scale, low, high) with scale "log" (log-uniform) or "linear" (uniform).
-Space = dict[str, tuple[str, float, float]]
-LR = ("log", 1e-3, 10.0)
-SEARCH_SPACES: dict[str, Space] = {
+# Search spaces of the studies, per method (the same ranges as before the one tuner).
+LR = LogUniform(1e-3, 10.0)
+ACCELERATED = {"lr": LR, "delta": LogUniform(1e-4, 1.0), "decay": Uniform(0.5, 0.999)}
+SEARCH_SPACES: dict[str, dict[str, Dimension]] = {
     "sgd": {"lr": LR},
-    "momentum": {"lr": LR, "momentum": ("linear", 0.0, 0.99), "alpha": ("log", 1e-6, 1e-2)},
-    "adam": {"lr": ("log", 1e-4, 1.0), "beta1": ("linear", 0.5, 0.99)},
-    "delta-bar-delta": {"lr": LR, "kappa": ("log", 1e-4, 1.0), "phi": ("linear", 0.01, 0.5)},
-    "accelerated-every-step": {
-        "lr": LR,
-        "delta": ("log", 1e-4, 1.0),
-        "decay": ("linear", 0.5, 0.999),
-    },
-    "accelerated-sign": {"lr": LR, "delta": ("log", 1e-4, 1.0), "decay": ("linear", 0.5, 0.999)},
-    "accelerated-graded": {
-        "lr": LR,
-        "delta": ("log", 1e-4, 1.0),
-        "decay": ("linear", 0.5, 0.999),
-        "beta": ("log", 1.0, 1e4),
-    },
+    "momentum": {"lr": LR, "momentum": Uniform(0.0, 0.99), "alpha": LogUniform(1e-6, 1e-2)},
+    "adam": {"lr": LogUniform(1e-4, 1.0), "beta1": Uniform(0.5, 0.99)},
+    "delta-bar-delta": {"lr": LR, "kappa": LogUniform(1e-4, 1.0), "phi": Uniform(0.01, 0.5)},
+    "accelerated-every-step": ACCELERATED,
+    "accelerated-sign": ACCELERATED,
+    "accelerated-graded": ACCELERATED | {"beta": LogUniform(1.0, 1e4)},
 }
 PAPER_METHOD = "accelerated-sign"
 """Our reading of the paper's accelerated method (see ``neuroplastic.optim.accelerated``)."""
@@ -136,11 +142,13 @@ class Config:
     epochs: int = 1
     """Passes over the training set, one example per step (1: size steps)."""
     trials: int = 16
-    """Random-search settings per method, size and cost: the same budget for every method."""
+    """Random-search settings per method, size and cost (the trials of each study): the same
+    budget for every method."""
     tuning_seeds: int = 2
     """Training sets per tuning trial; the score is their mean validation accuracy."""
     tuning_seed: int = 0
-    """Seed of the search (settings and tuning training sets), independent of the run's seeds."""
+    """Seed of the studies (their settings) and of the tuning training sets, independent of the
+    run's seeds."""
     validation_per_class: int = 100
     """Training images per label held out for validation (never trained on, never tested on)."""
     curve_points: int = 5
@@ -281,39 +289,100 @@ def train_replicas(
     return torch.stack(scores, dim=1), diverged
 
 
-def sample_settings(space: Space, n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-    """``n`` random-search settings, float64 tensors of shape ``(n,)`` per hyper-parameter."""
-    settings = {}
-    for name, (scale, low, high) in space.items():
-        u = torch.rand(n, generator=g, dtype=torch.float64)
-        if scale == "log":
-            settings[name] = torch.exp(math.log(low) + u * (math.log(high) - math.log(low)))
-        else:
-            settings[name] = low + u * (high - low)
-    return settings
+class Splits(NamedTuple):
+    """The images and the fixed split of the training images: per-label pools to draw training
+    sets from, and the validation carve (indices into the training images)."""
+
+    data: Dataset
+    pools: list[torch.Tensor]
+    validation: torch.Tensor
 
 
-def tune(config, method, cost, size, pools, data, validation) -> tuple[dict[str, float], float]:
-    """Random search with the shared budget; the best setting and its mean validation accuracy."""
-    settings = sample_settings(
+def make_splits(config: Config, context: RunContext) -> Splits:
+    data = context.load_dataset(config.dataset)
+    pools, validation = carve_validation(data.train_y, config.validation_per_class)
+    return Splits(data, pools, validation.to(data.train_x.device))
+
+
+def settings_study(config: Config, method: str, size: int, cost: str) -> Study:
+    """The study of one (method, size, cost): ``trials`` random settings, all in one round (one
+    replica batch), the same budget and draws for every method."""
+    return Study(
+        label(method, size, cost),
         SEARCH_SPACES[method],
-        config.trials,
-        generator(NAME, "search", config.tuning_seed, method, size, cost),
+        trials=config.trials,
+        sampler="random",
+        seed=config.tuning_seed,
+        direction="maximize",
+        round_size=config.trials,
     )
+
+
+def validation_accuracy(
+    config: Config, method: str, size: int, cost: str, splits: Splits
+) -> BatchObjective:
+    """The batch objective of a study: every trial's setting trains on each of the
+    ``tuning_seeds`` tuning training sets (the same for every trial and method: a paired
+    comparison), all as one replica batch; a trial scores its mean validation accuracy, or fails
+    if it diverged on any set."""
     tuning_sets = [("tuning", config.tuning_seed, j) for j in range(config.tuning_seeds)]
-    # replica r = trial (r // tuning_seeds) on tuning set (r % tuning_seeds)
-    repeat = config.tuning_seeds
-    hyper = {k: v.repeat_interleave(repeat) for k, v in settings.items()}
-    seeds = [derive_seed(NAME, "init", *s) for _ in range(config.trials) for s in tuning_sets]
-    order = training_sets(pools, size, [s for _ in range(config.trials) for s in tuning_sets])
-    val_x, val_y = data.train_x[validation], data.train_y[validation]
-    steps = size * config.epochs
-    scores, diverged = train_replicas(
-        config, method, cost, hyper, seeds, order, data.train_x, data.train_y, val_x, val_y, [steps]
-    )
-    final = scores[:, -1].masked_fill(diverged, 0.0).view(config.trials, repeat).mean(dim=1)
-    best = int(final.argmax())
-    return {k: float(v[best]) for k, v in settings.items()}, float(final[best])
+    data, repeat = splits.data, config.tuning_seeds
+    val_x, val_y = data.train_x[splits.validation], data.train_y[splits.validation]
+
+    def objective(trials: list[tuple[dict[str, Any], Trial]]) -> list:
+        n = len(trials)
+        # replica r = trial (r // tuning_seeds) on tuning set (r % tuning_seeds)
+        hyper = {
+            name: torch.tensor(
+                [params[name] for params, _ in trials], dtype=torch.float64
+            ).repeat_interleave(repeat)
+            for name in SEARCH_SPACES[method]
+        }
+        seeds = [derive_seed(NAME, "init", *s) for _ in range(n) for s in tuning_sets]
+        order = training_sets(splits.pools, size, [s for _ in range(n) for s in tuning_sets])
+        steps = size * config.epochs
+        scores, diverged = train_replicas(
+            config, method, cost, hyper, seeds, order, data.train_x, data.train_y, val_x, val_y,
+            [steps],
+        )  # fmt: skip
+        means = scores[:, -1].view(n, repeat).mean(dim=1).tolist()
+        failed = diverged.view(n, repeat).any(dim=1).tolist()
+        return [
+            DivergenceError(
+                f"{label(method, size, cost)}: the setting {params} diverged in tuning",
+                hint="a failed trial uses its budget; narrow the search space if many do",
+            )
+            if failed[i]
+            else TrialOutcome(means[i])
+            for i, (params, _) in enumerate(trials)
+        ]
+
+    return objective
+
+
+def cells(config: Config) -> list[tuple[str, int, str]]:
+    """Every (cost, size, method) the config compares, in run order."""
+    return [(c, s, m) for c in config.costs for s in config.sizes for m in config.methods]
+
+
+def tuned(
+    config: Config, cost: str, size: int, method: str, splits: Splits, context: RunContext
+) -> TuningResult:
+    """The study of (method, size, cost) through ``context.tune``: run once per context (and
+    resumed from the store when the runner gives it one)."""
+    study = settings_study(config, method, size, cost)
+    objective = validation_accuracy(config, method, size, cost, splits)
+    return context.tune(config, study, batch_objective=objective)
+
+
+def tune(config: Config, context: RunContext) -> None:
+    """Every study of the config (the runner calls this in the driver before the seeds)."""
+    splits = make_splits(config, context)
+    todo = cells(config)
+    context.progress.start(len(todo), f"{NAME} tuning ({config.trials} trials per study)")
+    for cost, size, method in todo:
+        result = tuned(config, cost, size, method, splits, context)
+        context.progress.advance(**{"val acc": result.best.value})
 
 
 def curve_steps(config: Config, size: int) -> list[int]:
@@ -330,18 +399,18 @@ def label(method: str, size: int, cost: str) -> str:
 def run_batch(
     config: Config, seeds: Sequence[int], context: RunContext
 ) -> list[RunResult | NeuroplasticError]:
-    """Tune every (method, size, cost) once, then train all ``seeds`` as one batch each."""
-    data = context.load_dataset(config.dataset)
-    pools, validation = carve_validation(data.train_y, config.validation_per_class)
-    validation = validation.to(data.train_x.device)
+    """Every (method, size, cost) with its tuned setting, all ``seeds`` as one batch each."""
+    splits = make_splits(config, context)
+    data = splits.data
     results = [RunResult(metrics={}, curves={}, curve_x_label="learning steps") for _ in seeds]
     failures: dict[int, NeuroplasticError] = {}
-    cells = [(c, s, m) for c in config.costs for s in config.sizes for m in config.methods]
-    context.progress.start(len(cells), f"{NAME} ({len(seeds)} seeds)")
-    for cost, size, method in cells:
-        best, val_accuracy = tune(config, method, cost, size, pools, data, validation)
+    todo = cells(config)
+    context.progress.start(len(todo), f"{NAME} ({len(seeds)} seeds)")
+    for cost, size, method in todo:
+        tuning = tuned(config, cost, size, method, splits, context)
+        best, val_accuracy = tuning.params, tuning.best.value
         hyper = {k: torch.full((len(seeds),), v, dtype=torch.float64) for k, v in best.items()}
-        order = training_sets(pools, size, list(seeds))
+        order = training_sets(splits.pools, size, list(seeds))
         steps = curve_steps(config, size)
         scores, diverged = train_replicas(
             config, method, cost, hyper, list(seeds), order, data.train_x, data.train_y,
@@ -362,6 +431,7 @@ def run_batch(
             metrics[f"{key}/val_accuracy"] = val_accuracy  # of the tuned setting
             metrics.update({f"{key}/tuned_{k}": v for k, v in best.items()})
             results[r].curves[f"{key}/test_accuracy"] = {"x": steps, "y": scores[r].tolist()}
+            results[r].hyperparameters[key] = dict(best)
         context.progress.advance(**{"val acc": val_accuracy})
     return [failures.get(r, result) for r, result in enumerate(results)]
 
@@ -440,4 +510,5 @@ EXPERIMENT = Experiment(
     command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
     plot_panel=plot_panel,
     tables=tables,
+    tune=tune,
 )
