@@ -63,13 +63,17 @@ the same distribution, an online stream of ``n_examples`` fresh random inputs la
 teacher (each used once), and ``n_test`` further inputs on which eps_g is measured at a geometric
 grid of P. Inputs: every input fires once at a uniform random time in the window.
 
-Tuning (equal budget). For each scenario, the fixed step (one hyper-parameter, eta) and the
-accelerated step (eta_0, Delta, tau_0) each get ``tuning_trials`` log-uniform random-search trials,
-scored by eps_g on ``n_validation`` held-out inputs after ``n_examples`` examples, averaged over
-``tuning_tasks`` teacher-student tasks drawn from ``tuning_seed``: teachers and inputs that no
-evaluated seed ever sees. The tuning depends on the config only, never on the runner's seeds, so a
-seed's record is reproducible alone; it is computed once per process and config (cached). All
-trials of a scenario run as one batched computation, as do all seeds and both methods.
+Tuning (equal budget), through the one tuner (:mod:`neuroplastic.tuning`). One :class:`Study`
+per method and scenario (``"fixed-synaptic"``, ``"accelerated-dendritic"``, ...): the fixed step
+(one hyper-parameter, eta) and the accelerated step (eta_0, Delta, tau_0) each get
+``tuning_trials`` random-search trials (Optuna's random sampler seeded by ``tuning_seed``, every
+range log-uniform), scored by eps_g on ``n_validation`` held-out inputs after ``n_examples``
+examples, averaged over ``tuning_tasks`` teacher-student tasks drawn from ``tuning_seed``:
+teachers and inputs that no evaluated seed ever sees. A trial that diverges on any task fails.
+The tuning depends on the config only, never on the runner's seeds, so a seed's record is
+reproducible alone; the runner tunes in the driver before the seeds (:func:`tune`) and records
+every trial in its store. All trials of a study are one round, run as one batched computation
+(trials x tasks replicas), as are all seeds and both methods of a scenario.
 
 Replicas. ``run_batch`` simulates every (seed, method) pair as one row of ``(R, ...)`` tensors;
 each row's arithmetic depends on that row only, so a batch of seeds gives bit for bit what the
@@ -80,10 +84,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -110,9 +113,19 @@ from neuroplastic.models.lif_perceptron import (
     sample_arrival_times,
     sort_inputs,
 )
+from neuroplastic.seeding import sequence_seed
 from neuroplastic.stats import Summary, mean_ci
 from neuroplastic.store import RunRecord
 from neuroplastic.threads import one_cpu_thread
+from neuroplastic.tuning import (
+    BatchObjective,
+    Dimension,
+    LogUniform,
+    Study,
+    Trial,
+    TrialOutcome,
+    TuningResult,
+)
 
 NAME = "kanter2020-perceptron"
 SCENARIOS = ("synaptic", "dendritic")
@@ -121,7 +134,7 @@ MIN_SEEDS = 20
 DTYPE = torch.float64
 EVAL_CHUNK_ELEMENTS = 1 << 21
 """Largest ``replicas x examples x inputs`` tensor built at once when measuring eps_g."""
-_ROLE_EVALUATION, _ROLE_TUNING_TASK, _ROLE_SEARCH = 0, 1, 2
+_ROLE_EVALUATION, _ROLE_TUNING_TASK = 0, 1
 
 
 @dataclass(frozen=True)
@@ -153,7 +166,8 @@ class Config:
     n_calibration: int = 1000
     """Random inputs whose median largest teacher potential sets the threshold."""
     tuning_trials: int = 24
-    """Random-search trials per method and scenario (the same budget for both methods)."""
+    """Random-search trials per method and scenario (the trials of each study: the same budget
+    for both methods)."""
     tuning_tasks: int = 8
     """Teacher-student tasks (from tuning_seed) over which each trial's eps_g is averaged."""
     n_validation: int = 1000
@@ -193,8 +207,8 @@ class Config:
             raise ValueError(f"need d_min < d_max, got [{self.d_min}, {self.d_max}]")
         for name in ("eta_range", "delta_range", "tau_0_range"):
             bounds = getattr(self, name)
-            if len(bounds) != 2 or not 0 < bounds[0] <= bounds[1] < math.inf:
-                raise ValueError(f"{name} must be two numbers 0 < low <= high, got {bounds}")
+            if len(bounds) != 2 or not 0 < bounds[0] < bounds[1] < math.inf:
+                raise ValueError(f"{name} must be two numbers 0 < low < high, got {bounds}")
 
 
 def quick(config: Config) -> Config:
@@ -248,12 +262,6 @@ def effective_weights(params: Tensor, synapses: Tensor, scenario: str) -> Tensor
     if scenario == "synaptic":
         return params
     return dendritic_weights(params, synapses)
-
-
-def seed_bits(entropy: int, *key: int) -> int:
-    """A 64-bit generator seed for ``(entropy, key)``: independent streams, no overlap."""
-    sequence = np.random.SeedSequence(entropy % 2**64, spawn_key=key)
-    return int(sequence.generate_state(1, dtype=np.uint64)[0])
 
 
 def make_task(config: Config, scenario: str, seed: int, n_evaluation: int) -> Task:
@@ -485,91 +493,118 @@ def curve_points(n_examples: int, n_points: int) -> list[int]:
 # -- tuning -----------------------------------------------------------------------------------
 
 
-def _log_uniform(generator: torch.Generator, count: int, bounds: tuple[float, ...]) -> Tensor:
-    low, high = math.log(bounds[0]), math.log(bounds[1])
-    return torch.exp(low + (high - low) * torch.rand(count, generator=generator, dtype=DTYPE))
+def search_space(config: Config, method: str) -> dict[str, Dimension]:
+    """The fixed step's eta, or the accelerated step's (eta_0, Delta, tau_0), all log-uniform."""
+    if method == "fixed":
+        return {"eta": LogUniform(*config.eta_range)}
+    return {
+        "eta_0": LogUniform(*config.eta_range),
+        "delta": LogUniform(*config.delta_range),
+        "tau_0": LogUniform(*config.tau_0_range),
+    }
 
 
-def tune(
-    config: Config, scenario: str, device: torch.device, progress: Progress | None = None
-) -> dict[str, dict[str, float]]:
-    """Random search with the same budget for both methods; returns the best of each.
+def step_study(config: Config, method: str, scenario: str) -> Study:
+    """The study of ``method`` in ``scenario``: ``tuning_trials`` random settings in one round
+    (one replica batch), the same budget and seed for both methods."""
+    return Study(
+        f"{method}-{scenario}",
+        search_space(config, method),
+        trials=config.tuning_trials,
+        sampler="random",
+        seed=config.tuning_seed,
+        round_size=config.tuning_trials,
+    )
 
-    ``{"fixed": {"eta", "val_eps_g"}, "accelerated": {"eta_0", "delta", "tau_0", "val_eps_g"}}``,
-    where ``val_eps_g`` is the trial's eps_g on the validation inputs averaged over the tuning
-    tasks. Depends on ``config`` only (``tuning_seed``), never on the evaluated seeds.
-    """
+
+def tuning_batch(config: Config, scenario: str, device: torch.device) -> Task:
+    """The ``tuning_tasks`` teacher-student tasks of a scenario, from ``tuning_seed`` (stacked):
+    teachers and inputs no evaluated seed ever sees."""
     s = SCENARIOS.index(scenario)
     tasks = [
         make_task(
             config,
             scenario,
-            seed_bits(config.tuning_seed, s, _ROLE_TUNING_TASK, j),
+            sequence_seed(config.tuning_seed, s, _ROLE_TUNING_TASK, j),
             config.n_validation,
         )
         for j in range(config.tuning_tasks)
     ]
-    batch = stack_tasks(tasks, device)
-    generator = torch.Generator().manual_seed(seed_bits(config.tuning_seed, s, _ROLE_SEARCH))
-    trials, n_tasks = config.tuning_trials, config.tuning_tasks
-    fixed_eta = _log_uniform(generator, trials, config.eta_range)
-    eta_0 = _log_uniform(generator, trials, config.eta_range)
-    delta = _log_uniform(generator, trials, config.delta_range)
-    tau_0 = _log_uniform(generator, trials, config.tau_0_range)
+    return stack_tasks(tasks, device)
 
-    # Replicas: method-major, then trial, then task.
-    def per_replica(values: Tensor) -> Tensor:
-        return values.repeat_interleave(n_tasks)
 
-    fixed = StepSizes.fixed(per_replica(fixed_eta))
-    accelerated = StepSizes(per_replica(eta_0), per_replica(delta), per_replica(tau_0))
-    steps = StepSizes(*(torch.cat(pair) for pair in zip(fixed, accelerated, strict=True)))
-    task_of = torch.arange(n_tasks, device=device).repeat(2 * trials)
-    result = train_students(batch, task_of, steps, config, scenario, [config.n_examples], progress)
-    score = torch.where(result.finite, result.eps_g[:, -1], math.inf).view(2, trials, n_tasks)
-    score = score.mean(dim=-1).cpu()  # (2, trials); a diverged task makes the trial inf
-    if not torch.isfinite(score).all(dim=-1).any():
-        raise DivergenceError(
-            f"every tuning trial of the {scenario} scenario diverged",
-            hint="narrow the search ranges (--set eta_range=...,... delta_range=...,...)",
-        )
-    best_fixed, best_accelerated = (int(torch.argmin(row)) for row in score)
+def validation_error(
+    config: Config,
+    method: str,
+    scenario: str,
+    tasks: Callable[[], Task],
+    progress: Progress | None = None,
+) -> BatchObjective:
+    """The batch objective of a study: every trial's steps on every tuning task (``tasks()``, the
+    same for every trial and both methods: a paired comparison), one replica per (trial, task),
+    all trained together; a trial scores eps_g on the validation inputs after ``n_examples``
+    examples averaged over the tasks, or fails if it diverged on any task."""
+    n_tasks = config.tuning_tasks
+
+    def objective(trials: list[tuple[dict[str, Any], Trial]]) -> list:
+        batch, n = tasks(), len(trials)
+
+        def column(name: str) -> Tensor:  # (n * n_tasks,): trial-major, then task
+            return torch.tensor([p[name] for p, _ in trials], dtype=DTYPE).repeat_interleave(
+                n_tasks
+            )
+
+        if method == "fixed":
+            steps = StepSizes.fixed(column("eta"))
+        else:
+            steps = StepSizes(column("eta_0"), column("delta"), column("tau_0"))
+        task_of = torch.arange(n_tasks, device=batch.student.device).repeat(n)
+        checkpoints = [config.n_examples]
+        result = train_students(batch, task_of, steps, config, scenario, checkpoints, progress)
+        finite = result.finite.view(n, n_tasks).all(dim=-1).tolist()
+        score = result.eps_g[:, -1].view(n, n_tasks).mean(dim=-1).tolist()
+        return [
+            TrialOutcome(score[i])
+            if finite[i]
+            else DivergenceError(
+                f"{method}-{scenario}: the setting {params} diverged in tuning",
+                hint="narrow the search ranges (--set eta_range=...,... delta_range=...,...)",
+            )
+            for i, (params, _) in enumerate(trials)
+        ]
+
+    return objective
+
+
+def tuned_steps(
+    config: Config, scenario: str, context: RunContext, progress: Progress | None = None
+) -> dict[str, TuningResult]:
+    """Both methods' studies of ``scenario`` through ``context.tune`` (once per context, resumed
+    from the store when the runner gives it one): ``{method: result}``. Every trial failing is a
+    DivergenceError."""
+    made: list[Task] = []
+
+    def tasks() -> Task:  # built only if a study has trials left to run
+        if not made:
+            made.append(tuning_batch(config, scenario, context.device))
+        return made[0]
+
     return {
-        "fixed": {
-            "eta": fixed_eta[best_fixed].item(),
-            "val_eps_g": score[0, best_fixed].item(),
-        },
-        "accelerated": {
-            "eta_0": eta_0[best_accelerated].item(),
-            "delta": delta[best_accelerated].item(),
-            "tau_0": tau_0[best_accelerated].item(),
-            "val_eps_g": score[1, best_accelerated].item(),
-        },
+        method: context.tune(
+            config,
+            step_study(config, method, scenario),
+            batch_objective=validation_error(config, method, scenario, tasks, progress),
+        )
+        for method in METHODS
     }
 
 
-_TUNED: OrderedDict[tuple[Config, str, str], dict[str, dict[str, float]]] = OrderedDict()
-_TUNED_MAX = 16
-
-
-def tuned(
-    config: Config, scenario: str, device: torch.device, progress: Progress
-) -> dict[str, dict[str, float]]:
-    """:func:`tune`, computed once per (config, scenario, device) in this process.
-
-    A memo of a deterministic function: every seed of a config gets the same tuned values
-    whether its run is the first in the process or not.
-    """
-    key = (config, scenario, str(device))
-    if key in _TUNED:
-        _TUNED.move_to_end(key)
-        progress.advance(config.n_examples)
-        return _TUNED[key]
-    result = tune(config, scenario, device, progress)
-    _TUNED[key] = result
-    while len(_TUNED) > _TUNED_MAX:
-        _TUNED.popitem(last=False)
-    return result
+def tune(config: Config, context: RunContext) -> None:
+    """Every study of the config (the runner calls this in the driver before the seeds)."""
+    steps = len(SCENARIOS) * len(METHODS) * config.n_examples
+    context.progress.start(steps, f"{NAME} tuning ({config.tuning_trials} trials per study)")
+    for scenario in SCENARIOS:
+        tuned_steps(config, scenario, context, context.progress)
 
 
 # -- the experiment ----------------------------------------------------------------------------
@@ -589,16 +624,18 @@ def run_batch(
     if not seeds:
         return []
     checkpoints = curve_points(config.n_examples, config.n_curve_points)
-    context.progress.start(
-        2 * len(SCENARIOS) * config.n_examples, f"{NAME} ({n_seeds} seeds, tuning + runs)"
-    )
+    context.progress.start(len(SCENARIOS) * config.n_examples, f"{NAME} ({n_seeds} seeds)")
     metrics: list[dict[str, float]] = [{} for _ in seeds]
     curves: list[dict[str, dict[str, list[float]]]] = [{} for _ in seeds]
+    hyperparameters: dict[str, dict[str, Any]] = {}
     failures: dict[int, NeuroplasticError] = {}
     for s, scenario in enumerate(SCENARIOS):
-        best = tuned(config, scenario, device, context.progress)
+        tuning = tuned_steps(config, scenario, context)
+        best = {method: dict(tuning[method].params) for method in METHODS}
+        for method in METHODS:
+            hyperparameters[f"{method}-{scenario}"] = dict(best[method])
         tasks = [
-            make_task(config, scenario, seed_bits(seed, s, _ROLE_EVALUATION), config.n_test)
+            make_task(config, scenario, sequence_seed(seed, s, _ROLE_EVALUATION), config.n_test)
             for seed in seeds
         ]
         batch = stack_tasks(tasks, device)
@@ -637,11 +674,12 @@ def run_batch(
                 metrics[i][f"{key}/eta_mean_final"] = eta_mean[r].item()
                 for name, value in best[method].items():
                     metrics[i][f"{key}/tuned_{name}"] = value
+                metrics[i][f"{key}/tuned_val_eps_g"] = tuning[method].best.value
                 curves[i][f"{key}/eps_g"] = {"x": list(checkpoints), "y": eps_g[r].tolist()}
     return [
         failures[i]
         if i in failures
-        else RunResult(metrics=metrics[i], curves=curves[i], curve_x_label="examples")
+        else RunResult(metrics[i], curves[i], "examples", dict(hyperparameters))
         for i in range(n_seeds)
     ]
 
@@ -693,4 +731,5 @@ EXPERIMENT = Experiment(
     quick=quick,
     command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
     run_batch=run_batch,
+    tune=tune,
 )
