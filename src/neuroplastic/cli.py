@@ -214,8 +214,27 @@ def run(
         bool, typer.Option("--resume", help="Skip seeds already finished for this config.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes (> 1: a local process pool).")
+    ] = 1,
+    executor_name: Annotated[
+        str | None,
+        typer.Option(
+            "--executor",
+            help="inprocess, pool or ray [default: inprocess, or pool if --workers > 1]",
+            show_default=False,
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to join: auto or HOST:PORT [default: a local instance]"),
+    ] = None,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Times a run whose worker died is run again.")
+    ] = 2,
 ) -> None:
     """Run an experiment over seeds, record every run, and print mean ± 95 % CI."""
+    from neuroplastic.executors import make_executor
     from neuroplastic.experiments import get_experiment
     from neuroplastic.runner import run_experiment
     from neuroplastic.stats import summarise
@@ -225,6 +244,7 @@ def run(
     config = apply_overrides(experiment.config_cls(), set_ or [])  # before anything is written
     seed_list = list(range(first_seed, first_seed + seeds))
     store_path = store or default_store()
+    executor = make_executor(executor_name, workers, retries=retries, ray_address=ray_address)
 
     try:
         with (
@@ -242,6 +262,7 @@ def run(
                 quick=quick,
                 resume=resume,
                 progress=RichProgress(progress),
+                executor=executor,
             )
     except KeyboardInterrupt:
         errors.print("interrupted: finished seeds are recorded; rerun with --resume to go on")

@@ -1,104 +1,60 @@
 """Runs an experiment over seeds and records every run in the store.
 
-The unit of work is a :class:`RunSpec`: an experiment name, a config as plain data and its seeds,
-which is all a worker needs to reproduce the runs anywhere. Specs go through an executor; the
-in-process one runs them in order and shares loaded datasets between them. A distributed executor
-(Ray) only has to implement the same ``map``.
+The unit of work is a :class:`~neuroplastic.executors.RunSpec`: an experiment name, a config as
+plain data, its seeds and the config's finished tuning trials, which is all a worker needs to
+reproduce the runs anywhere. Specs go through an executor (``neuroplastic.executors``): in this
+process (the default; specs share loaded datasets), a local process pool, or Ray.
 
-Recording is the driver's job, never the worker's: a run is written as ``running`` when it starts
-and turned ``finished`` in one transaction with its metrics, so Ctrl-C or ``kill -9`` can cost the
-run in flight but never a finished seed, and ``--resume`` skips what is finished.
+Recording is the driver's job, never the worker's: tuning (``Experiment.tune``) runs here, before
+any seed, recording its trials; a run is written as ``running`` when its spec is handed out and
+turned ``finished`` in one transaction with its metrics when the outcome comes back, so Ctrl-C, a
+killed worker or ``kill -9`` of the driver can cost the runs in flight but never a finished seed,
+and ``--resume`` skips what is finished.
 """
 
 from __future__ import annotations
 
 import subprocess
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 import neuroplastic
-from neuroplastic.config import config_from_dict, config_to_dict
+from neuroplastic.config import config_to_dict
 from neuroplastic.errors import ConfigError, NeuroplasticError
-from neuroplastic.experiments import get_experiment
+from neuroplastic.executors import (
+    Executor,
+    InProcessExecutor,
+    Outcome,
+    RunSpec,
+    WorkerLost,
+    execute,
+)
 from neuroplastic.experiments.base import (
     Experiment,
     Progress,
     RunContext,
-    RunResult,
     SilentProgress,
 )
 from neuroplastic.store import RunRecord, Store, config_hash
 from neuroplastic.tasks.datasets import DATASETS
 from neuroplastic.tuning import Trial
 
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Self-contained work: everything a worker needs, as plain data.
-
-    One seed for most experiments; all the requested seeds at once for experiments with a
-    ``run_batch`` (replicas simulated as one batched computation).
-    """
-
-    experiment: str
-    config: dict[str, Any]
-    seeds: tuple[int, ...]
-
-
-Outcome = RunResult | NeuroplasticError
-"""A run's result, or the NeuroplasticError (e.g. divergence) that ended it."""
-
-
-def execute(spec: RunSpec, context: RunContext) -> list[Outcome]:
-    """Run a spec: look the experiment up, rebuild its config, one outcome per seed."""
-    experiment = get_experiment(spec.experiment)
-    config = config_from_dict(experiment.config_cls, spec.config)
-    if experiment.run_batch is not None:
-        try:
-            return list(experiment.run_batch(config, spec.seeds, context))
-        except NeuroplasticError as error:
-            return [error] * len(spec.seeds)
-    outcomes: list[Outcome] = []
-    for seed in spec.seeds:
-        try:
-            outcomes.append(experiment.run(config, seed, context))
-        except NeuroplasticError as error:
-            outcomes.append(error)
-    return outcomes
-
-
-class Executor(Protocol):
-    """Runs specs and yields each with one outcome per seed, in the spec's seed order.
-
-    ``on_start`` is called as each spec starts. Errors that are bugs, and KeyboardInterrupt,
-    propagate to the caller.
-    """
-
-    def map(
-        self,
-        specs: Sequence[RunSpec],
-        context: RunContext,
-        on_start: Callable[[RunSpec], None],
-    ) -> Iterator[tuple[RunSpec, list[Outcome]]]: ...
-
-
-class InProcessExecutor:
-    """Runs specs one after another in this process."""
-
-    def map(
-        self,
-        specs: Sequence[RunSpec],
-        context: RunContext,
-        on_start: Callable[[RunSpec], None],
-    ) -> Iterator[tuple[RunSpec, list[Outcome]]]:
-        for spec in specs:
-            on_start(spec)
-            yield spec, execute(spec, context)
+__all__ = [
+    "Executor",
+    "InProcessExecutor",
+    "Outcome",
+    "RunOutcome",
+    "RunSpec",
+    "StoreRecorder",
+    "execute",
+    "run_experiment",
+]
 
 
 @dataclass(frozen=True)
@@ -190,6 +146,33 @@ class RunOutcome:
     """The config that ran (after ``--quick``)."""
 
 
+def chunks(seeds: Sequence[int], parts: int) -> list[tuple[int, ...]]:
+    """``seeds`` in at most ``parts`` contiguous chunks of near-equal size, in order."""
+    parts = max(1, min(parts, len(seeds)))
+    size, extra = divmod(len(seeds), parts)
+    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
+    return [tuple(seeds[bounds[i] : bounds[i + 1]]) for i in range(parts)]
+
+
+def shipped_trials(store: Store, experiment: str, digests: Sequence[str]) -> tuple[dict, ...]:
+    """The finished and failed trials of these configs, as plain data for a :class:`RunSpec`."""
+    return tuple(
+        {
+            "config_hash": t.config_hash,
+            "method": t.method,
+            "number": t.number,
+            "params": t.params,
+            "seed": t.seed,
+            "status": t.status,
+            "value": t.value,
+            "curves": t.curves,
+        }  # fmt: skip
+        for digest in dict.fromkeys(digests)
+        for t in store.trials(experiment, digest)
+        if t.status in ("finished", "failed")
+    )
+
+
 def run_experiment(
     experiment: Experiment,
     config: Any,
@@ -206,15 +189,21 @@ def run_experiment(
     """Run ``experiment`` once per seed and record each run in ``store``.
 
     The dataset is loaded (and verified) before anything is recorded, so a missing or corrupt file
-    leaves the store untouched. A run that raises a NeuroplasticError (e.g. divergence) is recorded
-    as failed and the other seeds go on; Ctrl-C marks the run in flight as interrupted.
+    leaves the store untouched. ``experiment.tune``, if declared, runs here first and records its
+    trials; the seeds then go through ``executor`` (default: in process). A run that raises a
+    NeuroplasticError (e.g. divergence) is recorded as failed and the other seeds go on; a run
+    whose worker died is marked interrupted and retried by the executor; Ctrl-C marks the runs in
+    flight as interrupted.
     """
+    executor = executor if executor is not None else InProcessExecutor()
+    in_process = isinstance(executor, InProcessExecutor)
     if quick:
         config = experiment.quick(config)
+    progress = progress or SilentProgress()
     context = RunContext(
         device=resolve_device(device),
         data_dir=Path(data_dir) if data_dir is not None else None,
-        progress=progress or SilentProgress(),
+        progress=progress if in_process else SilentProgress(),
         checkpoint_dir=store.path.parent / f"{store.path.stem}-checkpoints",
     )
     dataset = getattr(config, "dataset", "none")
@@ -228,17 +217,18 @@ def run_experiment(
     outcome.skipped_seeds = [seed for seed in seeds if seed in finished]
     record_ids = {seed: finished[seed] for seed in outcome.skipped_seeds}
     todo = tuple(seed for seed in seeds if seed not in finished)
-    if experiment.run_batch is not None:
-        specs = [RunSpec(experiment.name, config_dict, todo)] if todo else []
-    else:
-        specs = [RunSpec(experiment.name, config_dict, (seed,)) for seed in todo]
 
     revision = git_revision()
     in_flight: dict[int, int] = {}  # seed -> run id
-    context.recorder_for = lambda tuned_config: StoreRecorder(
-        store, experiment.name, config_to_dict(tuned_config), quick, dataset,
-        str(context.device), revision,
-    )  # fmt: skip
+    tuned_digests: list[str] = []  # the configs whose trials the seeds read
+
+    def recorder_for(tuned_config: Any) -> StoreRecorder:
+        tuned = config_to_dict(tuned_config)
+        tuned_digests.append(config_hash(tuned))
+        return StoreRecorder(store, experiment.name, tuned, quick, dataset,
+                             str(context.device), revision)  # fmt: skip
+
+    context.recorder_for = recorder_for
 
     def on_start(spec: RunSpec) -> None:
         for seed in spec.seeds:
@@ -253,19 +243,39 @@ def run_experiment(
                 git_rev=revision,
             )
 
-    if specs and experiment.tune is not None:
-        experiment.tune(config, context)  # in the driver: trials recorded before any seed runs
+    def on_lost(spec: RunSpec, reason: str) -> None:
+        for seed in spec.seeds:
+            if seed in in_flight:
+                store.mark_run(in_flight.pop(seed), "interrupted", f"worker lost: {reason}")
+
     try:
-        for spec, results in (executor or InProcessExecutor()).map(specs, context, on_start):
-            for seed, result in zip(spec.seeds, results, strict=True):
-                run_id = in_flight.pop(seed)
-                if isinstance(result, NeuroplasticError):
-                    store.mark_run(run_id, "failed", str(result))
-                    outcome.failures.append((seed, str(result)))
-                else:
-                    store.finish_run(run_id, result.metrics, result.curves,
-                                     result.curve_x_label, result.hyperparameters)  # fmt: skip
-                    record_ids[seed] = run_id
+        if todo and experiment.tune is not None:
+            experiment.tune(config, context)  # in the driver: trials recorded before any seed
+        trials = () if in_process else shipped_trials(store, experiment.name, tuned_digests)
+        if not todo:
+            specs = []
+        elif experiment.run_batch is not None:  # replicas batch within each worker
+            parts = executor.parallelism
+            specs = [RunSpec(experiment.name, config_dict, c, trials) for c in chunks(todo, parts)]
+        else:
+            specs = [RunSpec(experiment.name, config_dict, (seed,), trials) for seed in todo]
+        if not in_process and specs:
+            progress.start(len(todo), f"{experiment.name} ({executor.parallelism} workers)")
+        with closing(iter(executor.map(specs, context, on_start, on_lost))) as results_of:
+            for spec, results in results_of:
+                for seed, result in zip(spec.seeds, results, strict=True):
+                    run_id = in_flight.pop(seed, None)
+                    if isinstance(result, NeuroplasticError):
+                        if run_id is not None:
+                            status = "interrupted" if isinstance(result, WorkerLost) else "failed"
+                            store.mark_run(run_id, status, str(result))
+                        outcome.failures.append((seed, str(result)))
+                    else:
+                        store.finish_run(run_id, result.metrics, result.curves,
+                                         result.curve_x_label, result.hyperparameters)  # fmt: skip
+                        record_ids[seed] = run_id
+                if not in_process:
+                    progress.advance(len(spec.seeds))
     except KeyboardInterrupt:
         for run_id in in_flight.values():
             store.mark_run(run_id, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
@@ -274,6 +284,10 @@ def run_experiment(
         for run_id in in_flight.values():
             store.mark_run(run_id, "failed", traceback.format_exc())
         raise
+    finally:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
 
     outcome.records = [store.get(record_ids[seed]) for seed in seeds if seed in record_ids]
     return outcome
