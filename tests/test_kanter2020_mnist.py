@@ -125,6 +125,15 @@ def test_every_method_gets_a_study_with_the_same_budget():
     momentum = experiment.settings_study(config, "momentum", 300, "cross_entropy")
     assert momentum.method == "momentum n=300 ce"
     assert momentum.space["lr"] == LogUniform(1e-3, 10.0)
+    tpe = experiment.settings_study(
+        dataclasses.replace(config, sampler="tpe"), "sgd", 300, "square"
+    )
+    assert (tpe.sampler, tpe.round_size, tpe.trials, tpe.method) == (
+        "tpe",
+        4,
+        16,
+        "sgd n=300 square",
+    )
 
 
 def test_the_tune_hook_runs_every_study_so_seeds_only_read_them(context):

@@ -412,3 +412,11 @@ def test_verdict():
     assert kp.verdict(quick).status == "not run"
     other = [record(r.seed, r.metrics, config=kp.Config(n_examples=10)) for r in good]
     assert kp.verdict(other).status == "not run"
+
+
+def test_tpe_studies_ask_in_rounds():
+    config = dataclasses.replace(TINY, sampler="tpe", tuning_trials=12)
+    study = kp.step_study(config, "accelerated", "synaptic")
+    assert (study.sampler, study.round_size, study.startup_trials) == ("tpe", 4, 8)
+    with pytest.raises(ValueError, match="sampler"):
+        kp.Config(sampler="grid")

@@ -77,6 +77,8 @@ NAME = "kanter2020-mnist"
 N_CLASSES = 10
 PAPER_MOMENTUM, PAPER_ACCELERATED = 0.43, 0.54
 MIN_SEEDS = 20
+TPE_ROUND_SIZE, TPE_STARTUP_TRIALS = 4, 8
+"""With ``sampler="tpe"``: trials asked (and batched) together, and TPE's random first trials."""
 
 # Search spaces of the studies, per method (the same ranges as before the one tuner).
 LR = LogUniform(1e-3, 10.0)
@@ -144,6 +146,10 @@ class Config:
     trials: int = 16
     """Random-search settings per method, size and cost (the trials of each study): the same
     budget for every method."""
+    sampler: Literal["random", "tpe"] = "random"
+    """Sampler of every study: ``random`` (every trial in one round, so one replica batch per
+    study) or ``tpe`` (Optuna's TPE in rounds of ``TPE_ROUND_SIZE`` trials, its first
+    ``TPE_STARTUP_TRIALS`` random); the same for every method."""
     tuning_seeds: int = 2
     """Training sets per tuning trial; the score is their mean validation accuracy."""
     tuning_seed: int = 0
@@ -155,6 +161,8 @@ class Config:
     """Test-accuracy evaluations along training for the accuracy-against-steps curves."""
 
     def __post_init__(self) -> None:
+        if self.sampler not in ("random", "tpe"):
+            raise ValueError(f"sampler must be random or tpe, got {self.sampler!r}")
         unknown = sorted(set(self.methods) - set(SEARCH_SPACES))
         if unknown:
             raise ValueError(f"unknown methods {unknown}; choose from {list(SEARCH_SPACES)}")
@@ -305,16 +313,17 @@ def make_splits(config: Config, context: RunContext) -> Splits:
 
 
 def settings_study(config: Config, method: str, size: int, cost: str) -> Study:
-    """The study of one (method, size, cost): ``trials`` random settings, all in one round (one
-    replica batch), the same budget and draws for every method."""
+    """The study of one (method, size, cost): ``trials`` settings, the same budget and draws for
+    every method; with random search all in one round (one replica batch)."""
     return Study(
         label(method, size, cost),
         SEARCH_SPACES[method],
         trials=config.trials,
-        sampler="random",
+        sampler=config.sampler,
         seed=config.tuning_seed,
         direction="maximize",
-        round_size=config.trials,
+        round_size=config.trials if config.sampler == "random" else TPE_ROUND_SIZE,
+        startup_trials=TPE_STARTUP_TRIALS,
     )
 
 

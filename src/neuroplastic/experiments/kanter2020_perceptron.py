@@ -86,7 +86,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -131,6 +131,8 @@ NAME = "kanter2020-perceptron"
 SCENARIOS = ("synaptic", "dendritic")
 METHODS = ("fixed", "accelerated")
 MIN_SEEDS = 20
+TPE_ROUND_SIZE, TPE_STARTUP_TRIALS = 4, 8
+"""With ``sampler="tpe"``: trials asked (and batched) together, and TPE's random first trials."""
 DTYPE = torch.float64
 EVAL_CHUNK_ELEMENTS = 1 << 21
 """Largest ``replicas x examples x inputs`` tensor built at once when measuring eps_g."""
@@ -168,6 +170,10 @@ class Config:
     tuning_trials: int = 24
     """Random-search trials per method and scenario (the trials of each study: the same budget
     for both methods)."""
+    sampler: Literal["random", "tpe"] = "random"
+    """Sampler of every study: ``random`` (every trial in one round, so one replica batch per
+    study) or ``tpe`` (Optuna's TPE in rounds of ``TPE_ROUND_SIZE`` trials, its first
+    ``TPE_STARTUP_TRIALS`` random); the same for every method."""
     tuning_tasks: int = 8
     """Teacher-student tasks (from tuning_seed) over which each trial's eps_g is averaged."""
     n_validation: int = 1000
@@ -182,6 +188,8 @@ class Config:
     """Log-uniform search range of tau_0 of Eq. 1, in examples (one example per unit of time)."""
 
     def __post_init__(self) -> None:
+        if self.sampler not in ("random", "tpe"):
+            raise ValueError(f"sampler must be random or tpe, got {self.sampler!r}")
         for name in (
             "n_inputs",
             "n_dendrites",
@@ -505,15 +513,16 @@ def search_space(config: Config, method: str) -> dict[str, Dimension]:
 
 
 def step_study(config: Config, method: str, scenario: str) -> Study:
-    """The study of ``method`` in ``scenario``: ``tuning_trials`` random settings in one round
-    (one replica batch), the same budget and seed for both methods."""
+    """The study of ``method`` in ``scenario``: ``tuning_trials`` settings, the same budget and
+    seed for both methods; with random search all in one round (one replica batch)."""
     return Study(
         f"{method}-{scenario}",
         search_space(config, method),
         trials=config.tuning_trials,
-        sampler="random",
+        sampler=config.sampler,
         seed=config.tuning_seed,
-        round_size=config.tuning_trials,
+        round_size=config.tuning_trials if config.sampler == "random" else TPE_ROUND_SIZE,
+        startup_trials=TPE_STARTUP_TRIALS,
     )
 
 
