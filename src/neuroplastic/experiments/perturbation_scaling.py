@@ -481,7 +481,6 @@ def _run(config: Config, seed: int, context: RunContext) -> RunResult:
             passes, losses, _ = train(config, method, width, lr, seed, splits)
             curves[f"{method}/train_loss_w{width}"] = {"x": passes, "y": losses}
             metrics[f"{method}/train_loss_w{width}"] = losses[-1]
-            metrics[f"{method}/lr_w{width}"] = lr
             context.progress.advance(loss=losses[-1])
     hyperparameters = {
         study_name(method, width): {"lr": rates[method, width]}
