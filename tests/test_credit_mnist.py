@@ -8,7 +8,10 @@ import torch
 from neuroplastic.config import config_to_dict
 from neuroplastic.experiments import credit_mnist as experiment
 from neuroplastic.experiments.base import RunContext
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.runner import run_experiment
+from neuroplastic.seeding import derive_seed
+from neuroplastic.store import RunRecord, Store, config_hash
+from neuroplastic.tuning import suggest
 
 TINY = experiment.Config(
     dataset="mnist-mini",
@@ -33,19 +36,79 @@ def test_every_rule_reports_errors_angles_and_its_tuned_rate(result):
         assert 0 <= outcome.metrics[f"{rule}/test_error"] <= 1
         assert TINY.lr_low <= outcome.metrics[f"{rule}/tuned_lr"] <= TINY.lr_high
         assert outcome.curves[f"{rule}/test_error"]["x"] == [1, 2]
+        assert outcome.hyperparameters[rule] == {"lr": outcome.metrics[f"{rule}/tuned_lr"]}
     assert outcome.metrics["backprop/angle_layer0.weight"] < 1e-3  # backprop against itself
     assert 0 < outcome.metrics["fa/angle_layer0.weight"] < 180
     assert "fa/feedback_angle_layer0.feedback" in outcome.metrics
     assert outcome.metrics["backprop/test_error"] < 0.5  # learns visibly in two epochs
 
 
-def test_tuning_is_shared_by_seeds_of_one_config(result):
+def count_trainings(monkeypatch) -> list:
+    """Wrap ``train`` to record the (lr, seed) of every tuning trial (no test set) it runs."""
+    trained, original = [], experiment.train
+
+    def counting(config, rule, lr, seed, epochs, train_set, eval_sets, *args, **kwargs):
+        if "test" not in eval_sets:
+            trained.append((rule, lr, seed))
+        return original(config, rule, lr, seed, epochs, train_set, eval_sets, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train", counting)
+    return trained
+
+
+def test_tuning_is_shared_by_seeds_of_one_config(result, monkeypatch):
     _, context = result
-    cached = {key: value for key, value in context.cache.items() if key[0] == experiment.NAME}
-    assert len(cached) == len(TINY.rules)
+    trained = count_trainings(monkeypatch)
     again = experiment.run(TINY, 1, context)
+    assert trained == []  # the studies of the first seed are reused
     assert again.metrics["fa/tuned_lr"] == result[0].metrics["fa/tuned_lr"]
-    assert len([k for k in context.cache if k[0] == experiment.NAME]) == len(TINY.rules)
+    assert again.hyperparameters == result[0].hyperparameters
+
+
+def test_trials_are_recorded_and_a_second_invocation_runs_none(result, tmp_path, monkeypatch):
+    """Through the runner: every rate of every rule is a trial in the store, trained from the
+    rate's own seed; each run records its rates; the same config again runs no trial."""
+    trained = count_trainings(monkeypatch)
+    rates = experiment.learning_rates(TINY)
+    with Store(tmp_path / "runs.db") as store:
+        (record,) = run_experiment(experiment.EXPERIMENT, TINY, [0], store, device="cpu").records
+        trials = store.trials(experiment.NAME)
+        assert len(trials) == len(TINY.rules) * TINY.trials
+        assert {t.status for t in trials} == {"finished"}
+        assert sorted(trained) == sorted(
+            (rule, lr, derive_seed("tuning", TINY.tuning_seed, i))
+            for rule in TINY.rules
+            for i, lr in enumerate(rates)
+        )
+        assert record.metrics == result[0].metrics  # a store or memory: the same numbers
+        for rule in TINY.rules:
+            chosen = record.hyperparameters[rule]["lr"]
+            assert chosen == record.metrics[f"{rule}/tuned_lr"]
+            errors = {t.params["lr"]: t.curves["val_error"]["y"][-1] for t in trials
+                      if t.method == rule}  # fmt: skip
+            assert record.metrics[f"{rule}/tuning_val_error"] == errors[chosen]
+            assert chosen == min(rates, key=lambda lr: experiment.score([errors[lr]]))
+        trained.clear()
+        (again,) = run_experiment(experiment.EXPERIMENT, TINY, [1], store, device="cpu").records
+        assert trained == []
+        assert len(store.trials(experiment.NAME)) == len(trials)
+        assert again.hyperparameters == record.hyperparameters
+
+
+@pytest.mark.parametrize("tuning_seed", range(4))
+@pytest.mark.parametrize("error", [0.25, float("nan")])
+def test_ties_go_to_the_lowest_rate_whatever_the_grid_order(monkeypatch, tuning_seed, error):
+    """As before the one tuner: equal validation errors (or divergence, scored 1.0) pick the
+    first rate of the log-spaced list, though the grid visits the rates in a shuffled order."""
+    config = dataclasses.replace(TINY, rules=("backprop",), trials=5, tuning_seed=tuning_seed)
+    monkeypatch.setattr(experiment, "train", lambda *args, **kwargs: {"val_error": [0.5, error]})
+    context = RunContext(device=torch.device("cpu"))
+    data, split = experiment.data_and_split(config, context)
+    lr, tuning_error = experiment.tuned_lr(config, "backprop", data, split, context)
+    assert lr == experiment.learning_rates(config)[0] == config.lr_low
+    study = experiment.learning_rate_study(config, "backprop")
+    assert suggest(study, [], 0)["lr"] != lr  # not simply the grid's first trial
+    assert tuning_error == (1.0 if error != error else error)
 
 
 def test_same_seed_same_metrics(result):

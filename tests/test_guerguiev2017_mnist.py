@@ -9,7 +9,10 @@ from neuroplastic.config import config_to_dict
 from neuroplastic.errors import ConfigError
 from neuroplastic.experiments import guerguiev2017_mnist as experiment
 from neuroplastic.experiments.base import RunContext
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.runner import run_experiment
+from neuroplastic.seeding import derive_seed
+from neuroplastic.store import RunRecord, Store, config_hash
+from neuroplastic.tuning import suggest
 
 TINY = experiment.Config(
     dataset="mnist-mini",
@@ -36,9 +39,80 @@ def test_learns_visibly_and_reports_every_curve(outcome):
         assert result.metrics["0-hidden/test_error"] < 0.6  # chance is 0.9
         assert 0 <= result.metrics["0-hidden/train_error"] <= 1
         assert result.metrics["1-hidden-fa/tuned_lr"] in TINY.baseline_lrs
+        assert result.hyperparameters == {
+            "1-hidden-fa": {"lr": result.metrics["1-hidden-fa/tuned_lr"]}
+        }
         assert 0 <= result.metrics["1-hidden-fa/test_error"] <= 1
     assert results[0].metrics != results[1].metrics  # seeds differ
     assert not list(context.checkpoint_dir.iterdir())  # checkpoints removed once finished
+
+
+BASELINES_ONLY = dataclasses.replace(
+    TINY, networks=(), baselines=("1-hidden-backprop", "1-hidden-fa"), epochs=1
+)
+
+
+def count_tunings(monkeypatch) -> list:
+    """Wrap ``train_baseline`` to record the (baseline, lr) of every tuning trial it runs."""
+    trained, original = [], experiment.train_baseline
+    tuning_seed = derive_seed("tuning", 0)
+
+    def counting(config, baseline, lr, seed, *args, **kwargs):
+        if seed == tuning_seed:
+            trained.append((baseline, lr))
+        return original(config, baseline, lr, seed, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_baseline", counting)
+    return trained
+
+
+def test_trials_are_recorded_and_a_second_invocation_runs_none(tmp_path, monkeypatch):
+    """Through the runner: every rate of every baseline is a trial in the store, tuned in the
+    driver before the seeds; each run records its rates; the same config again runs no trial."""
+    config = BASELINES_ONLY
+    trained = count_tunings(monkeypatch)
+    with Store(tmp_path / "runs.db") as store:
+        records = run_experiment(experiment.EXPERIMENT, config, [0, 1], store, device="cpu").records
+        trials = store.trials(experiment.NAME)
+        assert len(trials) == len(config.baselines) * len(config.baseline_lrs)
+        assert {t.status for t in trials} == {"finished"}
+        assert sorted(trained) == sorted(
+            (b, lr) for b in config.baselines for lr in config.baseline_lrs
+        )
+        for baseline in config.baselines:
+            errors = {
+                t.params["lr"]: experiment.score(t.curves["val_error"]["y"])
+                for t in trials if t.method == baseline
+            }  # fmt: skip
+            best = min(config.baseline_lrs, key=errors.__getitem__)  # the first of equals
+            for record in records:
+                assert record.hyperparameters[baseline] == {"lr": best}
+                assert record.metrics[f"{baseline}/tuned_lr"] == best
+        trained.clear()
+        again = run_experiment(experiment.EXPERIMENT, config, [2], store, device="cpu").records
+        assert trained == []
+        assert len(store.trials(experiment.NAME)) == len(trials)
+        assert again[0].hyperparameters == records[0].hyperparameters
+
+
+@pytest.mark.parametrize("error", [0.25, float("nan")])
+def test_ties_go_to_the_rate_listed_first_whatever_the_grid_order(monkeypatch, error):
+    """As before the one tuner: equal validation errors (or divergence, scored 1.0) pick the
+    first of ``baseline_lrs``, though the grid visits the rates in a shuffled order."""
+    config = dataclasses.replace(BASELINES_ONLY, baseline_lrs=(0.01, 0.03, 0.1, 0.3, 1.0))
+    study = experiment.learning_rate_study(config, "1-hidden-fa")
+    assert suggest(study, [], 0)["lr"] != 0.01  # not simply the grid's first trial
+    monkeypatch.setattr(experiment, "train_baseline", lambda *args, **kwargs: [0.5, error])
+    context = RunContext(device=torch.device("cpu"))
+    assert experiment.tuned_baseline_lr(config, "1-hidden-fa", context) == 0.01
+    tuned = context.tune(config, study, experiment.validation_error(config, "1-hidden-fa", context))
+    (best,) = [t for t in tuned.trials if t.params["lr"] == 0.01]
+    assert experiment.score(best.curves["val_error"]["y"]) == (1.0 if error != error else error)
+
+
+def test_config_rejects_repeated_learning_rates():
+    with pytest.raises(ValueError, match="distinct"):
+        dataclasses.replace(TINY, baseline_lrs=(0.03, 0.03))
 
 
 class Interrupt(Exception):

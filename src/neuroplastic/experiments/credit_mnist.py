@@ -15,10 +15,13 @@ Protocol (ours where the sources are silent):
   ``momentum`` and a cosine learning-rate schedule over ``epochs``.
 - The same tuning budget for every rule: ``trials`` learning rates log-spaced over
   [``lr_low``, ``lr_high``], each trained ``tuning_epochs`` epochs and scored by the error on a
-  validation split carved from the training images (never the test set). By default a trial is
-  the whole final schedule (``tuning_epochs == epochs``): short trials under a cosine schedule
-  favour learning rates too large for the long run. The search depends only on the config, so it
-  is done once per invocation and shared by all seeds.
+  validation split carved from the training images (never the test set; a diverged trial scores
+  1.0); the lowest error wins, ties going to the lower learning rate. By default a trial is the
+  whole final schedule (``tuning_epochs == epochs``): short trials under a cosine schedule favour
+  learning rates too large for the long run. The search is one grid study per rule through the
+  one tuner (:mod:`neuroplastic.tuning`): it depends only on the config, runs in the driver
+  before the seeds, its trials are recorded (and not run again), and every seed records the rate
+  it trained with.
 - Logged per epoch: test and validation error; the angle between each layer's update and the
   backprop gradient on a fixed batch of training images; for rules with feedback matrices, the
   angle between each forward matrix and its feedback.
@@ -34,7 +37,6 @@ from typing import Literal
 
 import torch
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.credit import LOSSES, RULES
 from neuroplastic.credit.diagnostics import feedback_weight_angles, update_angles
 from neuroplastic.experiments.base import (
@@ -51,8 +53,9 @@ from neuroplastic.metrics import error_rate
 from neuroplastic.models.mlp import MLP
 from neuroplastic.seeding import derive_seed, generator
 from neuroplastic.stats import mean_ci
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.store import RunRecord
 from neuroplastic.tasks.splits import validation_split
+from neuroplastic.tuning import Choice, Objective, Study, Trial, TrialOutcome
 
 NAME = "credit-mnist"
 MIN_SEEDS = 5
@@ -197,42 +200,99 @@ def recorded_name(name: str) -> str:
     return f"layer{int(parts[1]) - 1}.feedback"
 
 
+def learning_rates(config: Config) -> list[float]:
+    """The ``trials`` learning rates of the search, log-spaced over [``lr_low``, ``lr_high``]."""
+    return torch.logspace(
+        math.log10(config.lr_low), math.log10(config.lr_high), config.trials, dtype=torch.float64
+    ).tolist()
+
+
+def learning_rate_study(config: Config, rule: str) -> Study:
+    """Every rate of :func:`learning_rates` once (the same budget for every rule).
+
+    The grid visits the rates in an order shuffled by ``tuning_seed``; neither the trials'
+    training seeds nor the winner depend on that order (see :func:`validation_error`).
+    """
+    rates = learning_rates(config)
+    return Study(
+        rule, {"lr": Choice(rates)}, trials=len(rates), sampler="grid", seed=config.tuning_seed
+    )
+
+
+def studies(config: Config) -> list[Study]:
+    """The learning-rate studies of a config, one per rule."""
+    return [learning_rate_study(config, rule) for rule in config.rules]
+
+
+def score(val_errors: Sequence[float]) -> float:
+    """A trial's validation error: the last epoch's, 1.0 if the run diverged."""
+    return 1.0 if math.isnan(val_errors[-1]) else val_errors[-1]
+
+
+def validation_error(config: Config, rule: str, data, split) -> Objective:
+    """The objective of a learning-rate trial: train ``tuning_epochs`` from the rate's own seed
+    ``derive_seed("tuning", tuning_seed, i)``, ``i`` the rate's position in
+    :func:`learning_rates` (not the trial's number, nor ``trial.seed``), and score the final
+    validation error, 1.0 if the run diverged.
+
+    The score adds ``i * 2**-10 / (n * trials)`` (``n`` validation images), far less than the
+    ``1 / n`` between two different errors: equal errors go to the lower rate whatever order
+    the grid visits them in. The error itself is the trial's ``val_error`` curve.
+    """
+    train_index, validation_index = split
+    rates = learning_rates(config)
+    tie_break = 2.0**-10 / (max(len(validation_index), 1) * len(rates))
+
+    def objective(params: dict, trial: Trial) -> TrialOutcome:
+        index = rates.index(params["lr"])
+        seed = derive_seed("tuning", config.tuning_seed, index)
+        errors = train(
+            config, rule, params["lr"], seed, config.tuning_epochs,
+            (data.train_x[train_index], data.train_y[train_index]),
+            {"val": (data.train_x[validation_index], data.train_y[validation_index])},
+        )["val_error"]  # fmt: skip
+        curves = {"val_error": {"x": list(range(1, len(errors) + 1)), "y": errors}}
+        return TrialOutcome(score(errors) + index * tie_break, curves)
+
+    return objective
+
+
 def tuned_lr(config: Config, rule: str, data, split, context: RunContext) -> tuple[float, float]:
-    """The best of ``trials`` log-spaced learning rates by validation error (cached per config)."""
-    key = (NAME, config_hash(config_to_dict(config)), rule)
-    if key not in context.cache:
-        train_index, validation_index = split
-        rates = torch.logspace(
-            math.log10(config.lr_low), math.log10(config.lr_high), config.trials,
-            dtype=torch.float64,
-        ).tolist()  # fmt: skip
-        scores = []
-        for trial, lr in enumerate(rates):
-            curves = train(
-                config, rule, lr, derive_seed("tuning", config.tuning_seed, trial),
-                config.tuning_epochs, (data.train_x[train_index], data.train_y[train_index]),
-                {"val": (data.train_x[validation_index], data.train_y[validation_index])},
-            )  # fmt: skip
-            error = curves["val_error"][-1]
-            scores.append(1.0 if math.isnan(error) else error)
-        best = min(range(len(rates)), key=scores.__getitem__)
-        context.cache[key] = (rates[best], scores[best])
-    return context.cache[key]
+    """The learning rate with the lowest validation error and that error (``context.tune``:
+    once per context, trials recorded where the runner says)."""
+    objective = validation_error(config, rule, data, split)
+    best = context.tune(config, learning_rate_study(config, rule), objective).best
+    return best.params["lr"], score(best.curves["val_error"]["y"])
 
 
-def run(config: Config, seed: int, context: RunContext) -> RunResult:
-    """Tune (once per config) and train every rule from ``seed``."""
+def data_and_split(config: Config, context: RunContext):
+    """The dataset and its (training, validation) index split, on the context's device."""
     data = context.load_dataset(config.dataset)
     device = data.train_x.device
     n_validation = round(config.validation_fraction * len(data.train_y))
     split = tuple(i.to(device) for i in validation_split(len(data.train_y), n_validation))
+    return data, split
+
+
+def tune(config: Config, context: RunContext) -> None:
+    """Every rule's learning-rate study (the runner calls this in the driver before the seeds)."""
+    data, split = data_and_split(config, context)
+    for rule in config.rules:
+        tuned_lr(config, rule, data, split, context)
+
+
+def run(config: Config, seed: int, context: RunContext) -> RunResult:
+    """Tune (once per config) and train every rule from ``seed``."""
+    data, split = data_and_split(config, context)
     train_index, validation_index = split
     diagnostic = train_index[:DIAGNOSTIC_BATCH]
     metrics: dict[str, float] = {}
     curves: dict[str, dict[str, list[float]]] = {}
+    hyperparameters: dict[str, dict[str, float]] = {}
     context.progress.start(len(config.rules) * config.epochs, f"{NAME} seed {seed}")
     for rule in config.rules:
         lr, tuning_error = tuned_lr(config, rule, data, split, context)
+        hyperparameters[rule] = {"lr": lr}
         rule_curves = train(
             config, rule, lr, seed, config.epochs,
             (data.train_x[train_index], data.train_y[train_index]),
@@ -252,7 +312,7 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
         for name, values in rule_curves.items():
             if name.startswith(("angle_", "feedback_angle_")):
                 metrics[f"{rule}/{name}"] = values[-1]
-    return RunResult(metrics=metrics, curves=curves, curve_x_label="epoch")
+    return RunResult(metrics, curves, "epoch", hyperparameters)
 
 
 def verdict(records: Sequence[RunRecord]) -> Verdict:
@@ -311,4 +371,6 @@ EXPERIMENT = Experiment(
     command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
     plot_panel=panel_per_metric,
     tables=tables,
+    studies=studies,
+    tune=tune,
 )

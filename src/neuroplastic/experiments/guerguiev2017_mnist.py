@@ -27,8 +27,11 @@ Protocol:
   units) trained by backprop and by feedback alignment, SGD on minibatches of ``baseline_batch``
   (default 10; 1 is online), with the same number of
   training images. Their one free parameter, the learning rate, is picked from ``baseline_lrs``
-  by the error on a validation split carved from the training images; the dendritic networks
-  get the learning rates the authors tuned.
+  by the error on a validation split carved from the training images (a diverged trial scores
+  1.0; ties go to the rate listed first), one grid study per baseline through the one tuner
+  (:mod:`neuroplastic.tuning`: run in the driver before the seeds, trials recorded, the chosen
+  rate recorded with every seed); the dendritic networks get the learning rates the authors
+  tuned.
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ from pathlib import Path
 
 import torch
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.credit import RULES
 from neuroplastic.credit.plateau import backprop_signals, hidden_errors, learn_example
 from neuroplastic.errors import ConfigError, DivergenceError
@@ -66,6 +68,7 @@ from neuroplastic.seeding import derive_seed, generator
 from neuroplastic.stats import mean_ci
 from neuroplastic.store import RunRecord, config_hash
 from neuroplastic.tasks.splits import validation_split
+from neuroplastic.tuning import Choice, Objective, Study, Trial, TrialOutcome
 
 NAME = "guerguiev2017-mnist"
 MIN_SEEDS = 3
@@ -139,6 +142,8 @@ class Config:
             raise ValueError(f"chunk must be 0 (automatic) or positive, got {self.chunk}")
         if not self.baseline_lrs or min(self.baseline_lrs) <= 0:
             raise ValueError(f"baseline_lrs must be positive, got {self.baseline_lrs}")
+        if len(set(self.baseline_lrs)) != len(self.baseline_lrs):
+            raise ValueError(f"baseline_lrs must be distinct, got {self.baseline_lrs}")
         if self.baseline_loss not in ("cross_entropy", "square"):
             raise ValueError(
                 f"baseline_loss must be cross_entropy or square, got {self.baseline_loss!r}"
@@ -302,25 +307,66 @@ def train_baseline(
     return errors
 
 
+def learning_rate_study(config: Config, baseline: str) -> Study:
+    """Every rate of ``baseline_lrs`` once (the grid's visiting order is shuffled; neither the
+    trials' training nor the winner depend on it, see :func:`validation_error`)."""
+    lrs = config.baseline_lrs
+    return Study(baseline, {"lr": Choice(lrs)}, trials=len(lrs), sampler="grid", seed=0)
+
+
+def studies(config: Config) -> list[Study]:
+    """The learning-rate studies of a config, one per baseline."""
+    return [learning_rate_study(config, baseline) for baseline in config.baselines]
+
+
+def score(val_errors: Sequence[float]) -> float:
+    """A trial's validation error: the last epoch's, 1.0 if the run diverged."""
+    return 1.0 if math.isnan(val_errors[-1]) else val_errors[-1]
+
+
+def validation_error(config: Config, baseline: str, context: RunContext) -> Objective:
+    """The objective of a learning-rate trial: train the baseline from ``derive_seed("tuning",
+    0)`` (the same seed for every rate; not ``trial.seed``) on the training images outside a
+    validation split of ``validation_examples`` (at most half of them), and score the final
+    validation error, 1.0 if the run diverged.
+
+    The score adds ``i * 2**-10 / (n * len(baseline_lrs))`` (``i`` the rate's position in
+    ``baseline_lrs``, ``n`` validation images), far less than the ``1 / n`` between two
+    different errors: equal errors go to the rate listed first whatever order the grid visits
+    them in. The error itself is the trial's ``val_error`` curve.
+    """
+    data = context.load_dataset(config.dataset)
+    n_validation = min(config.validation_examples, len(data.train_y) // 2)
+    train_index, validation_index = validation_split(len(data.train_y), n_validation)
+    x, y = (
+        data.train_x[validation_index.to(data.train_x.device)],
+        data.train_y[validation_index.to(data.train_x.device)],
+    )
+    lrs = list(config.baseline_lrs)
+    tie_break = 2.0**-10 / (max(len(y), 1) * len(lrs))
+
+    def objective(params: dict, trial: Trial) -> TrialOutcome:
+        lr = params["lr"]
+        seed = derive_seed("tuning", 0)
+        errors = train_baseline(config, baseline, lr, seed, train_index, x, y, context)
+        curves = {"val_error": {"x": list(range(1, len(errors) + 1)), "y": errors}}
+        return TrialOutcome(score(errors) + lrs.index(lr) * tie_break, curves)
+
+    return objective
+
+
 def tuned_baseline_lr(config: Config, baseline: str, context: RunContext) -> float:
-    """The rate of ``baseline_lrs`` with the lowest validation error (cached per config)."""
-    key = (NAME, config_hash(config_to_dict(config)), baseline)
-    if key not in context.cache:
-        data = context.load_dataset(config.dataset)
-        n_validation = min(config.validation_examples, len(data.train_y) // 2)
-        train_index, validation_index = validation_split(len(data.train_y), n_validation)
-        x, y = (
-            data.train_x[validation_index.to(data.train_x.device)],
-            data.train_y[validation_index.to(data.train_x.device)],
-        )
-        scores = []
-        for lr in config.baseline_lrs:
-            error = train_baseline(
-                config, baseline, lr, derive_seed("tuning", 0), train_index, x, y, context
-            )[-1]
-            scores.append(1.0 if math.isnan(error) else error)
-        context.cache[key] = config.baseline_lrs[min(range(len(scores)), key=scores.__getitem__)]
-    return context.cache[key]
+    """The rate of ``baseline_lrs`` with the lowest validation error (``context.tune``: once per
+    context, trials recorded where the runner says)."""
+    study = learning_rate_study(config, baseline)
+    return context.tune(config, study, validation_error(config, baseline, context)).params["lr"]
+
+
+def tune(config: Config, context: RunContext) -> None:
+    """Every baseline's learning-rate study (the runner calls this in the driver before the
+    seeds)."""
+    for baseline in config.baselines:
+        tuned_baseline_lr(config, baseline, context)
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -339,8 +385,10 @@ def run_batch(config: Config, seeds: Sequence[int], context: RunContext) -> list
                 metrics[r][f"{network}/{name}"] = values[-1]
     test_x, test_y = data.test_x[: config.test_examples], data.test_y[: config.test_examples]
     all_train = torch.arange(len(data.train_y))
+    hyperparameters: dict[str, dict[str, float]] = {}
     for baseline in config.baselines:
         lr = tuned_baseline_lr(config, baseline, context)
+        hyperparameters[baseline] = {"lr": lr}
         context.progress.start(len(seeds), f"{baseline} (lr {lr:g})")
         for r, seed in enumerate(seeds):
             errors = train_baseline(config, baseline, lr, seed, all_train, test_x, test_y, context)
@@ -353,7 +401,7 @@ def run_batch(config: Config, seeds: Sequence[int], context: RunContext) -> list
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
     return [
-        RunResult(metrics=m, curves=c, curve_x_label="epoch")
+        RunResult(m, c, "epoch", {name: dict(params) for name, params in hyperparameters.items()})
         for m, c in zip(metrics, curves, strict=True)
     ]
 
@@ -445,4 +493,6 @@ EXPERIMENT = Experiment(
     plot_panel=panel_per_metric,
     tables=tables,
     run_batch=run_batch,
+    studies=studies,
+    tune=tune,
 )
