@@ -294,3 +294,18 @@ def test_run_context_tunes_a_batched_study_once():
 def test_bad_declarations_are_refused(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+def test_the_training_seed_a_study_declares_is_the_one_recorded_and_handed_on():
+    seen = []
+
+    def objective(params, trial):
+        seen.append(trial.seed)
+        return bowl(params, trial)
+
+    fixed = tune(study(trials=4, training_seed=123), objective)
+    assert seen == [123] * 4 and {t.seed for t in fixed.trials} == {123}
+    seen.clear()
+    by_value = study(trials=4, training_seed=lambda number, params: 7 * number)
+    assert [t.seed for t in tune(by_value, objective).trials] == [0, 7, 14, 21] == seen
+    assert study(training_seed=5) == study()  # not part of the study's identity

@@ -134,6 +134,11 @@ class Study:
         round_size: trials asked together (see the module docstring). Part of the protocol:
             changing it changes which hyper-parameters are tried.
         startup_trials: TPE's random trials before it models the scores.
+        training_seed: the seed a trial trains from, handed to the objective as ``trial.seed``
+            and recorded with the trial: ``None`` (default) derives one per trial number (the
+            same for every method: paired); an int fixes one for every trial (every value
+            trained from the same networks and data, as a paired grid does); a callable
+            ``(number, params) -> seed`` anything else. Not part of the study's identity.
     """
 
     method: str
@@ -144,6 +149,9 @@ class Study:
     direction: str = "minimize"
     round_size: int = 4
     startup_trials: int = 8
+    training_seed: int | Callable[[int, dict[str, Any]], int] | None = field(
+        default=None, compare=False
+    )
 
     def __post_init__(self):
         if not self.space:
@@ -239,10 +247,15 @@ class MemoryRecorder:
 # -- asking -----------------------------------------------------------------------------------
 
 
-def trial_seed(study: Study, number: int) -> int:
-    """The training seed of trial ``number``: the same for every method of an experiment with
-    the same study seed, so methods are compared on the same data orders."""
-    return derive_seed("trial", study.seed, number)
+def trial_seed(study: Study, number: int, params: dict[str, Any] | None = None) -> int:
+    """The training seed of trial ``number`` (see ``Study.training_seed``); by default the same
+    for every method of an experiment with the same study seed, so methods are compared on the
+    same data orders."""
+    if study.training_seed is None:
+        return derive_seed("trial", study.seed, number)
+    if callable(study.training_seed):
+        return int(study.training_seed(number, params or {}))
+    return int(study.training_seed)
 
 
 def suggest(study: Study, history: Sequence[Trial], number: int) -> dict[str, Any]:
@@ -362,7 +375,7 @@ def tune(
 
         def start(number: int, earlier: list[Trial] = earlier) -> tuple[int, Trial]:
             params = suggest(study, earlier, number)
-            seed = trial_seed(study, number)
+            seed = trial_seed(study, number, params)
             trial_id = recorder.start_trial(study.method, number, params, seed)
             return trial_id, Trial(number, params, seed, "running")
 

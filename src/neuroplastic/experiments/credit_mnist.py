@@ -211,12 +211,16 @@ def learning_rate_study(config: Config, rule: str) -> Study:
     """Every rate of :func:`learning_rates` once (the same budget for every rule).
 
     The grid visits the rates in an order shuffled by ``tuning_seed``; neither the trials'
-    training seeds nor the winner depend on that order (see :func:`validation_error`).
+    training seeds nor the winner depend on that order: rate ``i`` of the list trains from
+    ``derive_seed("tuning", tuning_seed, i)`` (see :func:`validation_error`).
     """
     rates = learning_rates(config)
     return Study(
-        rule, {"lr": Choice(rates)}, trials=len(rates), sampler="grid", seed=config.tuning_seed
-    )
+        rule, {"lr": Choice(rates)}, trials=len(rates), sampler="grid", seed=config.tuning_seed,
+        training_seed=lambda number, params: derive_seed(
+            "tuning", config.tuning_seed, rates.index(params["lr"])
+        ),
+    )  # fmt: skip
 
 
 def studies(config: Config) -> list[Study]:
@@ -230,10 +234,10 @@ def score(val_errors: Sequence[float]) -> float:
 
 
 def validation_error(config: Config, rule: str, data, split) -> Objective:
-    """The objective of a learning-rate trial: train ``tuning_epochs`` from the rate's own seed
-    ``derive_seed("tuning", tuning_seed, i)``, ``i`` the rate's position in
-    :func:`learning_rates` (not the trial's number, nor ``trial.seed``), and score the final
-    validation error, 1.0 if the run diverged.
+    """The objective of a learning-rate trial: train ``tuning_epochs`` from ``trial.seed``, the
+    rate's own seed ``derive_seed("tuning", tuning_seed, i)`` with ``i`` the rate's position in
+    :func:`learning_rates` (see :func:`learning_rate_study`), and score the final validation
+    error, 1.0 if the run diverged.
 
     The score adds ``i * 2**-10 / (n * trials)`` (``n`` validation images), far less than the
     ``1 / n`` between two different errors: equal errors go to the lower rate whatever order
@@ -245,9 +249,8 @@ def validation_error(config: Config, rule: str, data, split) -> Objective:
 
     def objective(params: dict, trial: Trial) -> TrialOutcome:
         index = rates.index(params["lr"])
-        seed = derive_seed("tuning", config.tuning_seed, index)
         errors = train(
-            config, rule, params["lr"], seed, config.tuning_epochs,
+            config, rule, params["lr"], trial.seed, config.tuning_epochs,
             (data.train_x[train_index], data.train_y[train_index]),
             {"val": (data.train_x[validation_index], data.train_y[validation_index])},
         )["val_error"]  # fmt: skip

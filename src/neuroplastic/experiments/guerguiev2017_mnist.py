@@ -311,7 +311,10 @@ def learning_rate_study(config: Config, baseline: str) -> Study:
     """Every rate of ``baseline_lrs`` once (the grid's visiting order is shuffled; neither the
     trials' training nor the winner depend on it, see :func:`validation_error`)."""
     lrs = config.baseline_lrs
-    return Study(baseline, {"lr": Choice(lrs)}, trials=len(lrs), sampler="grid", seed=0)
+    return Study(
+        baseline, {"lr": Choice(lrs)}, trials=len(lrs), sampler="grid", seed=0,
+        training_seed=derive_seed("tuning", 0),  # every rate from the same network and order
+    )  # fmt: skip
 
 
 def studies(config: Config) -> list[Study]:
@@ -325,8 +328,8 @@ def score(val_errors: Sequence[float]) -> float:
 
 
 def validation_error(config: Config, baseline: str, context: RunContext) -> Objective:
-    """The objective of a learning-rate trial: train the baseline from ``derive_seed("tuning",
-    0)`` (the same seed for every rate; not ``trial.seed``) on the training images outside a
+    """The objective of a learning-rate trial: train the baseline from ``trial.seed``
+    (``derive_seed("tuning", 0)``, the same for every rate) on the training images outside a
     validation split of ``validation_examples`` (at most half of them), and score the final
     validation error, 1.0 if the run diverged.
 
@@ -347,8 +350,7 @@ def validation_error(config: Config, baseline: str, context: RunContext) -> Obje
 
     def objective(params: dict, trial: Trial) -> TrialOutcome:
         lr = params["lr"]
-        seed = derive_seed("tuning", 0)
-        errors = train_baseline(config, baseline, lr, seed, train_index, x, y, context)
+        errors = train_baseline(config, baseline, lr, trial.seed, train_index, x, y, context)
         curves = {"val_error": {"x": list(range(1, len(errors) + 1)), "y": errors}}
         return TrialOutcome(score(errors) + lrs.index(lr) * tie_break, curves)
 

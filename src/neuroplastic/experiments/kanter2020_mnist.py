@@ -324,6 +324,7 @@ def settings_study(config: Config, method: str, size: int, cost: str) -> Study:
         direction="maximize",
         round_size=config.trials if config.sampler == "random" else TPE_ROUND_SIZE,
         startup_trials=TPE_STARTUP_TRIALS,
+        training_seed=config.tuning_seed,  # the seed of the tuning training sets, shared by all
     )
 
 

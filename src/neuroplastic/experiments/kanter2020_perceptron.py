@@ -523,6 +523,7 @@ def step_study(config: Config, method: str, scenario: str) -> Study:
         seed=config.tuning_seed,
         round_size=config.tuning_trials if config.sampler == "random" else TPE_ROUND_SIZE,
         startup_trials=TPE_STARTUP_TRIALS,
+        training_seed=config.tuning_seed,  # the seed of the tuning tasks, shared by all trials
     )
 
 

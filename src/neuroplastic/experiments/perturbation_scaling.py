@@ -388,6 +388,7 @@ def learning_rate_study(config: Config, method: str, width: int) -> Study:
         trials=len(config.lrs),
         sampler="grid",
         seed=config.tuning_seed,
+        training_seed=config.tuning_seed,  # every rate from the same networks, batches, noise
     )
 
 
@@ -397,7 +398,7 @@ def validation_loss(config: Config, method: str, width: int, splits: Splits) -> 
     and score the mean loss on the validation images; a diverging run fails its trial."""
 
     def objective(params: dict, trial: Trial) -> float:
-        model = train(config, method, width, params["lr"], config.tuning_seed, splits)[2]
+        model = train(config, method, width, params["lr"], trial.seed, splits)[2]
         return mean_loss(model, splits.val_x, splits.val_y, config.loss)
 
     return objective
