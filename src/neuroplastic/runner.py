@@ -203,7 +203,7 @@ def run_experiment(
     context = RunContext(
         device=resolve_device(device),
         data_dir=Path(data_dir) if data_dir is not None else None,
-        progress=progress if in_process else SilentProgress(),
+        progress=progress,  # the driver's tuning reports here; workers are silent
         checkpoint_dir=store.path.parent / f"{store.path.stem}-checkpoints",
     )
     dataset = getattr(config, "dataset", "none")
