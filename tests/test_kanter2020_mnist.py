@@ -116,7 +116,8 @@ def test_tuning_never_reads_the_test_set(context, monkeypatch):
 
 def test_every_method_gets_a_study_with_the_same_budget():
     config = experiment.Config()
-    studies = [experiment.settings_study(config, m, s, c) for c, s, m in experiment.cells(config)]
+    studies = experiment.studies(config)
+    assert experiment.EXPERIMENT.studies is experiment.studies
     assert len(studies) == 7 * 4 * 2 and len({st.method for st in studies}) == len(studies)
     assert {(st.trials, st.sampler, st.round_size, st.seed) for st in studies} == {
         (16, "random", 16, 0)

@@ -273,6 +273,10 @@ def test_studies_share_budget_and_draws_and_batch_size_changes_nothing():
     """One study per method and scenario, the same budget; all trials of a study in one replica
     batch give bit for bit what trials run one at a time give (rows never mix)."""
     fixed, accelerated = (kp.step_study(TINY, m, "dendritic") for m in kp.METHODS)
+    assert [s.method for s in kp.EXPERIMENT.studies(TINY)][2:] == [
+        "fixed-dendritic",
+        "accelerated-dendritic",
+    ]
     assert (fixed.method, accelerated.method) == ("fixed-dendritic", "accelerated-dendritic")
     assert fixed.trials == accelerated.trials == TINY.tuning_trials == fixed.round_size
     assert fixed.sampler == accelerated.sampler == "random"

@@ -375,6 +375,11 @@ def cells(config: Config) -> list[tuple[str, int, str]]:
     return [(c, s, m) for c in config.costs for s in config.sizes for m in config.methods]
 
 
+def studies(config: Config) -> list[Study]:
+    """Every study the config tunes (for reports: ranges, direction, edge flags)."""
+    return [settings_study(config, m, s, c) for c, s, m in cells(config)]
+
+
 def tuned(
     config: Config, cost: str, size: int, method: str, splits: Splits, context: RunContext
 ) -> TuningResult:
@@ -520,5 +525,6 @@ EXPERIMENT = Experiment(
     command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
     plot_panel=plot_panel,
     tables=tables,
+    studies=studies,
     tune=tune,
 )

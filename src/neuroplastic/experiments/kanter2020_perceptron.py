@@ -527,6 +527,11 @@ def step_study(config: Config, method: str, scenario: str) -> Study:
     )
 
 
+def studies(config: Config) -> list[Study]:
+    """Every study the config tunes (for reports: ranges, direction, edge flags)."""
+    return [step_study(config, m, s) for s in SCENARIOS for m in METHODS]
+
+
 def tuning_batch(config: Config, scenario: str, device: torch.device) -> Task:
     """The ``tuning_tasks`` teacher-student tasks of a scenario, from ``tuning_seed`` (stacked):
     teachers and inputs no evaluated seed ever sees."""
@@ -741,5 +746,6 @@ EXPERIMENT = Experiment(
     quick=quick,
     command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
     run_batch=run_batch,
+    studies=studies,
     tune=tune,
 )
