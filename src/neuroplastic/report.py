@@ -55,7 +55,9 @@ def group_label(experiment: Experiment, record: RunRecord) -> str:
     """What sets a configuration apart: ``quick`` and the keys that differ from the defaults."""
     defaults = config_to_dict(experiment.config_cls())
     changed = [f"{k}={v}" for k, v in record.config.items() if defaults.get(k) != v]
-    parts = (["quick"] if record.quick else []) + changed
+    # keys added to the experiment after the run was recorded: the run predates them
+    absent = [f"no {k} (recorded before it existed)" for k in defaults if k not in record.config]
+    parts = (["quick"] if record.quick else []) + changed + absent
     return ", ".join(parts) if parts else "defaults"
 
 
@@ -228,6 +230,9 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+MAX_TRIAL_PANELS = 24
+
+
 def plot_trials(summaries: Sequence[StudySummary], title: str, path: Path) -> Path | None:
     """Score against each numeric hyper-parameter, one panel per study and hyper-parameter;
     the best trial ringed, failed trials as crosses at the top. None if nothing is numeric."""
@@ -242,6 +247,9 @@ def plot_trials(summaries: Sequence[StudySummary], title: str, path: Path) -> Pa
     ]
     if not panels:
         return None
+    if len(panels) > MAX_TRIAL_PANELS:  # the table lists every study; the figure stays readable
+        title += f" (the first {MAX_TRIAL_PANELS} of {len(panels)} panels)"
+        panels = panels[:MAX_TRIAL_PANELS]
     columns = min(4, len(panels))
     rows = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.9 * rows), squeeze=False)
@@ -303,7 +311,7 @@ def experiment_report(
     verdict = experiment.verdict(records)
     extra_tables = experiment.tables(records) if experiment.tables is not None else []
     header = ["method", "metric", "mean ± 95 % CI", "n"]
-    sections: list[tuple[str, list[list[str]], Path | None, list[int]]] = []
+    sections: list[tuple[str, list[list[str]], Path | None, list[int], str]] = []
     tunings: dict[str, tuple[list[list[str]], Path | None]] = {}
     for group in group_runs(experiment, records):
         rows = [[r.method, r.metric, format_row(r), str(r.summary.n)] for r in group.rows]
@@ -313,7 +321,7 @@ def experiment_report(
             out_dir / f"{experiment.name}-{group.config_hash}.png",
             experiment.plot_panel or default_panel,
         )
-        sections.append((group.label, rows, plot, [r.id for r in group.records]))
+        sections.append((group.label, rows, plot, [r.id for r in group.records], group.config_hash))
         summaries = study_summaries(
             experiment,
             group.records[0].config,
@@ -325,7 +333,7 @@ def experiment_report(
                 f"{experiment.name}: {group.label}, tuning trials",
                 out_dir / f"{experiment.name}-{group.config_hash}-tuning.png",
             )
-            tunings[group.label] = (tuning_rows(summaries), trials_plot)
+            tunings[group.config_hash] = (tuning_rows(summaries), trials_plot)
 
     path = out_dir / f"{experiment.name}.{fmt}"
     if fmt == "md":
@@ -338,13 +346,13 @@ def experiment_report(
             parts.append("No finished runs in the store.")
         for table in extra_tables:
             parts.append(f"## {table.title}\n\n" + markdown_table(table.header, table.rows))
-        for label, rows, plot, ids in sections:
+        for label, rows, plot, ids, digest in sections:
             parts.append(f"## {label}\n\nRuns {', '.join(map(str, ids))}.\n")
             parts.append(markdown_table(header, rows))
             if plot is not None:
                 parts.append(f"![{label}]({plot.name})")
-            if label in tunings:
-                tuning_table, trials_plot = tunings[label]
+            if digest in tunings:
+                tuning_table, trials_plot = tunings[digest]
                 parts.append("### Tuning: what was tried (validation data, never the test set)")
                 parts.append(markdown_table(TUNING_HEADER, tuning_table))
                 if trials_plot is not None:
@@ -360,13 +368,13 @@ def experiment_report(
         for table in extra_tables:
             parts.append(f"<h2>{html.escape(table.title)}</h2>")
             parts.append(html_table(table.header, table.rows))
-        for label, rows, plot, ids in sections:
+        for label, rows, plot, ids, digest in sections:
             parts.append(f"<h2>{html.escape(label)}</h2><p>Runs {', '.join(map(str, ids))}.</p>")
             parts.append(html_table(header, rows))
             if plot is not None:
                 parts.append(f'<img src="{html.escape(plot.name)}" alt="{html.escape(label)}">')
-            if label in tunings:
-                tuning_table, trials_plot = tunings[label]
+            if digest in tunings:
+                tuning_table, trials_plot = tunings[digest]
                 parts.append("<h3>Tuning: what was tried (validation data)</h3>")
                 parts.append(html_table(TUNING_HEADER, tuning_table))
                 if trials_plot is not None:
