@@ -206,9 +206,11 @@ def kill_when_running(store_path: Path, find_workers, killed: list[int]) -> thre
             workers = find_workers() if count_runs(store_path, "running") else []
             if workers:
                 time.sleep(0.5)  # mid-run, past the worker's start
-                os.kill(workers[0], signal.SIGKILL)
-                killed.append(workers[0])
-                return
+                # still at work on a run (on a loaded machine the run may have ended meanwhile)
+                if workers[0] in find_workers() and count_runs(store_path, "running"):
+                    os.kill(workers[0], signal.SIGKILL)
+                    killed.append(workers[0])
+                    return
             time.sleep(0.1)
 
     thread = threading.Thread(target=kill, daemon=True)
@@ -222,7 +224,7 @@ def test_a_killed_worker_is_retried_and_each_seed_finishes_once(
     tmp_path, backprop, executor, request
 ):
     experiment, config = backprop
-    config = dataclasses.replace(config, epochs=4)
+    config = dataclasses.replace(config, epochs=8)  # long enough to be killed mid-run
     store_path = tmp_path / "r.db"
     if executor == "ray":
         if not _has_ray():
