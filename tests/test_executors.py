@@ -100,12 +100,12 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def count_runs(store_path: Path, status: str) -> int:
+def count_runs(store_path: Path, status: str, table: str = "runs") -> int:
     if not store_path.exists():
         return 0
     with sqlite3.connect(store_path) as db:
         try:
-            query = "select count(*) from runs where status = ?"
+            query = f"select count(*) from {table} where status = ?"
             return db.execute(query, (status,)).fetchone()[0]
         except sqlite3.OperationalError:  # schema not created yet
             return 0
@@ -135,9 +135,10 @@ def test_the_pool_and_ray_give_the_in_process_metrics(tmp_path, backprop, one_th
 def test_a_batched_experiment_splits_its_seeds_and_workers_read_the_drivers_trials(
     tmp_path, one_thread
 ):
-    """kanter2020-mnist tunes in the driver (trials recorded once), then each worker trains a
-    chunk of seeds as one batch from the shipped trials: tuned values equal exactly, test
-    accuracies up to the batch-size rounding its own tests allow (2.5 test images in 10,000)."""
+    """kanter2020-mnist tunes its studies through the pool (the driver asks and records each
+    trial once; the same trials as in process), then each worker trains a chunk of seeds as one
+    batch from the shipped trials: tuned values equal exactly, test accuracies up to the
+    batch-size rounding its own tests allow (2.5 test images in 10,000)."""
     experiment = get_experiment("kanter2020-mnist")
     config = experiment.config_cls(sizes=(20,), costs=("cross_entropy",), hidden=8, trials=2,
                                    methods=("sgd", "accelerated-sign"), tuning_seeds=1,
@@ -146,11 +147,13 @@ def test_a_batched_experiment_splits_its_seeds_and_workers_read_the_drivers_tria
     with Store(tmp_path / "in.db") as store:
         run_experiment(experiment, config, seeds, store, device="cpu")
         reference = finished_metrics(store)
+        reference_trials = trial_rows(store)
     with Store(tmp_path / "pool.db") as store:
         run_experiment(experiment, config, seeds, store, device="cpu",
                        executor=PoolExecutor(2, threads=1))  # fmt: skip
         pooled = finished_metrics(store)
         trials = store.trials("kanter2020-mnist")
+        assert trial_rows(store) == reference_trials  # asked, trained and scored the same
     assert len(trials) == 4 and {t.status for t in trials} == {"finished"}  # 2 studies x 2, once
     assert sorted(pooled) == seeds
     for seed in seeds:
@@ -160,6 +163,66 @@ def test_a_batched_experiment_splits_its_seeds_and_workers_read_the_drivers_tria
                 assert pooled[seed][key] == value, key
             else:
                 assert pooled[seed][key] == pytest.approx(value, abs=2.5e-4), key
+
+
+def trial_rows(store: Store) -> list[tuple]:
+    """Every trial as (study, number, params, seed, status, value), in order."""
+    rows = [(t.method, t.number, t.params, t.seed, t.status, t.value) for t in store.trials()]
+    return sorted(rows, key=lambda row: row[:2])
+
+
+PS_TINY = {"widths": (4, 8), "input_sides": (7,), "input_sweep_width": 4, "batch_size": 20,
+           "variance_draws": 8, "train_widths": (4,), "budget": 40, "curve_points": 4,
+           "n_train_eval": 200, "lrs": (1e-3, 1e-2, 3e-2, 1e-1, 3e-1)}  # fmt: skip
+"""perturbation-scaling in seconds: 3 studies of 5 trials, in rounds of 4 (two waves)."""
+
+
+def test_studies_tuned_through_the_pool_equal_in_process(tmp_path, one_thread):
+    experiment = get_experiment("perturbation-scaling")
+    config = experiment.config_cls(**PS_TINY)
+    results = {}
+    for name, executor in {"in": None, "pool": PoolExecutor(2, threads=1)}.items():
+        with Store(tmp_path / f"{name}.db") as store:
+            run_experiment(experiment, config, [0], store, device="cpu", executor=executor)
+            (run,) = store.runs()
+            results[name] = (trial_rows(store), run.hyperparameters, run.metrics)
+    assert len(results["in"][0]) == 15
+    assert results["pool"] == results["in"]  # trials, chosen rates, metrics: bit for bit
+
+
+@LINUX
+def test_a_worker_killed_while_tuning_is_retried_and_each_trial_finishes_once(tmp_path):
+    experiment = get_experiment("perturbation-scaling")
+    config = experiment.config_cls(**{**PS_TINY, "budget": 600})  # trials long enough to kill
+    store_path = tmp_path / "r.db"
+    killed: list[int] = []
+
+    def kill() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            workers = children(os.getpid(), "spawn_main")
+            if workers and count_runs(store_path, "running", "trials"):
+                time.sleep(0.5)
+                if workers[0] in children(os.getpid(), "spawn_main"):
+                    os.kill(workers[0], signal.SIGKILL)
+                    killed.append(workers[0])
+                    return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    with Store(store_path) as store:
+        outcome = run_experiment(experiment, config, [0], store, device="cpu",
+                                 executor=PoolExecutor(2, retries=2, threads=1))  # fmt: skip
+        thread.join()
+        trials = store.trials()
+    assert killed, "no worker was killed"
+    assert not outcome.failures and len(outcome.records) == 1
+    done = [(t.method, t.number) for t in trials if t.status in ("finished", "failed")]
+    assert len(done) == len(set(done)) == 15  # every trial once, none recorded twice
+    interrupted = [t for t in trials if t.status == "interrupted"]
+    assert interrupted and all("worker lost" in t.error for t in interrupted)
+    assert {t.status for t in trials} <= {"finished", "failed", "interrupted"}
 
 
 def test_seeds_split_into_contiguous_chunks():
@@ -205,7 +268,7 @@ def kill_when_running(store_path: Path, find_workers, killed: list[int]) -> thre
         while time.monotonic() < deadline:
             workers = find_workers() if count_runs(store_path, "running") else []
             if workers:
-                time.sleep(0.5)  # mid-run, past the worker's start
+                time.sleep(0.2)  # mid-run, past the worker's start
                 # still at work on a run (on a loaded machine the run may have ended meanwhile)
                 if workers[0] in find_workers() and count_runs(store_path, "running"):
                     os.kill(workers[0], signal.SIGKILL)
@@ -224,7 +287,7 @@ def test_a_killed_worker_is_retried_and_each_seed_finishes_once(
     tmp_path, backprop, executor, request
 ):
     experiment, config = backprop
-    config = dataclasses.replace(config, epochs=8)  # long enough to be killed mid-run
+    config = dataclasses.replace(config, epochs=30)  # runs of seconds: killed mid-run under load
     store_path = tmp_path / "r.db"
     if executor == "ray":
         if not _has_ray():

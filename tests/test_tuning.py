@@ -11,6 +11,7 @@ import torch
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiments.base import RunContext
 from neuroplastic.tuning import (
+    Batch,
     Choice,
     IntRange,
     LogUniform,
@@ -18,6 +19,10 @@ from neuroplastic.tuning import (
     Study,
     TrialOutcome,
     Uniform,
+    ask,
+    evaluate,
+    pending_round,
+    record_outcome,
     suggest,
     trial_seed,
     tune,
@@ -185,6 +190,48 @@ def test_the_batched_form_equals_the_sequential_form(changes):
     assert together.best == sequential.best and together.on_edge == sequential.on_edge
     size = s.round_size
     assert calls == [list(range(k, min(k + size, 12))) for k in range(0, 12, size)]
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_rounds_asked_and_evaluated_elsewhere_equal_tune(batch):
+    """What the runner does with an executor (runner.tune_through): ask a round here, evaluate
+    it anywhere (``evaluate``), record the outcomes here; round after round, the same trials."""
+    s = study(round_size=4, startup_trials=4)
+    reference = tune(s, bowl)
+    objective = Batch(batched(bowl)) if batch else bowl
+    recorder, finished, rounds = MemoryRecorder(), {}, []
+    while numbers := pending_round(s, finished):
+        rounds.append(numbers)
+        asked = ask(s, finished, numbers)
+        outcomes = evaluate(objective, asked)  # in a worker, from the round's trials alone
+        for trial, outcome in zip(asked, outcomes, strict=True):
+            trial_id = recorder.start_trial(s.method, trial.number, trial.params, trial.seed)
+            finished[trial.number] = record_outcome(recorder, trial_id, trial, outcome)
+    assert rounds == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert [finished[n] for n in range(12)] == reference.trials
+    assert recorder.finished_trials(s.method) == reference.trials
+    assert pending_round(s, {n: t for n, t in finished.items() if n != 5}) == [5]
+
+
+def test_evaluate_fails_a_trial_or_a_batch_and_propagates_bugs():
+    trials = ask(study(), {}, [0, 1])
+
+    def diverges(params, trial):
+        if trial.number == 1:
+            raise NeuroplasticError("diverged")
+        return 0.5
+
+    first, second = evaluate(diverges, trials)
+    assert first == TrialOutcome(0.5) and isinstance(second, NeuroplasticError)
+
+    def batch_diverges(batch):
+        raise NeuroplasticError("diverged")
+
+    assert all(isinstance(o, NeuroplasticError) for o in evaluate(Batch(batch_diverges), trials))
+    with pytest.raises(ValueError, match="outcomes"):
+        evaluate(Batch(lambda batch: [0.1]), trials)
+    with pytest.raises(ZeroDivisionError):
+        evaluate(lambda params, trial: 1 / 0, trials)
 
 
 def test_random_search_asks_the_same_whatever_the_round_size():

@@ -5,7 +5,9 @@ the finished tuning trials of the config, which is all a worker needs to reprodu
 anywhere. An :class:`Executor` turns specs into outcomes (one per seed); the driver (the runner)
 records every run in the store. Workers never open the store: the trials they need travel in the
 spec, and :class:`ShippedTrials` lets ``context.tune`` find them finished (tuning belongs in the
-driver, through ``Experiment.tune``).
+driver, through ``Experiment.tune``). A :class:`TuneSpec` is one round of one tuning study: the
+worker evaluates the trials the driver asked, with the objective ``Experiment.objective``
+rebuilds, and the driver records the outcomes (``runner.tune_through``).
 
 Three executors, all behind the same ``map``:
 
@@ -44,7 +46,7 @@ import torch
 
 from neuroplastic.errors import ConfigError, NeuroplasticError
 from neuroplastic.experiments.base import RunContext, RunResult
-from neuroplastic.tuning import Trial
+from neuroplastic.tuning import Trial, evaluate
 
 EXECUTORS = ("inprocess", "pool", "ray")
 DEFAULT_RETRIES = 2
@@ -74,6 +76,18 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class TuneSpec:
+    """One round of one tuning study as work: the trials the driver asked (``(number, params,
+    seed)``), to be evaluated by the objective ``Experiment.objective(config, study, context)``
+    rebuilds in the worker. The driver asks the rounds and records the outcomes."""
+
+    experiment: str
+    config: dict[str, Any]
+    study: str
+    trials: tuple[tuple[int, dict[str, Any], int], ...]
+
+
+@dataclass(frozen=True)
 class WorkerEnv:
     """Where a worker runs a spec: the driver's device, data directory and checkpoint folder
     (paths as strings; on a cluster they must mean the same on every node, see
@@ -92,13 +106,20 @@ Outcome = RunResult | NeuroplasticError
 """A run's result, or the NeuroplasticError (e.g. divergence) that ended it."""
 
 
-def execute(spec: RunSpec, context: RunContext) -> list[Outcome]:
-    """Run a spec: look the experiment up, rebuild its config, one outcome per seed."""
+def execute(spec: RunSpec | TuneSpec, context: RunContext) -> list[Any]:
+    """Run a spec: look the experiment up, rebuild its config, one outcome per seed (a
+    :class:`TuneSpec`: one TrialOutcome or NeuroplasticError per trial)."""
     from neuroplastic.config import config_from_dict
     from neuroplastic.experiments import get_experiment
 
     experiment = get_experiment(spec.experiment)
     config = config_from_dict(experiment.config_cls, spec.config)
+    if isinstance(spec, TuneSpec):
+        if experiment.objective is None:
+            raise NeuroplasticError(f"{spec.experiment} declares no Experiment.objective")
+        objective = experiment.objective(config, spec.study, context)
+        trials = [Trial(n, dict(p), seed, "running") for n, p, seed in spec.trials]
+        return evaluate(objective, trials)
     if experiment.run_batch is not None:
         try:
             return list(experiment.run_batch(config, spec.seeds, context))
@@ -171,12 +192,14 @@ config that land in the same process share ``context.cache`` as in-process seeds
 _MAX_CONTEXTS = 4
 
 
-def worker_context(spec: RunSpec, env: WorkerEnv) -> RunContext:
+def worker_context(spec: RunSpec | TuneSpec, env: WorkerEnv) -> RunContext:
     """This process's context for a spec: its datasets are shared by every context of the same
     device and data directory; trials come from the spec, never from a store."""
     from neuroplastic.store import config_hash
 
-    key = (env, spec.experiment, config_hash(spec.config), config_hash({"t": spec.trials}))
+    tuning = isinstance(spec, TuneSpec)  # rounds of one config share a context (and its cache)
+    trials = () if tuning else spec.trials
+    key = (env, spec.experiment, config_hash(spec.config), config_hash({"t": trials}), tuning)
     if key in _CONTEXTS:
         _CONTEXTS.move_to_end(key)
         return _CONTEXTS[key]
@@ -185,7 +208,7 @@ def worker_context(spec: RunSpec, env: WorkerEnv) -> RunContext:
         device=torch.device(env.device),
         data_dir=Path(env.data_dir) if env.data_dir is not None else None,
         checkpoint_dir=Path(env.checkpoint_dir) if env.checkpoint_dir is not None else None,
-        recorder_for=shipped_recorder_for(spec.trials),
+        recorder_for=shipped_recorder_for(trials),
         _datasets=datasets,
     )
     _CONTEXTS[key] = context
@@ -194,7 +217,7 @@ def worker_context(spec: RunSpec, env: WorkerEnv) -> RunContext:
     return context
 
 
-def run_in_worker(spec: RunSpec, env: WorkerEnv) -> list[Outcome]:
+def run_in_worker(spec: RunSpec | TuneSpec, env: WorkerEnv) -> list[Any]:
     """A spec's outcomes, computed in a worker process (pool or Ray)."""
     return execute(spec, worker_context(spec, env))
 
@@ -268,12 +291,17 @@ def env_of(context: RunContext) -> WorkerEnv:
     )
 
 
-def _lost_outcomes(spec: RunSpec, attempts: int, reason: str) -> list[Outcome]:
+def _lost_outcomes(spec: RunSpec | TuneSpec, attempts: int, reason: str) -> list[Outcome]:
+    if isinstance(spec, TuneSpec):
+        units = [number for number, _, _ in spec.trials]
+        what = f"trials {units} of study {spec.study!r}"
+    else:
+        units, what = list(spec.seeds), f"seeds {list(spec.seeds)}"
     error = WorkerLost(
-        f"the worker running seeds {list(spec.seeds)} died {attempts} times (last: {reason})",
+        f"the worker running {what} died {attempts} times (last: {reason})",
         "rerun with --resume; if a worker runs out of memory, use fewer --workers",
     )
-    return [error] * len(spec.seeds)
+    return [error] * len(units)
 
 
 class PoolExecutor:

@@ -6,7 +6,10 @@ reproduce the runs anywhere. Specs go through an executor (``neuroplastic.execut
 process (the default; specs share loaded datasets), a local process pool, or Ray.
 
 Recording is the driver's job, never the worker's: tuning (``Experiment.tune``) runs here, before
-any seed, recording its trials; a run is written as ``running`` when its spec is handed out and
+any seed, recording its trials (with an executor of several workers and an
+``Experiment.objective``, :func:`tune_through` first hands the studies' rounds to the workers as
+one :class:`~neuroplastic.executors.TuneSpec` each, the driver asking and recording each
+trial); a run is written as ``running`` when its spec is handed out and
 turned ``finished`` in one transaction with its metrics when the outcome comes back, so Ctrl-C, a
 killed worker or ``kill -9`` of the driver can cost the runs in flight but never a finished seed,
 and ``--resume`` skips what is finished.
@@ -32,6 +35,7 @@ from neuroplastic.executors import (
     InProcessExecutor,
     Outcome,
     RunSpec,
+    TuneSpec,
     WorkerLost,
     execute,
 )
@@ -43,7 +47,7 @@ from neuroplastic.experiments.base import (
 )
 from neuroplastic.store import RunRecord, Store, config_hash
 from neuroplastic.tasks.datasets import DATASETS
-from neuroplastic.tuning import Trial
+from neuroplastic.tuning import Trial, ask, pending_round, record_outcome
 
 __all__ = [
     "Executor",
@@ -173,6 +177,71 @@ def shipped_trials(store: Store, experiment: str, digests: Sequence[str]) -> tup
     )
 
 
+def tune_through(
+    executor: Executor,
+    experiment: Experiment,
+    config: Any,
+    context: RunContext,
+    recorder: StoreRecorder,
+) -> None:
+    """Every study of ``config`` through ``executor``, the studies in parallel and each study's
+    rounds in order: a wave holds the next unfinished round of every study. The driver asks each
+    round (its hyper-parameters depend on earlier rounds only), records its trials ``running``
+    as the round is handed out, and finished or failed when its outcomes come back; a round
+    whose worker died is marked interrupted and handed out again (new trial rows); exhausted
+    retries or any exception mark the trials in flight interrupted and stop the command."""
+    config_dict = config_to_dict(config)
+    studies = {study.method: study for study in experiment.studies(config)}
+    finished = {name: {t.number: t for t in recorder.finished_trials(name)} for name in studies}
+    started: dict[int, list[tuple[int, Trial]]] = {}  # id(spec) -> (trial id, trial)
+
+    def on_start(spec: Any) -> None:
+        started[id(spec)] = [
+            (recorder.start_trial(spec.study, n, params, seed), Trial(n, params, seed, "running"))
+            for n, params, seed in spec.trials
+        ]
+
+    def on_lost(spec: Any, reason: str) -> None:
+        for trial_id, _ in started.pop(id(spec), []):
+            recorder.mark_trial(trial_id, "interrupted", f"worker lost: {reason}")
+
+    waves = 0
+    try:
+        while True:
+            specs = []
+            for name, study in studies.items():
+                numbers = pending_round(study, finished[name])
+                if numbers:
+                    asked = ask(study, finished[name], numbers)
+                    trials = tuple((t.number, t.params, t.seed) for t in asked)
+                    specs.append(TuneSpec(experiment.name, config_dict, name, trials))
+            if not specs:
+                return
+            if waves == 0:
+                context.progress.start(
+                    len(specs), f"{experiment.name} tuning ({executor.parallelism} workers)"
+                )
+            waves += 1
+            with closing(iter(executor.map(specs, context, on_start, on_lost))) as results_of:
+                for spec, outcomes in results_of:
+                    lost = next((o for o in outcomes if isinstance(o, WorkerLost)), None)
+                    if lost is not None:
+                        started.pop(id(spec), None)
+                        raise lost
+                    for (trial_id, running), outcome in zip(
+                        started.pop(id(spec)), outcomes, strict=True
+                    ):
+                        trial = record_outcome(recorder, trial_id, running, outcome)
+                        finished[spec.study][trial.number] = trial
+                    if waves == 1:
+                        context.progress.advance()
+    except BaseException as error:
+        for trials in started.values():
+            for trial_id, _ in trials:
+                recorder.mark_trial(trial_id, "interrupted", f"{type(error).__name__}: {error}")
+        raise
+
+
 def run_experiment(
     experiment: Experiment,
     config: Any,
@@ -250,6 +319,8 @@ def run_experiment(
 
     try:
         if todo and experiment.tune is not None:
+            if experiment.objective is not None and executor.parallelism > 1:
+                tune_through(executor, experiment, config, context, recorder_for(config))
             experiment.tune(config, context)  # in the driver: trials recorded before any seed
         trials = () if in_process else shipped_trials(store, experiment.name, tuned_digests)
         if not todo:

@@ -333,6 +333,61 @@ outcome is a score, a :class:`TrialOutcome`, or a NeuroplasticError for a trial 
 (diverged) while the others went on."""
 
 
+@dataclass(frozen=True)
+class Batch:
+    """A :data:`BatchObjective`, marked as such (what ``Experiment.objective`` returns for a
+    study whose rounds train as one replica batch)."""
+
+    objective: BatchObjective
+
+
+def pending_round(study: Study, finished: Mapping[int, Trial]) -> list[int]:
+    """The numbers of the first round with trials not in ``finished`` (empty: the study is
+    done). Its hyper-parameters depend only on the rounds before it, which are all finished."""
+    for round_start in range(0, study.trials, study.round_size):
+        numbers = range(round_start, min(round_start + study.round_size, study.trials))
+        pending = [number for number in numbers if number not in finished]
+        if pending:
+            return pending
+    return []
+
+
+def ask(study: Study, finished: Mapping[int, Trial], numbers: Sequence[int]) -> list[Trial]:
+    """The trials ``numbers`` of one round, asked (``running``, not recorded)."""
+    earlier = [finished[n] for n in sorted(finished) if n < min(numbers)]
+    asked = []
+    for number in numbers:
+        params = suggest(study, earlier, number)
+        asked.append(Trial(number, params, trial_seed(study, number, params), "running"))
+    return asked
+
+
+def evaluate(objective: Objective | Batch, trials: Sequence[Trial]) -> list[Any]:
+    """The outcomes of a round's ``trials`` (a TrialOutcome, or the NeuroplasticError that failed
+    the trial), wherever it runs: a :class:`Batch` in one call, a plain objective in order.
+    Any other exception propagates."""
+    if isinstance(objective, Batch):
+        try:
+            outcomes = list(objective.objective([(t.params, t) for t in trials]))
+        except NeuroplasticError as error:
+            return [error] * len(trials)
+        if len(outcomes) != len(trials):
+            raise ValueError(
+                f"batch_objective returned {len(outcomes)} outcomes for {len(trials)} trials"
+            )
+    else:
+        outcomes = []
+        for trial in trials:
+            try:
+                outcomes.append(objective(trial.params, trial))
+            except NeuroplasticError as error:
+                outcomes.append(error)
+    return [
+        o if isinstance(o, NeuroplasticError | TrialOutcome) else TrialOutcome(float(o))
+        for o in outcomes
+    ]
+
+
 def tune(
     study: Study,
     objective: Objective | None = None,
@@ -383,7 +438,7 @@ def tune(
             asked = [start(number) for number in pending]
             outcomes = _run_batch(batch_objective, asked, recorder)
             for (trial_id, running), outcome in zip(asked, outcomes, strict=True):
-                finish(_record(recorder, trial_id, running, outcome))
+                finish(record_outcome(recorder, trial_id, running, outcome))
             continue
         for number in pending:  # each trial recorded before the next one starts
             trial_id, running = start(number)
@@ -394,12 +449,12 @@ def tune(
             except BaseException as error:
                 recorder.mark_trial(trial_id, "interrupted", f"{type(error).__name__}: {error}")
                 raise
-            finish(_record(recorder, trial_id, running, outcome))
+            finish(record_outcome(recorder, trial_id, running, outcome))
     trials = [history[n] for n in range(study.trials)]
     return TuningResult(study, trials, best_trial(study, trials), on_edge(study, trials))
 
 
-def _record(recorder: TrialRecorder, trial_id: int, running: Trial, outcome: Any) -> Trial:
+def record_outcome(recorder: TrialRecorder, trial_id: int, running: Trial, outcome: Any) -> Trial:
     """Record ``outcome`` (a score, a TrialOutcome, or a NeuroplasticError: failed) as the
     trial's; the finished trial."""
     if isinstance(outcome, NeuroplasticError):

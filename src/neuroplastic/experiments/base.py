@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from neuroplastic.store import RunRecord
     from neuroplastic.tasks.datasets import Dataset
     from neuroplastic.tuning import (
+        Batch,
         BatchObjective,
         Objective,
         Study,
@@ -179,6 +180,13 @@ class Experiment:
     ``context.tune`` (what ``run`` would otherwise do on its first seed). The runner calls it
     once, in the driver, before any seed starts, so the trials are recorded by the driver and
     the seeds, wherever they run, only read the finished studies."""
+    objective: Callable[[Any, str, RunContext], Objective | Batch] | None = None
+    """Optional, with ``studies`` and ``tune``: ``objective(config, study name, context)``
+    rebuilds the objective of one of ``studies(config)`` (a :class:`~neuroplastic.tuning.Batch`
+    for a batch objective) in any process, loading data through ``context``; it must be the
+    objective ``tune`` gives ``context.tune`` for that study. With it, an executor of more than
+    one worker runs the studies' rounds in parallel (the driver asks and records every trial),
+    and ``tune`` then finds them finished."""
 
 
 def panel_per_metric(key: str) -> tuple[str, str]:

@@ -277,6 +277,14 @@ def data_and_split(config: Config, context: RunContext):
     return data, split
 
 
+def objective(config: Config, name: str, context: RunContext) -> Objective:
+    """The objective of rule ``name``'s study (``Experiment.objective``: rebuilt anywhere)."""
+    if name not in config.rules:
+        raise KeyError(f"{NAME} has no study {name!r}")
+    data, split = data_and_split(config, context)
+    return validation_error(config, name, data, split)
+
+
 def tune(config: Config, context: RunContext) -> None:
     """Every rule's learning-rate study (the runner calls this in the driver before the seeds)."""
     data, split = data_and_split(config, context)
@@ -376,4 +384,5 @@ EXPERIMENT = Experiment(
     tables=tables,
     studies=studies,
     tune=tune,
+    objective=objective,
 )

@@ -364,6 +364,14 @@ def tuned_baseline_lr(config: Config, baseline: str, context: RunContext) -> flo
     return context.tune(config, study, validation_error(config, baseline, context)).params["lr"]
 
 
+def objective(config: Config, name: str, context: RunContext) -> Objective:
+    """The objective of baseline ``name``'s study (``Experiment.objective``: rebuilt
+    anywhere)."""
+    if name not in config.baselines:
+        raise KeyError(f"{NAME} has no study {name!r}")
+    return validation_error(config, name, context)
+
+
 def tune(config: Config, context: RunContext) -> None:
     """Every baseline's learning-rate study (the runner calls this in the driver before the
     seeds)."""
@@ -497,4 +505,5 @@ EXPERIMENT = Experiment(
     run_batch=run_batch,
     studies=studies,
     tune=tune,
+    objective=objective,
 )

@@ -63,6 +63,7 @@ from neuroplastic.stats import mean_ci
 from neuroplastic.store import RunRecord
 from neuroplastic.tasks.datasets import Dataset
 from neuroplastic.tuning import (
+    Batch,
     BatchObjective,
     Dimension,
     LogUniform,
@@ -390,6 +391,15 @@ def tuned(
     return context.tune(config, study, batch_objective=objective)
 
 
+def objective(config: Config, name: str, context: RunContext) -> Batch:
+    """The batch objective of the study ``name`` (``Experiment.objective``: rebuilt anywhere)."""
+    for cost, size, method in cells(config):
+        if label(method, size, cost) == name:
+            splits = make_splits(config, context)
+            return Batch(validation_accuracy(config, method, size, cost, splits))
+    raise KeyError(f"{NAME} has no study {name!r}")
+
+
 def tune(config: Config, context: RunContext) -> None:
     """Every study of the config (the runner calls this in the driver before the seeds)."""
     splits = make_splits(config, context)
@@ -527,4 +537,5 @@ EXPERIMENT = Experiment(
     tables=tables,
     studies=studies,
     tune=tune,
+    objective=objective,
 )

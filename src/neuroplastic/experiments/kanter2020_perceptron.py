@@ -86,6 +86,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -118,6 +119,7 @@ from neuroplastic.stats import Summary, mean_ci
 from neuroplastic.store import RunRecord
 from neuroplastic.threads import one_cpu_thread
 from neuroplastic.tuning import (
+    Batch,
     BatchObjective,
     Dimension,
     LogUniform,
@@ -614,6 +616,16 @@ def tuned_steps(
     }
 
 
+def objective(config: Config, name: str, context: RunContext) -> Batch:
+    """The batch objective of the study ``name`` (``Experiment.objective``: rebuilt anywhere)."""
+    for scenario in SCENARIOS:
+        for method in METHODS:
+            if step_study(config, method, scenario).method == name:
+                tasks = partial(tuning_batch, config, scenario, context.device)  # once a round
+                return Batch(validation_error(config, method, scenario, tasks))
+    raise KeyError(f"{NAME} has no study {name!r}")
+
+
 def tune(config: Config, context: RunContext) -> None:
     """Every study of the config (the runner calls this in the driver before the seeds)."""
     steps = len(SCENARIOS) * len(METHODS) * config.n_examples
@@ -748,4 +760,5 @@ EXPERIMENT = Experiment(
     run_batch=run_batch,
     studies=studies,
     tune=tune,
+    objective=objective,
 )

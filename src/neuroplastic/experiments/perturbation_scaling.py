@@ -427,6 +427,22 @@ def studies(config: Config) -> list[Study]:
     ]
 
 
+def objective(config: Config, name: str, context: RunContext) -> Objective:
+    """The objective of the study ``name`` (``Experiment.objective``: rebuilt anywhere), on one
+    CPU thread as in :func:`tune`."""
+    for width in config.train_widths:
+        for method in METHODS:
+            if study_name(method, width) == name:
+                inner = validation_loss(config, method, width, make_splits(config, context))
+
+                def one_thread(params: dict, trial: Trial, inner: Objective = inner) -> float:
+                    with one_cpu_thread(context.device):
+                        return inner(params, trial)
+
+                return one_thread
+    raise KeyError(f"{NAME} has no study {name!r}")
+
+
 def tune(config: Config, context: RunContext) -> None:
     """Every learning-rate study of the config (the runner calls this before the seeds)."""
     with one_cpu_thread(context.device):
@@ -604,4 +620,5 @@ EXPERIMENT = Experiment(
     tables=tables,
     studies=studies,
     tune=tune,
+    objective=objective,
 )
