@@ -150,12 +150,20 @@ class RunOutcome:
     """The config that ran (after ``--quick``)."""
 
 
-def chunks(seeds: Sequence[int], parts: int) -> list[tuple[int, ...]]:
-    """``seeds`` in at most ``parts`` contiguous chunks of near-equal size, in order."""
-    parts = max(1, min(parts, len(seeds)))
-    size, extra = divmod(len(seeds), parts)
-    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
-    return [tuple(seeds[bounds[i] : bounds[i + 1]]) for i in range(parts)]
+REPLICA_BATCH = 10
+"""Seeds of an experiment with a ``run_batch`` train together in replica batches of the seeds
+that share ``seed // REPLICA_BATCH``, whatever executor runs them: a batched computation is not
+invariant to its batch in the last bit (and in a chaotic cell that bit can grow into points of
+accuracy), so fixing the batches by seed, not by the number of workers, keeps a seed's metrics the
+same in process, in a pool and on Ray."""
+
+
+def replica_batches(seeds: Sequence[int]) -> list[tuple[int, ...]]:
+    """``seeds`` grouped by ``seed // REPLICA_BATCH``, in order of first appearance."""
+    batches: dict[int, list[int]] = {}
+    for seed in seeds:
+        batches.setdefault(seed // REPLICA_BATCH, []).append(seed)
+    return [tuple(batch) for batch in batches.values()]
 
 
 def shipped_trials(store: Store, experiment: str, digests: Sequence[str]) -> tuple[dict, ...]:
@@ -325,9 +333,9 @@ def run_experiment(
         trials = () if in_process else shipped_trials(store, experiment.name, tuned_digests)
         if not todo:
             specs = []
-        elif experiment.run_batch is not None:  # replicas batch within each worker
-            parts = executor.parallelism
-            specs = [RunSpec(experiment.name, config_dict, c, trials) for c in chunks(todo, parts)]
+        elif experiment.run_batch is not None:  # the same replica batches on every executor
+            specs = [RunSpec(experiment.name, config_dict, batch, trials)
+                     for batch in replica_batches(todo)]  # fmt: skip
         else:
             specs = [RunSpec(experiment.name, config_dict, (seed,), trials) for seed in todo]
         if not in_process and specs:
