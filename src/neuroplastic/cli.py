@@ -128,22 +128,37 @@ def summary_table(title: str, rows: list) -> Table:
     return table
 
 
-def hyperparameter_table(records: list) -> Table | None:
+def hyperparameter_table(records: list, edges: dict[str, dict[str, str]]) -> Table | None:
     """The hyper-parameters the seeds trained with, one row per study (tuned on validation
-    data, the same for every seed of a config); None when nothing was tuned."""
+    data, the same for every seed of a config), with the values that sit on the edge of their
+    range (``edges``: study -> {name: side}); None when nothing was tuned."""
     if not records or not records[0].hyperparameters:
         return None
     table = Table(title="chosen hyper-parameters (tuned on validation data)")
     table.add_column("study")
     table.add_column("values")
+    table.add_column("on the edge of its range")
     for study, values in records[0].hyperparameters.items():
         shown = values
         if isinstance(values, dict):
             shown = ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
             )
-        table.add_row(study, str(shown))
+        flagged = ", ".join(f"{k}: {side}" for k, side in edges.get(study, {}).items())
+        table.add_row(study, str(shown), Text(flagged, style="yellow") if flagged else "")
     return table
+
+
+def edge_flags(experiment, records: list, results) -> dict[str, dict[str, str]]:
+    """Study -> {hyper-parameter: "low" | "high"} for the best values of the runs' config that
+    sit on the edge of their declared range (from the store's trials)."""
+    from neuroplastic.report import study_summaries
+
+    if not records or experiment.studies is None:
+        return {}
+    trials = [t for t in results.trials(experiment.name) if t.config_hash == records[0].config_hash]
+    summaries = study_summaries(experiment, records[0].config, trials)
+    return {summary.name: summary.edges() for summary in summaries if summary.edges()}
 
 
 def verdict_sentence(experiment, records: list, store_path: Path) -> str:
@@ -275,9 +290,20 @@ def run(
         console.print(f"resumed: seeds {outcome.skipped_seeds} were already finished")
     if rows:
         console.print(summary_table(f"{name} ({label}): results over seeds", rows))
-        chosen = hyperparameter_table(outcome.records)
+        with Store(store_path) as results:
+            edges = edge_flags(experiment, outcome.records, results)
+        chosen = hyperparameter_table(outcome.records, edges)
         if chosen is not None:
             console.print(chosen)
+        if edges:
+            errors.print(
+                Text(
+                    f"{len(edges)} stud{'y' if len(edges) == 1 else 'ies'} chose a value on the "
+                    "edge of its range: the range was too narrow there, and a comparison resting "
+                    "on it is not settled",
+                    style="yellow",
+                )
+            )
         ids = ", ".join(str(record.id) for record in outcome.records)
         console.print(f"recorded runs {ids} in {store_path}")
     for seed, message in outcome.failures:
