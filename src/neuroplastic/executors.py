@@ -188,7 +188,8 @@ _DATASETS: dict[tuple[str, str | None], dict] = {}
 """Per worker process: datasets by (device, data dir), loaded and verified once per process."""
 _CONTEXTS: OrderedDict[tuple, RunContext] = OrderedDict()
 """Per worker process: one context per (env, experiment, config, trials), so the specs of one
-config that land in the same process share ``context.cache`` as in-process seeds do."""
+config that land in the same process share the context's tuned studies and datasets, as
+in-process seeds do."""
 _MAX_CONTEXTS = 4
 
 
@@ -197,7 +198,7 @@ def worker_context(spec: RunSpec | TuneSpec, env: WorkerEnv) -> RunContext:
     device and data directory; trials come from the spec, never from a store."""
     from neuroplastic.store import config_hash
 
-    tuning = isinstance(spec, TuneSpec)  # rounds of one config share a context (and its cache)
+    tuning = isinstance(spec, TuneSpec)  # rounds of one config share a context
     trials = () if tuning else spec.trials
     key = (env, spec.experiment, config_hash(spec.config), config_hash({"t": trials}), tuning)
     if key in _CONTEXTS:

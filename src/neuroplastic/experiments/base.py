@@ -58,9 +58,6 @@ class RunContext:
     device: torch.device
     data_dir: Path | None = None
     progress: Progress = field(default_factory=SilentProgress)
-    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
-    """Results an experiment may reuse across the seeds of one invocation (e.g. a tuning search
-    that depends only on the config): deterministic work, so a fresh process recomputes it."""
     checkpoint_dir: Path | None = None
     """Where a long run may save its progress to resume after an interruption (beside the
     store); None: no checkpoints."""
