@@ -18,7 +18,8 @@ def test_readme_table_is_generated_from_the_committed_store(tmp_path):
     shutil.copyfile(ROOT / "results" / "neuroplastic.db", copy)  # never touch the committed file
     with Store(copy) as store:
         records = {name: store.runs(name) for name in EXPERIMENTS}
-    table = overview_markdown(list(EXPERIMENTS.values()), records)
+        trials = {name: store.trials(name) for name in EXPERIMENTS}
+    table = overview_markdown(list(EXPERIMENTS.values()), records, trials)
     readme = (ROOT / "README.md").read_text()
     assert replace_readme_table(readme, table) == readme, (
         "README.md is out of date: run "

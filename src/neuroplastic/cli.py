@@ -164,7 +164,11 @@ def edge_flags(experiment, records: list, results) -> dict[str, dict[str, str]]:
 def verdict_sentence(experiment, records: list, store_path: Path) -> str:
     """The claim's status in one plain sentence, from every run of the experiment in the store,
     and what the verdict reads."""
-    verdict = experiment.verdict(records)
+    from neuroplastic.report import verdict_with_edges
+    from neuroplastic.store import Store
+
+    with Store(store_path) as results:
+        verdict = verdict_with_edges(experiment, records, results.trials(experiment.name))
     sentences = {
         "holds": "the claim holds",
         "does not hold": "the claim does not hold",
@@ -364,7 +368,8 @@ def report(
             console.print(f"wrote {path}")
             return
         records = {n: results.runs(n) for n in EXPERIMENTS}
-    table = overview_markdown(list(EXPERIMENTS.values()), records)
+        trials = {n: results.trials(n) for n in EXPERIMENTS}
+    table = overview_markdown(list(EXPERIMENTS.values()), records, trials)
     if readme is not None:
         try:
             readme.write_text(replace_readme_table(readme.read_text(), table))

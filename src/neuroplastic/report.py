@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from neuroplastic.config import config_from_dict, config_to_dict  # noqa: E402
-from neuroplastic.experiments.base import Experiment  # noqa: E402
+from neuroplastic.experiments.base import Experiment, Verdict, default_runs  # noqa: E402
 from neuroplastic.stats import SummaryRow, mean_ci, split_key, summarise  # noqa: E402
 from neuroplastic.store import RunRecord, TrialRecord  # noqa: E402
 from neuroplastic.tuning import (  # noqa: E402
@@ -293,6 +293,29 @@ def plot_trials(summaries: Sequence[StudySummary], title: str, path: Path) -> Pa
     return path
 
 
+def verdict_with_edges(
+    experiment: Experiment, records: Sequence[RunRecord], trials: Sequence[TrialRecord] = ()
+) -> Verdict:
+    """``experiment.verdict(records)``, its headline extended when the tuning of the runs it
+    reads (the default config's) chose values on the edge of their range: the range was too
+    narrow there, so the verdict says so."""
+    verdict = experiment.verdict(records)
+    runs = default_runs(records, experiment.config_cls)
+    if not runs or not trials:
+        return verdict
+    digest = runs[0].config_hash
+    summaries = study_summaries(
+        experiment, runs[0].config, [t for t in trials if t.config_hash == digest]
+    )
+    edges = [f"{s.name} ({', '.join(f'{k} {side}' for k, side in s.edges().items())})"
+             for s in summaries if s.edges()]  # fmt: skip
+    if not edges:
+        return verdict
+    shown = "; ".join(edges[:3]) + (f"; {len(edges) - 3} more" if len(edges) > 3 else "")
+    note = f" [tuned value on the edge of its range in {len(edges)} studies: {shown}]"
+    return Verdict(verdict.status, verdict.headline + note)
+
+
 TUNING_HEADER = ["study", "trials", "chosen", "validation score", "on the edge of its range"]
 
 
@@ -308,7 +331,7 @@ def experiment_report(
     if fmt not in ("md", "html"):
         raise ValueError(f"format must be md or html, got {fmt!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    verdict = experiment.verdict(records)
+    verdict = verdict_with_edges(experiment, records, trials)
     extra_tables = experiment.tables(records) if experiment.tables is not None else []
     header = ["method", "metric", "mean ± 95 % CI", "n"]
     sections: list[tuple[str, list[list[str]], Path | None, list[int], str]] = []
@@ -390,12 +413,19 @@ def experiment_report(
 
 
 def overview_markdown(
-    experiments: Sequence[Experiment], records_by_name: dict[str, Sequence[RunRecord]]
+    experiments: Sequence[Experiment],
+    records_by_name: dict[str, Sequence[RunRecord]],
+    trials_by_name: dict[str, Sequence[TrialRecord]] | None = None,
 ) -> str:
-    """The README's experiments table: one row per experiment with its verdict and command."""
+    """The README's experiments table: one row per experiment with its verdict and command
+    (saying so where the verdict rests on tuned values on the edge of their range)."""
     rows = []
     for experiment in experiments:
-        verdict = experiment.verdict(records_by_name.get(experiment.name, []))
+        verdict = verdict_with_edges(
+            experiment,
+            records_by_name.get(experiment.name, []),
+            (trials_by_name or {}).get(experiment.name, []),
+        )
         rows.append(
             [
                 f"`{experiment.name}`",
