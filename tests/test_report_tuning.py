@@ -53,8 +53,7 @@ def test_the_report_lists_what_was_tried_and_flags_edges(tmp_path, monkeypatch):
     # what `neuroplastic run` prints after the results: the chosen values and their edges
     from neuroplastic.cli import edge_flags, hyperparameter_table
 
-    with Store(tmp_path / "runs.db") as store:
-        edges = edge_flags(ps.EXPERIMENT, records, store)
+    edges = edge_flags(ps.EXPERIMENT, records, trials)
     assert edges == {s.name: s.edges() for s in summaries if s.edges()}
     table = hyperparameter_table(records, edges)
     assert table.row_count == len(ps.METHODS)

@@ -149,26 +149,26 @@ def hyperparameter_table(records: list, edges: dict[str, dict[str, str]]) -> Tab
     return table
 
 
-def edge_flags(experiment, records: list, results) -> dict[str, dict[str, str]]:
+def edge_flags(experiment, records: list, trials: list) -> dict[str, dict[str, str]]:
     """Study -> {hyper-parameter: "low" | "high"} for the best values of the runs' config that
-    sit on the edge of their declared range (from the store's trials)."""
+    sit on the edge of their declared range (from the experiment's tuning ``trials``)."""
     from neuroplastic.report import study_summaries
 
     if not records or experiment.studies is None:
         return {}
-    trials = [t for t in results.trials(experiment.name) if t.config_hash == records[0].config_hash]
-    summaries = study_summaries(experiment, records[0].config, trials)
+    digest = records[0].config_hash
+    summaries = study_summaries(
+        experiment, records[0].config, [t for t in trials if t.config_hash == digest]
+    )
     return {summary.name: summary.edges() for summary in summaries if summary.edges()}
 
 
-def verdict_sentence(experiment, records: list, store_path: Path) -> str:
-    """The claim's status in one plain sentence, from every run of the experiment in the store,
-    and what the verdict reads."""
+def verdict_sentence(experiment, records: list, trials: list, store_path: Path) -> str:
+    """The claim's status in one plain sentence, from every run and tuning trial of the
+    experiment in the store, and what the verdict reads."""
     from neuroplastic.report import verdict_with_edges
-    from neuroplastic.store import Store
 
-    with Store(store_path) as results:
-        verdict = verdict_with_edges(experiment, records, results.trials(experiment.name))
+    verdict = verdict_with_edges(experiment, records, trials)
     sentences = {
         "holds": "the claim holds",
         "does not hold": "the claim does not hold",
@@ -292,10 +292,11 @@ def run(
     rows = summarise([record.metrics for record in outcome.records])
     if outcome.skipped_seeds:
         console.print(f"resumed: seeds {outcome.skipped_seeds} were already finished")
+    with Store(store_path) as results:  # one read for the edges and the verdict
+        all_runs, trials = results.runs(name), results.trials(name)
     if rows:
         console.print(summary_table(f"{name} ({label}): results over seeds", rows))
-        with Store(store_path) as results:
-            edges = edge_flags(experiment, outcome.records, results)
+        edges = edge_flags(experiment, outcome.records, trials)
         chosen = hyperparameter_table(outcome.records, edges)
         if chosen is not None:
             console.print(chosen)
@@ -312,8 +313,7 @@ def run(
         console.print(f"recorded runs {ids} in {store_path}")
     for seed, message in outcome.failures:
         errors.print(Text.assemble((f"seed {seed} failed: ", "red"), message))
-    with Store(store_path) as results:
-        console.print(verdict_sentence(experiment, results.runs(name), store_path), markup=False)
+    console.print(verdict_sentence(experiment, all_runs, trials, store_path), markup=False)
 
     if json_path is not None:
         write_json(

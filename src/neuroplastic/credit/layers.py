@@ -29,7 +29,7 @@ covered layer costs what it costs under backprop: one product forward, two backw
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -244,8 +244,3 @@ def feedback_error(call: LayerCall, x: Tensor, g: Tensor, feedback: Tensor) -> T
         call.module, x, g, call.weight, feedback, (True, False, False)
     )
     return grad_input
-
-
-def parameters_of(layers: Iterable[nn.Module]) -> list[nn.Parameter]:
-    """The weights and biases of the covered layers, layer by layer."""
-    return [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
