@@ -39,10 +39,15 @@ def test_run_quick_then_report_then_show(tmp_path, capsys):
         (1, "finished", True, "mnist-mini"),
     ]
     payload = json.loads(summary.read_text())
+    test_error = ("backprop", "test_error")  # metrics are records: {"method", "metric", "value"}
     row = next(r for r in payload["summary"] if r["metric"] == "test_error")
     assert row["method"] == "backprop" and row["n"] == 2
     assert row["mean"] == pytest.approx(
-        sum(r["metrics"]["backprop/test_error"] for r in payload["records"]) / 2
+        sum(
+            next(m["value"] for m in r["metrics"] if (m["method"], m["metric"]) == test_error)
+            for r in payload["records"]
+        )
+        / 2
     )
 
     code, out, err = cli(capsys, "report", "mnist-backprop", "--store", str(store),

@@ -8,6 +8,7 @@ import torch
 from neuroplastic.config import config_to_dict
 from neuroplastic.experiments import credit_mnist as experiment
 from neuroplastic.experiments.base import RunContext
+from neuroplastic.results import Key
 from neuroplastic.runner import run_experiment
 from neuroplastic.seeding import derive_seed
 from neuroplastic.store import RunRecord, Store, config_hash
@@ -33,14 +34,15 @@ def result():
 def test_every_rule_reports_errors_angles_and_its_tuned_rate(result):
     outcome, _ = result
     for rule in TINY.rules:
-        assert 0 <= outcome.metrics[f"{rule}/test_error"] <= 1
-        assert TINY.lr_low <= outcome.metrics[f"{rule}/tuned_lr"] <= TINY.lr_high
-        assert outcome.curves[f"{rule}/test_error"]["x"] == [1, 2]
-        assert outcome.hyperparameters[rule] == {"lr": outcome.metrics[f"{rule}/tuned_lr"]}
-    assert outcome.metrics["backprop/angle_layer0.weight"] < 1e-3  # backprop against itself
-    assert 0 < outcome.metrics["fa/angle_layer0.weight"] < 180
-    assert "fa/feedback_angle_layer0.feedback" in outcome.metrics
-    assert outcome.metrics["backprop/test_error"] < 0.5  # learns visibly in two epochs
+        assert 0 <= outcome.metrics[Key(rule, "test_error")] <= 1
+        assert TINY.lr_low <= outcome.hyperparameters[rule]["lr"] <= TINY.lr_high
+        assert outcome.curves[Key(rule, "test_error")]["x"] == [1, 2]
+    assert (
+        outcome.metrics[Key("backprop", "angle", layer="layer0.weight")] < 1e-3
+    )  # backprop against itself
+    assert 0 < outcome.metrics[Key("fa", "angle", layer="layer0.weight")] < 180
+    assert Key("fa", "feedback_angle", layer="layer0.feedback") in outcome.metrics
+    assert outcome.metrics[Key("backprop", "test_error")] < 0.5  # learns visibly in two epochs
 
 
 def count_trainings(monkeypatch) -> list:
@@ -61,7 +63,7 @@ def test_tuning_is_shared_by_seeds_of_one_config(result, monkeypatch):
     trained = count_trainings(monkeypatch)
     again = experiment.run(TINY, 1, context)
     assert trained == []  # the studies of the first seed are reused
-    assert again.metrics["fa/tuned_lr"] == result[0].metrics["fa/tuned_lr"]
+    assert again.hyperparameters["fa"] == result[0].hyperparameters["fa"]
     assert again.hyperparameters == result[0].hyperparameters
 
 
@@ -83,10 +85,8 @@ def test_trials_are_recorded_and_a_second_invocation_runs_none(result, tmp_path,
         assert record.metrics == result[0].metrics  # a store or memory: the same numbers
         for rule in TINY.rules:
             chosen = record.hyperparameters[rule]["lr"]
-            assert chosen == record.metrics[f"{rule}/tuned_lr"]
             errors = {t.params["lr"]: t.curves["val_error"]["y"][-1] for t in trials
                       if t.method == rule}  # fmt: skip
-            assert record.metrics[f"{rule}/tuning_val_error"] == errors[chosen]
             assert chosen == min(rates, key=lambda lr: experiment.score([errors[lr]]))
         trained.clear()
         (again,) = run_experiment(experiment.EXPERIMENT, TINY, [1], store, device="cpu").records
@@ -101,7 +101,8 @@ def test_ties_go_to_the_lowest_rate_whatever_the_grid_order(monkeypatch, tuning_
     """As before the one tuner: equal validation errors (or divergence, scored 1.0) pick the
     first rate of the log-spaced list, though the grid visits the rates in a shuffled order."""
     config = dataclasses.replace(TINY, rules=("backprop",), trials=5, tuning_seed=tuning_seed)
-    monkeypatch.setattr(experiment, "train", lambda *args, **kwargs: {"val_error": [0.5, error]})
+    curves = {Key("backprop", "val_error"): [0.5, error]}
+    monkeypatch.setattr(experiment, "train", lambda *args, **kwargs: curves)
     context = RunContext(device=torch.device("cpu"))
     data, split = experiment.data_and_split(config, context)
     lr, tuning_error = experiment.tuned_lr(config, "backprop", data, split, context)
@@ -128,7 +129,7 @@ def fake_record(seed, errors):
         id=seed, experiment=experiment.NAME, config=config, config_hash=config_hash(config),
         seed=seed, quick=False, dataset="mnist", device="cpu", version="0", git_rev=None,
         status="finished", started_at="", ended_at="", curves={}, curve_x_label=None, error=None,
-        metrics={f"{rule}/test_error": e for rule, e in errors.items()},
+        metrics={Key(rule, "test_error"): e for rule, e in errors.items()},
     )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from neuroplastic.experiments import kanter2020_mnist as experiment
 from neuroplastic.experiments.base import RunContext
 from neuroplastic.models.mlp import MLP
 from neuroplastic.models.replica_mlp import ReplicaMLP
+from neuroplastic.results import Key
 from neuroplastic.store import RunRecord
 from neuroplastic.tuning import LogUniform, MemoryRecorder
 
@@ -88,18 +89,14 @@ def test_a_seed_gives_the_same_record_alone_or_in_a_batch(context):
     together = experiment.run_batch(TINY, [0, 1], context)
     alone = experiment.run(TINY, 1, context)
     assert together[1].metrics.keys() == alone.metrics.keys()
-    for key, value in alone.metrics.items():
-        if "/tuned_" in key or key.endswith("/val_accuracy"):
-            assert together[1].metrics[key] == value  # tuning never depends on the seeds
-        else:  # a seed's own training: the same up to float rounding (see above)
-            assert together[1].metrics[key] == pytest.approx(value, abs=2.5e-4), key
+    assert together[1].hyperparameters == alone.hyperparameters  # tuning never uses the seeds
+    for key, value in alone.metrics.items():  # a seed's own training: equal up to rounding
+        assert together[1].metrics[key] == pytest.approx(value, abs=2.5e-4), key
     assert together[0].metrics != alone.metrics
-    assert set(alone.metrics) >= {
-        "sgd n=20 ce/test_accuracy",
-        "sgd n=20 ce/tuned_lr",
-        "accelerated-sign n=20 ce/tuned_decay",
-    }
-    assert alone.curves["sgd n=20 ce/test_accuracy"]["x"] == [10, 20]
+    sgd = Key("sgd", "test_accuracy", size=20, cost="cross_entropy")
+    assert set(alone.metrics) == {sgd, sgd.replace(method="accelerated-sign")}
+    assert alone.curves[sgd]["x"] == [10, 20]
+    assert set(alone.hyperparameters) == {"sgd n=20 ce", "accelerated-sign n=20 ce"}
 
 
 def test_tuning_never_reads_the_test_set(context, monkeypatch):
@@ -107,11 +104,10 @@ def test_tuning_never_reads_the_test_set(context, monkeypatch):
     scrambled = dataclasses.replace(data, test_y=torch.zeros_like(data.test_y))
     other = RunContext(device=torch.device("cpu"))
     monkeypatch.setattr(other, "load_dataset", lambda name: scrambled)
-    honest = experiment.run(TINY, 0, context).metrics
-    blind = experiment.run(TINY, 0, other).metrics
-    for key, value in honest.items():
-        if "/tuned_" in key or key.endswith("/val_accuracy"):
-            assert blind[key] == value, key
+    honest = experiment.run(TINY, 0, context)
+    blind = experiment.run(TINY, 0, other)
+    assert blind.hyperparameters == honest.hyperparameters
+    assert blind.metrics != honest.metrics  # the scrambled test set was read, but only to test
 
 
 def test_every_method_gets_a_study_with_the_same_budget():
@@ -155,17 +151,16 @@ def test_the_tune_hook_runs_every_study_so_seeds_only_read_them(context):
     assert set(result.hyperparameters) == studies
     for study, params in result.hyperparameters.items():
         assert params.keys() == experiment.SEARCH_SPACES[study.split(" ")[0]].keys()
-        for name, value in params.items():
-            assert result.metrics[f"{study}/tuned_{name}"] == value
         best = max(recorder.finished_trials(study), key=lambda t: (t.value, -t.number))
         assert best.params == params
-        assert result.metrics[f"{study}/val_accuracy"] == best.value
 
 
 def test_learning_is_visible_at_300_examples(context):
     config = dataclasses.replace(TINY, sizes=(300,), hidden=30, trials=3)
     metrics = experiment.run(config, 0, context).metrics
-    assert metrics["sgd n=300 ce/test_accuracy"] > 0.5  # chance is 0.1
+    assert (
+        metrics[Key("sgd", "test_accuracy", size=300, cost="cross_entropy")] > 0.5
+    )  # chance is 0.1
 
 
 def test_config_rejects_unknown_methods_and_unbalanced_sizes():
@@ -176,7 +171,7 @@ def test_config_rejects_unknown_methods_and_unbalanced_sizes():
 
 
 def record(seed, accelerated, momentum):
-    key = lambda m: f"{experiment.label(m, 300, 'cross_entropy')}/test_accuracy"  # noqa: E731
+    key = lambda m: Key(m, "test_accuracy", size=300, cost="cross_entropy")  # noqa: E731
     from neuroplastic.config import config_to_dict
     from neuroplastic.store import config_hash
 

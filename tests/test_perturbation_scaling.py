@@ -15,6 +15,7 @@ from neuroplastic.errors import DivergenceError
 from neuroplastic.experiments import perturbation_scaling as ps
 from neuroplastic.experiments.base import RunContext
 from neuroplastic.models.mlp import MLP
+from neuroplastic.results import Key
 from neuroplastic.runner import run_experiment
 from neuroplastic.store import RunRecord, Store, config_hash
 
@@ -56,22 +57,23 @@ def tiny_result(context):
 def test_a_tiny_config_produces_the_metrics_and_curves(tiny_result):
     metrics = tiny_result.metrics
     for method in ps.PERTURBATION_METHODS:
-        for key in ("relative_variance_w4", "relative_variance_w8", "relative_variance_in49_w4"):
-            assert metrics[f"{method}/{key}"] > 0
-        for key in ("synapse_exponent", "neuron_exponent", "slope_synapses", "slope_neurons"):
-            assert math.isfinite(metrics[f"{method}/{key}"])
+        for n_in, width in ((784, 4), (784, 8), (49, 4)):
+            assert metrics[ps.variance_key(method, n_in, width)] > 0
+        for name in ("synapse_exponent", "neuron_exponent", "slope_synapses", "slope_neurons"):
+            assert math.isfinite(metrics[Key(method, name)])
     for method in ps.METHODS:
         assert tiny_result.hyperparameters[ps.study_name(method, 4)]["lr"] in TINY.lrs
-        curve = tiny_result.curves[f"{method}/train_loss_w4"]
+        curve = tiny_result.curves[Key(method, "train_loss", width=4)]
         assert curve["x"][0] == 0 and len(curve["x"]) == TINY.curve_points + 1
         assert all(a < b for a, b in zip(curve["x"], curve["x"][1:], strict=False))
         assert curve["x"][-1] <= TINY.budget
-        assert metrics[f"{method}/train_loss_w4"] == curve["y"][-1]
+        assert metrics[Key(method, "train_loss", width=4)] == curve["y"][-1]
         assert all(math.isfinite(v) for v in curve["y"])
     assert tiny_result.curve_x_label == "forward passes"
     # weight perturbation pays for every synapse, node perturbation for every unit
-    for key in ("relative_variance_w4", "relative_variance_w8"):
-        assert metrics[f"{ps.NODE}/{key}"] < metrics[f"{ps.WEIGHT}/{key}"]
+    for width in (4, 8):
+        node, weight = (ps.variance_key(m, 784, width) for m in (ps.NODE, ps.WEIGHT))
+        assert metrics[node] < metrics[weight]
 
 
 def test_the_same_seed_gives_the_same_record(context, tiny_result):
@@ -133,7 +135,8 @@ def test_runs_through_the_runner_and_the_store(tmp_path, monkeypatch):
     assert record.status == "finished" and record.curve_x_label == "forward passes"
     (table,) = ps.tables([record])
     assert [row[0] for row in table.rows] == ["784-4-10", "784-8-10", "49-4-10"]
-    assert ps.plot_panel(f"{ps.NODE}/train_loss_w4") == ("training loss, 784-4-10", ps.NODE)
+    panel = ps.plot_panel(Key(ps.NODE, "train_loss", width=4))
+    assert panel == ("training loss, 784-4-10", ps.NODE)
     assert ps.EXPERIMENT.verdict([record]).status == "not run"
 
 
@@ -156,11 +159,11 @@ def record(seed: int, exponents: dict[str, tuple[float, float]], losses: dict[st
     config = config_to_dict(ps.Config())
     metrics = {}
     for method, (alpha, beta) in exponents.items():
-        metrics[f"{method}/synapse_exponent"] = alpha + 0.01 * seed
-        metrics[f"{method}/neuron_exponent"] = beta - 0.01 * seed
+        metrics[Key(method, "synapse_exponent")] = alpha + 0.01 * seed
+        metrics[Key(method, "neuron_exponent")] = beta - 0.01 * seed
     for width in ps.Config().train_widths:
         for method, loss in losses.items():
-            metrics[f"{method}/train_loss_w{width}"] = loss + 0.01 * seed
+            metrics[Key(method, "train_loss", width=width)] = loss + 0.01 * seed
     return RunRecord(
         id=seed, experiment=ps.NAME, config=config, config_hash=config_hash(config), seed=seed,
         quick=False, dataset="mnist-mini", device="cpu", version="0", git_rev=None,

@@ -8,6 +8,7 @@ import pytest
 from neuroplastic.errors import DataError, DivergenceError
 from neuroplastic.experiments import EXPERIMENTS, get_experiment
 from neuroplastic.experiments.base import Experiment, RunResult, Verdict
+from neuroplastic.results import Key
 from neuroplastic.runner import run_experiment
 from neuroplastic.store import Store
 
@@ -42,8 +43,8 @@ def test_runs_record_provenance_and_learn(tmp_path, backprop):
     assert record.device == "cpu"
     assert record.config["hidden"] == [16]
     assert record.started_at <= record.ended_at
-    assert record.metrics["backprop/test_error"] < 0.5  # chance is 0.9
-    assert record.curves["backprop/test_error"]["x"] == [1, 2]
+    assert record.metrics[Key("backprop", "test_error")] < 0.5  # chance is 0.9
+    assert record.curves[Key("backprop", "test_error")]["x"] == [1, 2]
 
 
 def test_resume_skips_finished_seeds(tmp_path, backprop):
@@ -97,7 +98,7 @@ def fake_run(config, seed, context):
         raise DivergenceError(f"loss became nan (seed {seed})", hint="lower lr")
     if seed == config.interrupt_on_seed:
         raise KeyboardInterrupt
-    return RunResult(metrics={"fake/value": float(seed)})
+    return RunResult(metrics={Key("fake", "value"): float(seed)})
 
 
 @pytest.fixture
@@ -155,6 +156,6 @@ def test_batched_experiments_get_all_seeds_in_one_call(tmp_path, fake, monkeypat
         outcome = run_experiment(batched, FakeConfig(fail_on_seed=2), [0, 1, 2], store)
         again = run_experiment(batched, FakeConfig(fail_on_seed=2), [0, 1], store, resume=True)
     assert calls == [(0,), (0, 1, 2)]  # the resumed call had nothing left to run
-    assert [r.metrics["fake/value"] for r in outcome.records] == [0.0, 1.0]
+    assert [r.metrics[Key("fake", "value")] for r in outcome.records] == [0.0, 1.0]
     assert [seed for seed, _ in outcome.failures] == [2]
     assert again.skipped_seeds == [0, 1]

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from neuroplastic.stats import mean_ci, split_key, summarise
+from neuroplastic.results import Key
+from neuroplastic.stats import mean_ci, summarise
 
 
 def test_student_t_interval_matches_the_textbook_value():
@@ -28,8 +29,12 @@ def test_degenerate_inputs():
     assert math.isnan(diverged.mean)  # a diverged seed is never averaged away
 
 
-def test_summarise_groups_by_method_and_metric():
-    rows = summarise([{"bp/err": 0.1, "fa/err": 0.2}, {"bp/err": 0.3}])
-    assert [(r.method, r.metric, r.summary.n) for r in rows] == [("bp", "err", 2), ("fa", "err", 1)]
+def test_summarise_groups_by_key():
+    small, large = Key("bp", "err", size=1), Key("bp", "err", size=2)
+    rows = summarise([{small: 0.1, large: 0.2}, {small: 0.3}])
+    assert [(r.key, r.summary.n) for r in rows] == [(small, 2), (large, 1)]
     assert rows[0].summary.mean == pytest.approx(0.2)
-    assert split_key("loss") == ("", "loss")
+    assert rows[0].to_dict() == {
+        "method": "bp", "metric": "err", "size": 1, "mean": rows[0].summary.mean,
+        "ci95": rows[0].summary.ci95, "n": 2,
+    }  # fmt: skip

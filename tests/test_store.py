@@ -24,6 +24,7 @@ import pytest
 
 import neuroplastic
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.results import Key, curves_to_records, metrics_to_records
 from neuroplastic.store import (
     RUN_STATUSES,
     SCHEMA_VERSION,
@@ -31,10 +32,13 @@ from neuroplastic.store import (
     RunRecord,
     Store,
     TrialRecord,
+    _legacy_key,
     config_hash,
 )
 
 COMMITTED_STORE = Path(__file__).resolve().parents[1] / "results" / "neuroplastic.db"
+
+LOSS = Key("xor", "loss")
 
 RUN_DEFAULTS = dict(
     experiment="xor",
@@ -99,10 +103,11 @@ def assert_same_floats(actual: list[float], expected: list[float]) -> None:
 
 def test_finished_run_round_trips_every_field(store: Store, store_path: Path):
     assert store_path.exists(), "parent directories and the file are created on open"
-    metrics = {"backprop/test_error": 0.0178, "hebb/loss": math.nan, "a": math.inf, "b": -math.inf}
+    test_error, loss = Key("backprop", "test_error"), Key("hebb", "loss", width=64)
+    metrics = {test_error: 0.0178, loss: math.nan, Key("", "a"): math.inf, Key("", "b"): -math.inf}
     curves = {
-        "backprop/test_error": {"x": [1, 2, 3], "y": [0.05, math.nan, 0.03]},
-        "hebb/loss": {"x": [1, 2, 3], "y": [math.inf, -math.inf, 1.5]},
+        test_error: {"x": [1, 2, 3], "y": [0.05, math.nan, 0.03]},
+        loss: {"x": [1, 2, 3], "y": [math.inf, -math.inf, 1.5]},
     }
     config = {"lr": 0.1, "layers": [784, 256, 10], "optim": {"name": "sgd", "momentum": 0.9}}
 
@@ -134,7 +139,7 @@ def test_finished_run_round_trips_every_field(store: Store, store_path: Path):
 
 def test_stored_json_is_strict_so_other_tools_can_read_it(store: Store, store_path: Path):
     run_id = start(store)
-    store.finish_run(run_id, {"loss": math.nan}, {"loss": {"x": [0], "y": [math.inf]}})
+    store.finish_run(run_id, {LOSS: math.nan}, {LOSS: {"x": [0], "y": [math.inf]}})
     with raw_connection(store_path) as connection:
         metrics_text, curves_text = connection.execute(
             "SELECT metrics, curves FROM runs WHERE id = ?", (run_id,)
@@ -166,35 +171,40 @@ class Array:
 def test_numpy_like_scalars_are_stored_as_plain_numbers(store: Store):
     run_id = start(store)
     store.finish_run(
-        run_id, {"loss": Scalar(0.5)}, {"loss": {"x": [Scalar(1), Scalar(2)], "y": [0.5, 0.25]}}
+        run_id, {LOSS: Scalar(0.5)}, {LOSS: {"x": [Scalar(1), Scalar(2)], "y": [0.5, 0.25]}}
     )
     record = store.get(run_id)
-    assert record.metrics == {"loss": 0.5}
-    assert record.curves["loss"]["x"] == [1, 2]
-    assert all(type(x) is int for x in record.curves["loss"]["x"])
+    assert record.metrics == {LOSS: 0.5}
+    assert record.curves[LOSS]["x"] == [1, 2]
+    assert all(type(x) is int for x in record.curves[LOSS]["x"])
 
 
 def test_curve_with_unpaired_points_is_rejected(store: Store):
     run_id = start(store)
     with pytest.raises(ValueError, match="2 x values but 1 y values"):
-        store.finish_run(run_id, {}, {"loss": {"x": [1, 2], "y": [0.5]}})
+        store.finish_run(run_id, {}, {LOSS: {"x": [1, 2], "y": [0.5]}})
     assert store.get(run_id).status == "running", "nothing was written"
 
 
 def test_to_dict_is_json_serialisable(store: Store):
     run_id = start(store)
-    store.finish_run(run_id, {"loss": 0.5}, {"loss": {"x": [1], "y": [0.5]}}, "epoch")
+    store.finish_run(run_id, {LOSS: 0.5}, {LOSS: {"x": [1], "y": [0.5]}}, "epoch")
     as_dict = store.get(run_id).to_dict()
     assert set(as_dict) == set(RunRecord.__dataclass_fields__)
-    assert json.loads(json.dumps(as_dict))["metrics"] == {"loss": 0.5}
+    assert json.loads(json.dumps(as_dict))["metrics"] == [
+        {"method": "xor", "metric": "loss", "value": 0.5}
+    ]
+    assert json.loads(json.dumps(as_dict))["curves"] == [
+        {"method": "xor", "metric": "loss", "x": [1], "y": [0.5]}
+    ]
 
 
 def test_runs_filters_by_experiment_and_status_in_id_order(store: Store):
     xor_finished = start(store, seed=0)
-    store.finish_run(xor_finished, {"loss": 0.1}, {})
+    store.finish_run(xor_finished, {LOSS: 0.1}, {})
     xor_running = start(store, seed=1)
     mnist_finished = start(store, seed=0, experiment="mnist")
-    store.finish_run(mnist_finished, {"loss": 0.2}, {})
+    store.finish_run(mnist_finished, {LOSS: 0.2}, {})
 
     assert [r.id for r in store.runs()] == [xor_finished, xor_running, mnist_finished]
     assert [r.id for r in store.runs("xor")] == [xor_finished, xor_running]
@@ -219,9 +229,9 @@ def test_get_of_missing_id_raises(store: Store, store_path: Path):
 def test_data_persists_across_reopen(store_path: Path):
     with Store(store_path) as store:
         run_id = start(store)
-        store.finish_run(run_id, {"loss": 0.5}, {})
+        store.finish_run(run_id, {LOSS: 0.5}, {})
     with Store(store_path) as reopened:
-        assert reopened.get(run_id).metrics == {"loss": 0.5}
+        assert reopened.get(run_id).metrics == {LOSS: 0.5}
 
 
 # -- hyper-parameters of final runs ------------------------------------------------------------
@@ -233,7 +243,7 @@ def test_hyperparameters_round_trip_with_the_run(store: Store):
         "feedback_alignment": {"lr": 0.02, "layers": (784, 10), "clip": math.inf},
     }
     run_id = start(store, hyperparameters=hyperparameters)
-    store.finish_run(run_id, {"loss": 0.1}, {})
+    store.finish_run(run_id, {LOSS: 0.1}, {})
     record = store.get(run_id)
     assert record.hyperparameters == {
         "backprop": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "schedule": None},
@@ -314,16 +324,16 @@ def test_config_hash_is_a_known_constant():
 def test_finished_seeds_counts_only_finished_runs_of_same_experiment_and_config(store: Store):
     config = RUN_DEFAULTS["config"]
     finished_0 = start(store, seed=0)
-    store.finish_run(finished_0, {"loss": 0.1}, {})
+    store.finish_run(finished_0, {LOSS: 0.1}, {})
     finished_2 = start(store, seed=2)
-    store.finish_run(finished_2, {"loss": 0.1}, {})
+    store.finish_run(finished_2, {LOSS: 0.1}, {})
     start(store, seed=1)  # still running
     store.mark_run(start(store, seed=3), "failed", "diverged")
     store.mark_run(start(store, seed=4), "interrupted")
     other_config = start(store, seed=5, config={**config, "lr": 0.5})
-    store.finish_run(other_config, {"loss": 0.1}, {})
+    store.finish_run(other_config, {LOSS: 0.1}, {})
     other_experiment = start(store, seed=6, experiment="mnist")
-    store.finish_run(other_experiment, {"loss": 0.1}, {})
+    store.finish_run(other_experiment, {LOSS: 0.1}, {})
 
     assert store.finished_seeds("xor", config_hash(config)) == {0: finished_0, 2: finished_2}
     assert store.finished_seeds("mnist", config_hash(config)) == {6: other_experiment}
@@ -334,7 +344,7 @@ def test_finished_seeds_prefers_the_latest_run_of_a_seed(store: Store):
     ids = []
     for _ in range(2):
         ids.append(start(store, seed=0))
-        store.finish_run(ids[-1], {"loss": 0.1}, {})
+        store.finish_run(ids[-1], {LOSS: 0.1}, {})
     assert store.finished_seeds("xor", config_hash(RUN_DEFAULTS["config"])) == {0: ids[-1]}
 
 
@@ -353,10 +363,10 @@ def test_mark_run_records_status_error_and_end_time(store: Store, status: str):
 
 def test_mark_run_never_downgrades_a_finished_run(store: Store):
     run_id = start(store)
-    store.finish_run(run_id, {"loss": 0.1}, {})
+    store.finish_run(run_id, {LOSS: 0.1}, {})
     store.mark_run(run_id, "interrupted", "Ctrl-C just after finishing")
     record = store.get(run_id)
-    assert (record.status, record.error, record.metrics) == ("finished", None, {"loss": 0.1})
+    assert (record.status, record.error, record.metrics) == ("finished", None, {LOSS: 0.1})
 
 
 def test_mark_run_rejects_statuses_it_does_not_set(store: Store):
@@ -375,10 +385,10 @@ def test_mark_and_finish_of_missing_id_raise(store: Store):
 
 def test_a_run_finishes_only_once(store: Store):
     run_id = start(store)
-    store.finish_run(run_id, {"loss": 0.1}, {})
+    store.finish_run(run_id, {LOSS: 0.1}, {})
     with pytest.raises(NeuroplasticError, match="cannot be finished"):
-        store.finish_run(run_id, {"loss": 0.9}, {})
-    assert store.get(run_id).metrics == {"loss": 0.1}
+        store.finish_run(run_id, {LOSS: 0.9}, {})
+    assert store.get(run_id).metrics == {LOSS: 0.1}
 
 
 # -- tuning trials -----------------------------------------------------------------------------
@@ -456,7 +466,7 @@ def test_trial_values_round_trip_exactly_non_finite_included(store_path: Path, v
 def test_trial_value_unwraps_scalars_and_refuses_non_numbers(store: Store):
     trial_id = start_trial(store)
     for bad in ("0.5", None, True, [0.5]):
-        with pytest.raises(TypeError, match="must be a number"):
+        with pytest.raises(TypeError, match="expected a number"):
             store.finish_trial(trial_id, bad)
     assert store.get_trial(trial_id).status == "running", "nothing was written"
     store.finish_trial(trial_id, Scalar(0.25))
@@ -653,14 +663,16 @@ def test_open_marks_running_trials_of_dead_processes_on_this_host_interrupted(st
 
 CHILD_PRELUDE = f"""
 import sys, time
+from neuroplastic.results import Key
 from neuroplastic.store import Store
+LOSS = Key("xor", "loss")
 RUN = dict({", ".join(f"{k}={v!r}" for k, v in RUN_DEFAULTS.items())})
 """
 
 KILLED_WHILE_IDLE = """
 with Store(sys.argv[1]) as store:
     first = store.start_run(seed=0, **RUN)
-    store.finish_run(first, {"loss": 0.25}, {"loss": {"x": [1, 2], "y": [0.5, 0.25]}})
+    store.finish_run(first, {LOSS: 0.25}, {LOSS: {"x": [1, 2], "y": [0.5, 0.25]}})
     store.start_run(seed=1, **RUN)
     print("seed 1 running", flush=True)
     time.sleep(120)
@@ -678,9 +690,10 @@ with Store(sys.argv[1]) as store:
     time.sleep(120)
 """
 
-BIG_METRICS = {f"metric_{i}": i / 7 for i in range(200)}
+BIG_METRICS = {Key("xor", f"metric_{i}", epoch=i): i / 7 for i in range(200)}
 BIG_CURVES = {
-    f"curve_{i}": {"x": list(range(300)), "y": [j / 3 for j in range(300)]} for i in range(4)
+    Key("xor", f"curve_{i}"): {"x": list(range(300)), "y": [j / 3 for j in range(300)]}
+    for i in range(4)
 }
 
 KILLED_WHILE_WRITING = f"""
@@ -755,8 +768,8 @@ def test_kill_9_keeps_finished_seed_and_interrupts_running_one(store_path, spawn
     with Store(store_path) as store:
         seed_0, seed_1 = store.runs()
         assert (seed_0.seed, seed_0.status) == (0, "finished")
-        assert seed_0.metrics == {"loss": 0.25}
-        assert seed_0.curves == {"loss": {"x": [1, 2], "y": [0.5, 0.25]}}
+        assert seed_0.metrics == {LOSS: 0.25}
+        assert seed_0.curves == {LOSS: {"x": [1, 2], "y": [0.5, 0.25]}}
         assert (seed_1.seed, seed_1.status) == (1, "interrupted")
         assert seed_1.error == STALE_RUN_ERROR
         assert store.finished_seeds("xor", config_hash(RUN_DEFAULTS["config"])) == {0: seed_0.id}
@@ -1001,6 +1014,15 @@ def layout(path: Path) -> dict:
     return {"tables": tables, "indexes": indexes, "trials_sql": trials_sql}
 
 
+KEPT_COLUMNS = ", ".join(c for c in V1_COLUMNS.split(", ") if c not in ("metrics", "curves"))
+"""What no migration changes; metrics and curves became records in version 3."""
+
+
+def legacy_values(experiment: str, text: str) -> dict:
+    """A version 1 or 2 metrics or curves column, keyed as version 3 reads it."""
+    return {_legacy_key(experiment, name): value for name, value in decode_v1_json(text).items()}
+
+
 def same_json(a, b) -> bool:
     """Equality of decoded JSON values where NaN equals NaN (``json.dumps`` spells both "NaN")."""
     return json.dumps(a) == json.dumps(b)
@@ -1024,8 +1046,11 @@ def test_a_version_1_store_is_migrated_in_place_keeping_every_run(store_path: Pa
         assert store.trials() == []
         assert store.get(4).status == "running", "another host's run is left alone"
 
-    assert schema_version_of(store_path) == SCHEMA_VERSION == 2
-    assert raw_runs(store_path) == before, "no stored byte of an old run changed"
+    assert schema_version_of(store_path) == SCHEMA_VERSION == 3
+    assert raw_runs(store_path, KEPT_COLUMNS) == [
+        tuple(row[V1_COLUMNS.split(", ").index(c)] for c in KEPT_COLUMNS.split(", "))
+        for row in before
+    ], "no stored byte of an old run changed, but its metrics' layout"
     assert raw_runs(store_path, "hyperparameters") == [("{}",)] * len(V1_ROWS)
     assert [record.id for record in records] == [1, 2, 3, 4]
     for record, row in zip(records, V1_ROWS, strict=True):
@@ -1043,10 +1068,17 @@ def test_a_version_1_store_is_migrated_in_place_keeping_every_run(store_path: Pa
             raw["error"],
             raw["ended_at"],
         )
-        assert same_json(record.metrics, decode_v1_json(raw["metrics"]))
-        assert same_json(record.curves, decode_v1_json(raw["curves"]))
+        assert same_json(
+            metrics_to_records(record.metrics),
+            metrics_to_records(legacy_values(raw["experiment"], raw["metrics"])),
+        )
+        assert same_json(
+            curves_to_records(record.curves),
+            curves_to_records(legacy_values(raw["experiment"], raw["curves"])),
+        )
         assert record.hyperparameters == {}
-    assert math.isnan(records[0].metrics["loss"]) and records[0].curves["loss"]["y"][0] == math.inf
+    loss = Key("", "loss")  # version 1 had no method in this key
+    assert math.isnan(records[0].metrics[loss]) and records[0].curves[loss]["y"][0] == math.inf
 
 
 def test_a_migrated_store_is_fully_usable_and_never_reuses_an_id(store_path: Path):
@@ -1054,7 +1086,7 @@ def test_a_migrated_store_is_fully_usable_and_never_reuses_an_id(store_path: Pat
     make_v1_store(store_path)
     with Store(store_path) as store:
         run_id = start(store, hyperparameters={"backprop": {"lr": 0.25}})
-        store.finish_run(run_id, {"loss": 0.1}, {})
+        store.finish_run(run_id, {LOSS: 0.1}, {})
         trial_id = start_trial(store)
         store.finish_trial(trial_id, 0.3)
     assert run_id == 6, "id 5 was used (and deleted) under version 1"
@@ -1091,8 +1123,8 @@ def test_migration_rechecks_the_version_under_the_write_lock(store_path: Path, m
     monkeypatch.setattr(Store, "_schema_version", first_read_is_stale)
     with Store(store_path) as store:
         assert [record.id for record in store.runs()] == [1, 2, 3, 4]
-    assert reads == [2, 2], "read once unlocked (made stale), once under the lock"
-    assert schema_version_of(store_path) == 2
+    assert reads == [3, 3], "read once unlocked (made stale), once under the lock"
+    assert schema_version_of(store_path) == 3
 
 
 OPEN_WHEN_TOLD = """
@@ -1136,7 +1168,7 @@ def test_processes_opening_a_version_1_store_at_once_all_succeed(store_path: Pat
             if child.poll() is None:
                 child.kill()
                 child.wait()
-    assert schema_version_of(store_path) == 2
+    assert schema_version_of(store_path) == 3
     assert raw_runs(store_path, "hyperparameters") == [("{}",)] * len(V1_ROWS)
 
 
@@ -1148,7 +1180,7 @@ def test_a_failed_migration_leaves_the_file_as_it_was(store_path: Path):
     before = raw_runs(store_path)
 
     with pytest.raises(
-        NeuroplasticError, match="could not migrate .* from store schema version 1 to 2"
+        NeuroplasticError, match="could not migrate .* from store schema version 1 to 3"
     ) as excinfo:
         Store(store_path)
     assert str(store_path) in str(excinfo.value)
@@ -1205,7 +1237,10 @@ def test_a_copy_of_the_committed_store_opens_with_every_run_intact(tmp_path: Pat
     if version_before == 1:
         assert trials == []  # migrated on opening: no trials yet
     assert schema_version_of(copy) == SCHEMA_VERSION
-    assert raw_runs(copy) == before, "no stored byte of a recorded run changed"
+    assert raw_runs(copy, KEPT_COLUMNS) == [
+        tuple(row[V1_COLUMNS.split(", ").index(c)] for c in KEPT_COLUMNS.split(", "))
+        for row in before
+    ], "no stored byte of a recorded run changed, but its metrics' layout"
     assert_integrity_ok(copy)
     assert [record.id for record in records] == [row[0] for row in before]
     for record, row in zip(records, before, strict=True):
@@ -1216,8 +1251,14 @@ def test_a_copy_of_the_committed_store_opens_with_every_run_intact(tmp_path: Pat
             raw["status"],
         )
         assert record.config == json.loads(raw["config"])
-        assert same_json(record.metrics, decode_v1_json(raw["metrics"])), record.id
-        assert same_json(record.curves, decode_v1_json(raw["curves"])), record.id
+        assert same_json(
+            metrics_to_records(record.metrics),
+            metrics_to_records(legacy_values(raw["experiment"], raw["metrics"])),
+        ), record.id
+        assert same_json(
+            curves_to_records(record.curves),
+            curves_to_records(legacy_values(raw["experiment"], raw["curves"])),
+        ), record.id
         if version_before == 1:
             assert record.hyperparameters == {}
     assert sha256_of(COMMITTED_STORE) == committed_hash, "the committed file is untouched"

@@ -124,7 +124,7 @@ def summary_table(title: str, rows: list) -> Table:
     for column in ("method", "metric", "mean ± 95 % CI", "n"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row.method, row.metric, format_row(row), str(row.summary.n))
+        table.add_row(row.method, row.key.describe(), format_row(row), str(row.summary.n))
     return table
 
 
@@ -418,7 +418,7 @@ def show(
     for key, value in record.hyperparameters.items():  # method -> {name: value}, if tuned
         table.add_row(Text(f"hyperparameters {key}"), Text(json.dumps(value)))
     for key, value in record.metrics.items():
-        table.add_row(key, f"{value:.6g}")
+        table.add_row(Text(str(key)), f"{value:.6g}")
     if record.error:
         table.add_row("error", record.error)
     console.print(table)

@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 
 from neuroplastic.config import config_from_dict, config_to_dict  # noqa: E402
 from neuroplastic.experiments.base import Experiment, Verdict, default_runs  # noqa: E402
-from neuroplastic.stats import SummaryRow, mean_ci, split_key, summarise  # noqa: E402
+from neuroplastic.results import Key  # noqa: E402
+from neuroplastic.stats import SummaryRow, mean_ci, summarise  # noqa: E402
 from neuroplastic.store import RunRecord, TrialRecord  # noqa: E402
 from neuroplastic.tuning import (  # noqa: E402
     Choice,
@@ -105,17 +106,16 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def default_panel(key: str) -> tuple[str, str]:
-    """Each metric a panel, each method a line."""
-    method, metric = split_key(key)
-    return metric, method or metric
+def default_panel(key: Key) -> tuple[str, str]:
+    """Each metric (with its coordinates) a panel, each method a line."""
+    return key.describe(), key.method or key.metric
 
 
 def plot_curves(
     group: ConfigGroup,
     title: str,
     path: Path,
-    panel_of: Callable[[str], tuple[str, str]] = default_panel,
+    panel_of: Callable[[Key], tuple[str, str]] = default_panel,
 ) -> Path | None:
     """Mean over seeds with a 95 % CI band per curve, panels as ``panel_of`` groups them.
 
@@ -124,7 +124,7 @@ def plot_curves(
     keys = list(dict.fromkeys(key for r in group.records for key in r.curves))
     if not keys:
         return None
-    panels: dict[str, list[str]] = {}
+    panels: dict[str, list[Key]] = {}
     for key in keys:
         panels.setdefault(panel_of(key)[0], []).append(key)
     columns = min(4, len(panels))
@@ -337,7 +337,7 @@ def experiment_report(
     sections: list[tuple[str, list[list[str]], Path | None, list[int], str]] = []
     tunings: dict[str, tuple[list[list[str]], Path | None]] = {}
     for group in group_runs(experiment, records):
-        rows = [[r.method, r.metric, format_row(r), str(r.summary.n)] for r in group.rows]
+        rows = [[r.method, r.key.describe(), format_row(r), str(r.summary.n)] for r in group.rows]
         plot = plot_curves(
             group,
             f"{experiment.name}: {group.label}",

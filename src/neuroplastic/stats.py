@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
+from neuroplastic.results import Key
 
 
 @dataclass(frozen=True)
@@ -46,33 +48,35 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> Summary:
 
 @dataclass(frozen=True)
 class SummaryRow:
-    method: str
-    metric: str
+    """One measured quantity over seeds."""
+
+    key: Key
     summary: Summary
+
+    @property
+    def method(self) -> str:
+        return self.key.method
+
+    @property
+    def metric(self) -> str:
+        return self.key.metric
 
     def to_dict(self) -> dict:
         return {
-            "method": self.method,
-            "metric": self.metric,
+            **self.key.to_dict(),
             "mean": self.summary.mean,
             "ci95": self.summary.ci95,
             "n": self.summary.n,
         }
 
 
-def split_key(key: str) -> tuple[str, str]:
-    """``"backprop/test_error"`` -> ``("backprop", "test_error")``; no slash -> method ``""``."""
-    method, _, metric = key.rpartition("/")
-    return method, metric
-
-
-def summarise(metrics_per_seed: Sequence[dict[str, float]]) -> list[SummaryRow]:
-    """One row per metric key over the seeds that reported it, in first-seen order."""
-    keys: dict[str, None] = {}
+def summarise(metrics_per_seed: Sequence[Mapping[Key, float]]) -> list[SummaryRow]:
+    """One row per key over the seeds that reported it, in first-seen order."""
+    keys: dict[Key, None] = {}
     for metrics in metrics_per_seed:
         keys.update(dict.fromkeys(metrics))
     rows = []
     for key in keys:
         values = [metrics[key] for metrics in metrics_per_seed if key in metrics]
-        rows.append(SummaryRow(*split_key(key), mean_ci(values)))
+        rows.append(SummaryRow(key, mean_ci(values)))
     return rows

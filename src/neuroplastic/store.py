@@ -30,9 +30,10 @@ import json
 import math
 import operator
 import os
+import re
 import socket
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -40,14 +41,23 @@ from pathlib import Path
 from typing import Any
 
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.results import (
+    Key,
+    curves_from_records,
+    curves_to_records,
+    metrics_from_records,
+    metrics_to_records,
+)
 
 __all__ = ["RUN_STATUSES", "SCHEMA_VERSION", "RunRecord", "Store", "TrialRecord", "config_hash"]
 
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 
-SCHEMA_VERSION = 2
-"""Bumped whenever the table layout changes, so an older library refuses a newer file instead of
-misreading it. Version 2 added the ``trials`` table and ``runs.hyperparameters``."""
+SCHEMA_VERSION = 3
+"""Bumped whenever the table layout or the meaning of a column changes, so an older library
+refuses a newer file instead of misreading it. Version 2 added the ``trials`` table and
+``runs.hyperparameters``; version 3 stores a run's metrics and curves as lists of records with
+named coordinates (see :mod:`neuroplastic.results`) instead of objects keyed by strings."""
 
 BUSY_TIMEOUT_SECONDS = 30.0
 """How long a write waits for another process's transaction (e.g. two runners sharing a store)
@@ -134,16 +144,83 @@ first commit the open transaction. AUTOINCREMENT because run ids are quoted in r
 never be reused for another run. ``hyperparameters`` is the last column of ``runs`` because that is
 where ``ALTER TABLE ... ADD COLUMN`` puts it in a migrated file: both layouts are the same."""
 
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
+
+def _add_trials(connection: sqlite3.Connection) -> None:
+    """1 -> 2: the ``trials`` table and ``runs.hyperparameters`` (``{}`` for old rows: no
+    recorded hyper-parameters)."""
+    for statement in (
         f"ALTER TABLE runs ADD COLUMN {_RUNS_HYPERPARAMETERS_COLUMN}",
         _TRIALS_TABLE,
         _TRIALS_INDEX,
-    ),
+    ):
+        connection.execute(statement)
+
+
+def _structure_metrics(connection: sqlite3.Connection) -> None:
+    """2 -> 3: metrics and curves keyed ``"<method>/<metric>"`` become records with named
+    coordinates, read from the key shapes earlier releases wrote (:func:`_legacy_key`)."""
+    rows = connection.execute("SELECT id, experiment, metrics, curves FROM runs").fetchall()
+    for run_id, experiment, metrics_text, curves_text in rows:
+        metrics = {
+            _legacy_key(experiment, name): value for name, value in _from_json(metrics_text).items()
+        }
+        curves = {
+            _legacy_key(experiment, name): curve for name, curve in _from_json(curves_text).items()
+        }
+        connection.execute(
+            "UPDATE runs SET metrics = ?, curves = ? WHERE id = ?",
+            (_to_json(metrics_to_records(metrics)), _to_json(curves_to_records(curves)), run_id),
+        )
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _add_trials,
+    2: _structure_metrics,
 }
-"""The statements that take a file from schema version ``v`` to ``v + 1``, keyed by ``v``. Old
-rows keep their ids and contents; a new column's default fills them in (``{}``: no recorded
-hyper-parameters)."""
+"""What takes a file from schema version ``v`` to ``v + 1``, keyed by ``v``; all steps run in one
+transaction. Old rows keep their ids and everything they recorded."""
+
+_LEGACY_METHOD_COORDINATES: dict[str, str] = {
+    # experiment: the pattern of the part before "/"
+    "kanter2020-mnist": r"(?P<method>\S+) n=(?P<size>\d+) (?P<cost>\S+)",
+    "kanter2020-perceptron": r"(?P<method>[^-]+)-(?P<setting>.+)",
+}
+_LEGACY_METRIC_COORDINATES: tuple[str, ...] = (
+    r"(?P<metric>relative_variance)_in(?P<inputs>\d+)_w(?P<width>\d+)",
+    r"(?P<metric>relative_variance|lr|train_loss)_w(?P<width>\d+)",
+    r"(?P<metric>angle|feedback_angle)_(?P<layer>.+)",
+)
+
+
+def _legacy_key(experiment: str, name: str) -> Key:
+    """The key of a metric that a release before schema version 3 stored as ``name``.
+
+    Earlier releases wrote ``"<method>/<metric>"`` and folded coordinates into either part:
+    kanter2020-mnist ``"momentum n=300 ce/test_accuracy"``, kanter2020-perceptron
+    ``"fixed-synaptic/eps_g_final"``, perturbation-scaling ``"relative_variance_in49_w64"`` and
+    ``"lr_w128"`` (full images had no ``_in``: 784 inputs), credit-mnist ``"angle_layer0.weight"``.
+    Anything else keeps its method and metric as written.
+    """
+    method, _, metric = name.rpartition("/")
+    fields: dict[str, Any] = {"method": method, "metric": metric}
+    pattern = _LEGACY_METHOD_COORDINATES.get(experiment)
+    if pattern is not None and (found := re.fullmatch(pattern, method)):
+        fields.update(found.groupdict())
+    for pattern_text in _LEGACY_METRIC_COORDINATES:
+        if found := re.fullmatch(pattern_text, metric):
+            fields.update(found.groupdict())
+            if fields["metric"] == "relative_variance" and "inputs" not in fields:
+                fields["inputs"] = _MNIST_PIXELS
+            break
+    if fields.get("cost") == "ce":
+        fields["cost"] = "cross_entropy"
+    for coordinate in ("size", "inputs", "width"):
+        if coordinate in fields:
+            fields[coordinate] = int(fields[coordinate])
+    return Key(**fields)
+
+
+_MNIST_PIXELS = 784
 
 
 @dataclass(frozen=True)
@@ -163,8 +240,8 @@ class RunRecord:
     status: str
     started_at: str
     ended_at: str | None
-    metrics: dict[str, float]
-    curves: dict[str, dict[str, list]]
+    metrics: dict[Key, float]
+    curves: dict[Key, dict[str, list]]
     curve_x_label: str | None
     error: str | None
     hyperparameters: dict = field(default_factory=dict)
@@ -172,11 +249,15 @@ class RunRecord:
     object); ``{}`` when none were recorded, as for every run written before schema version 2."""
 
     def to_dict(self) -> dict:
-        """A plain copy for ``json.dumps`` (e.g. a CLI's ``--json`` output).
+        """A plain copy for ``json.dumps`` (e.g. a CLI's ``--json`` output), with metrics and
+        curves as lists of records (``{"method", "metric", coordinates..., "value"}``).
 
         Non-finite metrics stay Python floats, which ``json.dumps`` writes as ``NaN``/``Infinity``.
         """
-        return asdict(self)
+        plain = asdict(self)
+        plain["metrics"] = metrics_to_records(self.metrics)
+        plain["curves"] = curves_to_records(self.curves)
+        return plain
 
 
 @dataclass(frozen=True)
@@ -417,7 +498,7 @@ class Store:
         Only a ``"running"`` trial can finish: a finished score is never silently overwritten.
         """
         value_json = _to_json(_plain_float(value))
-        curves_json = _to_json(_normalise_curves({} if curves is None else curves))
+        curves_json = _to_json(_normalise_trial_curves({} if curves is None else curves))
         with self._transaction() as connection:
             status = self._status_of(connection, "trials", trial_id)
             if status != "running":
@@ -606,8 +687,7 @@ class Store:
                 if version >= SCHEMA_VERSION:
                     return
                 for step in range(version, SCHEMA_VERSION):
-                    for statement in _MIGRATIONS[step]:
-                        connection.execute(statement)
+                    _MIGRATIONS[step](connection)
                 connection.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'",
                     (str(SCHEMA_VERSION),),
@@ -752,7 +832,7 @@ def _plain_float(value: Any) -> float:
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"a trial's value must be a number, not {type(value).__name__}")
+        raise TypeError(f"expected a number, got {type(value).__name__}")
     return float(value)
 
 
@@ -803,23 +883,37 @@ def _plain_json(value: Any, where: str) -> Any:
     )
 
 
-def _normalise_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """Plain floats (a 0-d tensor or numpy scalar would not serialise), string names."""
-    return {str(name): float(value) for name, value in metrics.items()}
+def _normalise_metrics(metrics: Mapping[Key, float]) -> list[dict[str, Any]]:
+    """Records with plain floats (a 0-d tensor or numpy scalar would not serialise)."""
+    return metrics_to_records({key: _plain_float(value) for key, value in metrics.items()})
 
 
-def _normalise_curves(curves: dict) -> dict[str, dict[str, list]]:
+def _normalise_curves(curves: Mapping[Key, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A run's curves as records of plain numbers."""
+    return curves_to_records({key: _plain_curve(key, curve) for key, curve in curves.items()})
+
+
+def _normalise_trial_curves(curves: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
+    """A trial's curves (one method's, so named by metric alone) as plain numbers."""
+    return {str(name): _plain_curve(name, curve) for name, curve in curves.items()}
+
+
+def _plain_curve(name: object, curve: Mapping[str, Any]) -> dict[str, list]:
     """Plain lists of plain numbers; x and y must pair up or the curve cannot be plotted."""
-    normalised = {}
-    for name, curve in curves.items():
-        points = {axis: [_plain_number(v) for v in values] for axis, values in curve.items()}
-        if len(points.get("x", [])) != len(points.get("y", [])):
-            raise ValueError(
-                f"curve {name!r} has {len(points.get('x', []))} x values "
-                f"but {len(points.get('y', []))} y values"
-            )
-        normalised[str(name)] = points
-    return normalised
+    points = {axis: [_plain_number(v) for v in curve.get(axis, [])] for axis in ("x", "y")}
+    if len(points["x"]) != len(points["y"]):
+        raise ValueError(
+            f"curve {name} has {len(points['x'])} x values but {len(points['y'])} y values"
+        )
+    return points
+
+
+def _records(text: str) -> list:
+    """A metrics or curves column as a list of records. A run that never finished holds the
+    column's default, ``{}`` (kept from version 1 so that migrated and new files have one layout):
+    no values."""
+    value = _from_json(text)
+    return [] if value == {} else value
 
 
 def _plain_number(value: Any) -> int | float:
@@ -847,8 +941,8 @@ def _record_from_row(row: sqlite3.Row) -> RunRecord:
         status=row["status"],
         started_at=row["started_at"],
         ended_at=row["ended_at"],
-        metrics=_from_json(row["metrics"]),
-        curves=_from_json(row["curves"]),
+        metrics=metrics_from_records(_records(row["metrics"])),
+        curves=curves_from_records(_records(row["curves"])),
         curve_x_label=row["curve_x_label"],
         error=row["error"],
         hyperparameters=_from_json(row["hyperparameters"]),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.results import Key
 
 if TYPE_CHECKING:
     from neuroplastic.store import RunRecord
@@ -112,12 +113,14 @@ class RunContext:
 class RunResult:
     """What one seed of an experiment produced.
 
-    ``metrics`` and ``curves`` are keyed ``"<method>/<metric>"`` (``"backprop/test_error"``) so that
-    one experiment can compare several methods and the report can group rows by method.
+    ``metrics`` and ``curves`` are keyed by :class:`~neuroplastic.results.Key`
+    (``Key("backprop", "test_error")``, ``Key("momentum", "test_accuracy", size=300)``), so that
+    one experiment can compare several methods over named coordinates and verdicts and reports
+    select values by coordinate. A curve is ``{"x": [...], "y": [...]}``.
     """
 
-    metrics: dict[str, float]
-    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    metrics: dict[Key, float]
+    curves: dict[Key, dict[str, list[float]]] = field(default_factory=dict)
     curve_x_label: str = "epoch"
     hyperparameters: dict[str, dict[str, Any]] = field(default_factory=dict)
     """``{study name: chosen hyper-parameters}`` this seed trained with (from ``context.tune``),
@@ -157,9 +160,9 @@ class Experiment:
     """Maps a config to its ``--quick`` version: shorter training, never another dataset."""
     command: str
     """The command whose runs the verdict reads, as written in the README."""
-    plot_panel: Callable[[str], tuple[str, str]] | None = None
-    """Optional: maps a curve key to (panel title, line label) so related curves share a panel;
-    by default each metric is a panel and each method a line."""
+    plot_panel: Callable[[Key], tuple[str, str]] | None = None
+    """Optional: maps a curve's key to (panel title, line label) so related curves share a panel;
+    by default each metric (with its coordinates) is a panel and each method a line."""
     tables: Callable[[Sequence[RunRecord]], list[ReportTable]] | None = None
     """Optional: extra tables for the report (e.g. methods against sizes), from finished runs."""
     run_batch: (
@@ -186,13 +189,6 @@ class Experiment:
     and ``tune`` then finds them finished."""
 
 
-def panel_per_metric(key: str) -> tuple[str, str]:
-    """A ``plot_panel`` for curves keyed ``"<method>/<metric>"``: one panel per metric (test
-    error, angles, ...), one line per method."""
-    method, _, metric = key.rpartition("/")
-    return metric, method
-
-
 def finished_by_config(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
     """Finished runs grouped by config hash, in order of first appearance."""
     groups: dict[str, list[RunRecord]] = {}
@@ -213,3 +209,14 @@ def default_runs(records: Sequence[RunRecord], config_cls: type) -> list[RunReco
         for r in records
         if r.status == "finished" and not r.quick and r.config_hash == default_hash
     ]
+
+
+def chosen_hyperparameter(record: RunRecord, study: str, name: str) -> Any:
+    """The value of hyper-parameter ``name`` that ``study`` chose for ``record``, or None.
+
+    Runs recorded before hyper-parameters had their own column (store schema 1) kept it as a
+    metric, ``Key(study, "tuned_<name>")``; it is read from there for them.
+    """
+    if study in record.hyperparameters:
+        return record.hyperparameters[study].get(name)
+    return record.metrics.get(Key(study, f"tuned_{name}"))

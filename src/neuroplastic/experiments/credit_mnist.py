@@ -45,12 +45,13 @@ from neuroplastic.experiments.base import (
     RunContext,
     RunResult,
     Verdict,
+    chosen_hyperparameter,
     default_runs,
     finished_by_config,
-    panel_per_metric,
 )
 from neuroplastic.metrics import error_rate
 from neuroplastic.models.mlp import MLP
+from neuroplastic.results import Key
 from neuroplastic.seeding import derive_seed, generator
 from neuroplastic.stats import mean_ci
 from neuroplastic.store import RunRecord
@@ -144,8 +145,9 @@ def train(
     eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
     diagnostics: tuple[torch.Tensor, torch.Tensor] | None = None,
     context: RunContext | None = None,
-) -> dict[str, list[float]]:
-    """Train one network with one rule; per-epoch curves (errors on ``eval_sets``, diagnostics).
+) -> dict[Key, list[float]]:
+    """Train one network with one rule; per-epoch curves (errors on ``eval_sets``, diagnostics),
+    keyed by method ``rule_name``.
 
     A non-finite loss ends training: the remaining epochs are recorded as nan (the run diverged).
     """
@@ -159,7 +161,14 @@ def train(
     steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
     shuffle = generator(NAME, "order", seed)
-    curves: dict[str, list[float]] = {"train_loss": [], **{f"{k}_error": [] for k in eval_sets}}
+
+    def key(metric: str, layer: str | None = None) -> Key:
+        return Key(rule_name, metric, layer=layer)
+
+    curves: dict[Key, list[float]] = {
+        key("train_loss"): [],
+        **{key(f"{k}_error"): [] for k in eval_sets},
+    }
     diverged = False
     for _ in range(epochs):
         total = torch.zeros((), device=device)
@@ -173,20 +182,20 @@ def train(
                 schedule.step()
             loss = total.item() / len(train_y)
             diverged = not math.isfinite(loss)
-        curves["train_loss"].append(float("nan") if diverged else loss)
+        curves[key("train_loss")].append(float("nan") if diverged else loss)
         for name, (x, y) in eval_sets.items():
-            curves[f"{name}_error"].append(
+            curves[key(f"{name}_error")].append(
                 float("nan") if diverged else error_rate(rule.predict, x, y)
             )
         if diagnostics is not None and not diverged:
             for name, angle in update_angles(rule, *diagnostics, loss=cost).items():
-                curves.setdefault(f"angle_{recorded_name(name)}", []).append(angle)
+                curves.setdefault(key("angle", recorded_name(name)), []).append(angle)
             for name, angle in feedback_weight_angles(rule).items():
                 if name == "layers.0":
                     continue  # FA's matrix into the image: drawn, never used
-                curves.setdefault(f"feedback_angle_{recorded_name(name)}", []).append(angle)
+                curves.setdefault(key("feedback_angle", recorded_name(name)), []).append(angle)
         if context is not None:
-            context.progress.advance(loss=curves["train_loss"][-1])
+            context.progress.advance(loss=curves[key("train_loss")][-1])
     return curves
 
 
@@ -253,7 +262,7 @@ def validation_error(config: Config, rule: str, data, split) -> Objective:
             config, rule, params["lr"], trial.seed, config.tuning_epochs,
             (data.train_x[train_index], data.train_y[train_index]),
             {"val": (data.train_x[validation_index], data.train_y[validation_index])},
-        )["val_error"]  # fmt: skip
+        )[Key(rule, "val_error")]  # fmt: skip
         curves = {"val_error": {"x": list(range(1, len(errors) + 1)), "y": errors}}
         return TrialOutcome(score(errors) + index * tie_break, curves)
 
@@ -297,12 +306,12 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
     data, split = data_and_split(config, context)
     train_index, validation_index = split
     diagnostic = train_index[:DIAGNOSTIC_BATCH]
-    metrics: dict[str, float] = {}
-    curves: dict[str, dict[str, list[float]]] = {}
+    metrics: dict[Key, float] = {}
+    curves: dict[Key, dict[str, list[float]]] = {}
     hyperparameters: dict[str, dict[str, float]] = {}
     context.progress.start(len(config.rules) * config.epochs, f"{NAME} seed {seed}")
     for rule in config.rules:
-        lr, tuning_error = tuned_lr(config, rule, data, split, context)
+        lr, _ = tuned_lr(config, rule, data, split, context)
         hyperparameters[rule] = {"lr": lr}
         rule_curves = train(
             config, rule, lr, seed, config.epochs,
@@ -313,16 +322,11 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
             context=context,
         )  # fmt: skip
         epochs = list(range(1, config.epochs + 1))
-        for name, values in rule_curves.items():
-            curves[f"{rule}/{name}"] = {"x": epochs[: len(values)], "y": values}
-        metrics[f"{rule}/test_error"] = rule_curves["test_error"][-1]
-        metrics[f"{rule}/val_error"] = rule_curves["val_error"][-1]
-        metrics[f"{rule}/tuned_lr"] = lr
-        metrics[f"{rule}/tuning_val_error"] = tuning_error
-        metrics[f"{rule}/diverged"] = float(math.isnan(rule_curves["test_error"][-1]))
-        for name, values in rule_curves.items():
-            if name.startswith(("angle_", "feedback_angle_")):
-                metrics[f"{rule}/{name}"] = values[-1]
+        for key, values in rule_curves.items():
+            curves[key] = {"x": epochs[: len(values)], "y": values}
+            if key.metric in ("test_error", "val_error", "angle", "feedback_angle"):
+                metrics[key] = values[-1]
+        metrics[Key(rule, "diverged")] = float(math.isnan(metrics[Key(rule, "test_error")]))
     return RunResult(metrics, curves, "epoch", hyperparameters)
 
 
@@ -332,7 +336,8 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     if len(runs) < MIN_SEEDS:
         return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
     errors = {
-        rule: mean_ci([r.metrics[f"{rule}/test_error"] for r in runs]) for rule in REFERENCE_ERROR
+        rule: mean_ci([r.metrics[Key(rule, "test_error")] for r in runs])
+        for rule in REFERENCE_ERROR
     }
     ordered = errors["backprop"].mean <= errors["fa"].mean <= errors["dfa"].mean
     headline = ", ".join(
@@ -348,8 +353,8 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
     for digest, runs in finished_by_config(records).items():
         rows = []
         for rule in runs[0].config["rules"]:
-            error = mean_ci([r.metrics[f"{rule}/test_error"] for r in runs])
-            lr = runs[0].metrics[f"{rule}/tuned_lr"]
+            error = mean_ci([r.metrics[Key(rule, "test_error")] for r in runs])
+            lr = chosen_hyperparameter(runs[0], rule, "lr")
             reference = REFERENCE_ERROR.get(rule)
             rows.append([
                 rule,
@@ -380,7 +385,6 @@ EXPERIMENT = Experiment(
     verdict=verdict,
     quick=quick,
     command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
-    plot_panel=panel_per_metric,
     tables=tables,
     studies=studies,
     tune=tune,

@@ -53,8 +53,8 @@ from neuroplastic.experiments.base import (
     RunContext,
     RunResult,
     Verdict,
+    chosen_hyperparameter,
     finished_by_config,
-    panel_per_metric,
 )
 from neuroplastic.metrics import error_rate
 from neuroplastic.models.mlp import MLP
@@ -64,6 +64,7 @@ from neuroplastic.models.segregated_dendrites import (
     phase_lengths,
     predict,
 )
+from neuroplastic.results import Key
 from neuroplastic.seeding import derive_seed, generator
 from neuroplastic.stats import mean_ci
 from neuroplastic.store import RunRecord, config_hash
@@ -385,14 +386,14 @@ def tune(config: Config, context: RunContext) -> None:
 def run_batch(config: Config, seeds: Sequence[int], context: RunContext) -> list[RunResult]:
     """Every dendritic network (seeds as replicas of one batch), then every baseline."""
     data = context.load_dataset(config.dataset)
-    metrics: list[dict[str, float]] = [{} for _ in seeds]
-    curves: list[dict[str, dict[str, list[float]]]] = [{} for _ in seeds]
+    metrics: list[dict[Key, float]] = [{} for _ in seeds]
+    curves: list[dict[Key, dict[str, list[float]]]] = [{} for _ in seeds]
     epochs = list(range(1, config.epochs + 1))
     for network in config.networks:
         for r, network_curves in enumerate(train_dendritic(config, network, seeds, context)):
             for name, values in network_curves.items():
-                curves[r][f"{network}/{name}"] = {"x": epochs, "y": values}
-                metrics[r][f"{network}/{name}"] = values[-1]
+                curves[r][Key(network, name)] = {"x": epochs, "y": values}
+                metrics[r][Key(network, name)] = values[-1]
     test_x, test_y = data.test_x[: config.test_examples], data.test_y[: config.test_examples]
     all_train = torch.arange(len(data.train_y))
     hyperparameters: dict[str, dict[str, float]] = {}
@@ -402,9 +403,8 @@ def run_batch(config: Config, seeds: Sequence[int], context: RunContext) -> list
         context.progress.start(len(seeds), f"{baseline} (lr {lr:g})")
         for r, seed in enumerate(seeds):
             errors = train_baseline(config, baseline, lr, seed, all_train, test_x, test_y, context)
-            curves[r][f"{baseline}/test_error"] = {"x": epochs, "y": errors}
-            metrics[r][f"{baseline}/test_error"] = errors[-1]
-            metrics[r][f"{baseline}/tuned_lr"] = lr
+            curves[r][Key(baseline, "test_error")] = {"x": epochs, "y": errors}
+            metrics[r][Key(baseline, "test_error")] = errors[-1]
             context.progress.advance(1)
     for network in config.networks:  # recorded by the caller from here on
         checkpoint = _checkpoint_path(context, config, network, seeds)
@@ -441,7 +441,7 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     if not candidates:
         return Verdict("not run", f"no config with {', '.join(depths)} and {MIN_SEEDS} seeds")
     runs = max(candidates, key=lambda group: (_images(group[0].config), len(group)))
-    errors = {n: mean_ci([r.metrics[f"{n}/test_error"] for r in runs]) for n in depths}
+    errors = {n: mean_ci([r.metrics[Key(n, "test_error")] for r in runs]) for n in depths}
     ordered = errors["0-hidden"].mean > errors["1-hidden"].mean > errors["2-hidden"].mean
     config = runs[0].config
     headline = ", ".join(
@@ -461,19 +461,19 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
         config = runs[0].config
         rows = []
         for name in [*config["networks"], *config["baselines"]]:
-            error = mean_ci([r.metrics[f"{name}/test_error"] for r in runs])
-            angle_key = f"{name}/hidden_angle"
+            error = mean_ci([r.metrics[Key(name, "test_error")] for r in runs])
+            angle_key = Key(name, "hidden_angle")
             angle = (
                 mean_ci([r.metrics[angle_key] for r in runs])
                 if angle_key in runs[0].metrics
                 else None
             )
-            lr_key = f"{name}/tuned_lr"
+            lr = chosen_hyperparameter(runs[0], name, "lr")
             rows.append([
                 name,
                 error.format(scale=100, unit=" %").rsplit(" (n=", 1)[0],
                 angle.format(unit="°").rsplit(" (n=", 1)[0] if angle else "",
-                f"{runs[0].metrics[lr_key]:g} (tuned)" if lr_key in runs[0].metrics else "paper's",
+                f"{lr:g} (tuned)" if lr is not None else "paper's",
                 f"{PAPER_ERROR[name]} %" if name in PAPER_ERROR else "",
             ])  # fmt: skip
         kind = "quick" if runs[0].quick else "full"
@@ -500,7 +500,6 @@ EXPERIMENT = Experiment(
     verdict=verdict,
     quick=quick,
     command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
-    plot_panel=panel_per_metric,
     tables=tables,
     run_batch=run_batch,
     studies=studies,

@@ -58,6 +58,7 @@ from neuroplastic.experiments.base import (
 )
 from neuroplastic.models.replica_mlp import ReplicaMLP
 from neuroplastic.optim import AcceleratedSGD, DeltaBarDelta, MomentumSGD
+from neuroplastic.results import Key
 from neuroplastic.seeding import derive_seed, generator
 from neuroplastic.stats import mean_ci
 from neuroplastic.store import RunRecord
@@ -418,6 +419,7 @@ def curve_steps(config: Config, size: int) -> list[int]:
 
 
 def label(method: str, size: int, cost: str) -> str:
+    """The name of the study of one (method, size, cost)."""
     return f"{method} n={size} {'ce' if cost == 'cross_entropy' else 'square'}"
 
 
@@ -441,22 +443,20 @@ def run_batch(
             config, method, cost, hyper, list(seeds), order, data.train_x, data.train_y,
             data.test_x, data.test_y, steps,
         )  # fmt: skip
-        key = label(method, size, cost)
+        study = label(method, size, cost)
+        key = Key(method, "test_accuracy", size=size, cost=cost)
         for r, seed in enumerate(seeds):
             if diverged[r]:
                 failures.setdefault(
                     r,
                     DivergenceError(
-                        f"{key}: the tuned setting {best} diverged on seed {seed}",
+                        f"{study}: the tuned setting {best} diverged on seed {seed}",
                         hint="the search space lets steps grow without bound; narrow it",
                     ),
                 )
-            metrics = results[r].metrics
-            metrics[f"{key}/test_accuracy"] = float(scores[r, -1])
-            metrics[f"{key}/val_accuracy"] = val_accuracy  # of the tuned setting
-            metrics.update({f"{key}/tuned_{k}": v for k, v in best.items()})
-            results[r].curves[f"{key}/test_accuracy"] = {"x": steps, "y": scores[r].tolist()}
-            results[r].hyperparameters[key] = dict(best)
+            results[r].metrics[key] = float(scores[r, -1])
+            results[r].curves[key] = {"x": steps, "y": scores[r].tolist()}
+            results[r].hyperparameters[study] = dict(best)
         context.progress.advance(**{"val acc": val_accuracy})
     return [failures.get(r, result) for r, result in enumerate(results)]
 
@@ -476,7 +476,8 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
         return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
 
     def at_300(method: str) -> list[float]:
-        return [r.metrics[f"{label(method, 300, 'cross_entropy')}/test_accuracy"] for r in runs]
+        key = Key(method, "test_accuracy", size=300, cost="cross_entropy")
+        return [r.metrics[key] for r in runs]
 
     accelerated, momentum, adam = at_300(PAPER_METHOD), at_300("momentum"), at_300("adam")
     gain = mean_ci([a - m for a, m in zip(accelerated, momentum, strict=True)])
@@ -489,10 +490,9 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     return Verdict(status, headline)
 
 
-def plot_panel(key: str) -> tuple[str, str]:
+def plot_panel(key: Key) -> tuple[str, str]:
     """One panel per (size, cost), one line per method."""
-    method, size, cost = key.rpartition("/")[0].split(" ")
-    return f"{size} {cost}: test accuracy", method
+    return f"n={key.get('size')} {key.get('cost')}: test accuracy", key.method
 
 
 def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
@@ -506,7 +506,7 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
             for method in config["methods"]:
                 cells = []
                 for size in config["sizes"]:
-                    key = f"{label(method, size, cost)}/test_accuracy"
+                    key = Key(method, "test_accuracy", size=size, cost=cost)
                     summary = mean_ci([r.metrics[key] for r in runs if key in r.metrics])
                     cells.append(summary.format(scale=100, digits=1).rsplit(" (n=", 1)[0])
                 rows.append([method, *cells])

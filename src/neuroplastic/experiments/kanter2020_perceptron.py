@@ -83,6 +83,7 @@ seeds give one by one on the CPU (tested exactly).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,7 @@ from neuroplastic.models.lif_perceptron import (
     sample_arrival_times,
     sort_inputs,
 )
+from neuroplastic.results import Key
 from neuroplastic.seeding import sequence_seed
 from neuroplastic.stats import Summary, mean_ci
 from neuroplastic.store import RunRecord
@@ -652,8 +654,8 @@ def run_batch(
         return []
     checkpoints = curve_points(config.n_examples, config.n_curve_points)
     context.progress.start(len(SCENARIOS) * config.n_examples, f"{NAME} ({n_seeds} seeds)")
-    metrics: list[dict[str, float]] = [{} for _ in seeds]
-    curves: list[dict[str, dict[str, list[float]]]] = [{} for _ in seeds]
+    metrics: list[dict[Key, float]] = [{} for _ in seeds]
+    curves: list[dict[Key, dict[str, list[float]]]] = [{} for _ in seeds]
     hyperparameters: dict[str, dict[str, Any]] = {}
     failures: dict[int, NeuroplasticError] = {}
     for s, scenario in enumerate(SCENARIOS):
@@ -693,16 +695,13 @@ def run_batch(
                             hint="narrow the search ranges (--set eta_range=...,...)",
                         ),
                     )
-                key = f"{method}-{scenario}"
-                metrics[i][f"{key}/eps_g_final"] = eps_g[r, -1].item()
-                metrics[i][f"{key}/eps_g_initial"] = eps_g[r, 0].item()
-                metrics[i][f"{key}/eps_g_curve_mean"] = eps_g[r].mean().item()
-                metrics[i][f"{key}/mistakes"] = float(result.mistakes[r].item())
-                metrics[i][f"{key}/eta_mean_final"] = eta_mean[r].item()
-                for name, value in best[method].items():
-                    metrics[i][f"{key}/tuned_{name}"] = value
-                metrics[i][f"{key}/tuned_val_eps_g"] = tuning[method].best.value
-                curves[i][f"{key}/eps_g"] = {"x": list(checkpoints), "y": eps_g[r].tolist()}
+                key = functools.partial(Key, method, setting=scenario)
+                metrics[i][key("eps_g_final")] = eps_g[r, -1].item()
+                metrics[i][key("eps_g_initial")] = eps_g[r, 0].item()
+                metrics[i][key("eps_g_curve_mean")] = eps_g[r].mean().item()
+                metrics[i][key("mistakes")] = float(result.mistakes[r].item())
+                metrics[i][key("eta_mean_final")] = eta_mean[r].item()
+                curves[i][key("eps_g")] = {"x": list(checkpoints), "y": eps_g[r].tolist()}
     return [
         failures[i]
         if i in failures
@@ -727,14 +726,17 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     """Holds when, in both scenarios, the accelerated step's final eps_g is lower than the fixed
     step's with non-overlapping 95 % intervals over >= 20 seeds of the default config; partly
     holds for one scenario."""
-    keys = [f"{m}-{s}/eps_g_final" for s in SCENARIOS for m in METHODS]
+    keys = [Key(m, "eps_g_final", setting=s) for s in SCENARIOS for m in METHODS]
     runs = [r for r in default_runs(records, Config) if all(key in r.metrics for key in keys)]
     if len(runs) < MIN_SEEDS:
         return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
     wins, parts = [], []
     for scenario in SCENARIOS:
-        fixed = mean_ci(r.metrics[f"fixed-{scenario}/eps_g_final"] for r in runs)
-        accelerated = mean_ci(r.metrics[f"accelerated-{scenario}/eps_g_final"] for r in runs)
+        final = {
+            method: mean_ci(r.metrics[Key(method, "eps_g_final", setting=scenario)] for r in runs)
+            for method in METHODS
+        }
+        fixed, accelerated = final["fixed"], final["accelerated"]
         wins.append(accelerated.mean + accelerated.ci95 < fixed.mean - fixed.ci95)
         parts.append(
             f"{scenario}: eps_g {_compact(accelerated)} accelerated vs {_compact(fixed)} fixed"

@@ -24,6 +24,7 @@ from neuroplastic.errors import DivergenceError
 from neuroplastic.experiments.base import Experiment, RunContext, RunResult, Verdict, default_runs
 from neuroplastic.metrics import error_rate
 from neuroplastic.models.mlp import MLP
+from neuroplastic.results import Key
 from neuroplastic.stats import mean_ci
 from neuroplastic.store import RunRecord
 from neuroplastic.tasks.splits import validation_split
@@ -128,15 +129,15 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
 
     epochs = list(range(1, config.epochs + 1))
     return RunResult(
-        metrics={f"{METHOD}/{name}": values[-1] for name, values in curves.items()},
-        curves={f"{METHOD}/{name}": {"x": epochs, "y": values} for name, values in curves.items()},
+        metrics={Key(METHOD, name): values[-1] for name, values in curves.items()},
+        curves={Key(METHOD, name): {"x": epochs, "y": values} for name, values in curves.items()},
         curve_x_label="epoch",
     )
 
 
 def verdict(records: Sequence[RunRecord]) -> Verdict:
     """Holds when the default full configuration averages <= 2.0 % test error over >= 3 seeds."""
-    errors = [r.metrics[f"{METHOD}/test_error"] for r in default_runs(records, Config)]
+    errors = [r.metrics[Key(METHOD, "test_error")] for r in default_runs(records, Config)]
     if len(errors) < MIN_SEEDS:
         return Verdict("not run", f"{len(errors)} of {MIN_SEEDS} seeds of the default config")
     summary = mean_ci(errors)

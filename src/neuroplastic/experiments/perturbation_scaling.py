@@ -66,6 +66,7 @@ from neuroplastic.experiments.base import (
     finished_by_config,
 )
 from neuroplastic.models.mlp import MLP
+from neuroplastic.results import Key
 from neuroplastic.seeding import sequence_generator as generator  # (seed, role, *key)
 from neuroplastic.stats import Summary, mean_ci
 from neuroplastic.store import RunRecord
@@ -192,11 +193,9 @@ def architectures(config: Config) -> list[tuple[int, int]]:
     return full + pooled
 
 
-def variance_key(n_in: int, width: int) -> str:
-    """``relative_variance_w256`` on full images, ``relative_variance_in49_w64`` otherwise."""
-    if n_in == IMAGE_SIDE**2:
-        return f"relative_variance_w{width}"
-    return f"relative_variance_in{n_in}_w{width}"
+def variance_key(method: str, n_in: int, width: int) -> Key:
+    """Where ``method``'s relative variance on the ``n_in``-``width``-10 network is recorded."""
+    return Key(method, "relative_variance", inputs=n_in, width=width)
 
 
 def synapses(n_in: int, width: int) -> int:
@@ -472,12 +471,12 @@ def _run(config: Config, seed: int, context: RunContext) -> RunResult:
     x_full = splits.train_x[batch.to(splits.train_x.device)]
     y = splits.train_y[batch.to(splits.train_y.device)]
 
-    metrics: dict[str, float] = {}
+    metrics: dict[Key, float] = {}
     log_v: dict[str, list[float]] = {method: [] for method in PERTURBATION_METHODS}
     for n_in, width in archs:
         values = relative_variances(config, seed, n_in, width, pool(x_full, n_in), y)
         for method, value in values.items():
-            metrics[f"{method}/{variance_key(n_in, width)}"] = value
+            metrics[variance_key(method, n_in, width)] = value
             log_v[method].append(math.log(value))
         context.progress.advance()
     log_p = [math.log(synapses(n_in, width)) for n_in, width in archs]
@@ -485,19 +484,19 @@ def _run(config: Config, seed: int, context: RunContext) -> RunResult:
     sweep = len(config.widths)
     for method in PERTURBATION_METHODS:
         alpha, beta = fit_exponents(log_v[method], log_p, log_n)
-        metrics[f"{method}/synapse_exponent"] = alpha
-        metrics[f"{method}/neuron_exponent"] = beta
-        metrics[f"{method}/slope_synapses"] = slope(log_v[method][:sweep], log_p[:sweep])
-        metrics[f"{method}/slope_neurons"] = slope(log_v[method][:sweep], log_n[:sweep])
+        metrics[Key(method, "synapse_exponent")] = alpha
+        metrics[Key(method, "neuron_exponent")] = beta
+        metrics[Key(method, "slope_synapses")] = slope(log_v[method][:sweep], log_p[:sweep])
+        metrics[Key(method, "slope_neurons")] = slope(log_v[method][:sweep], log_n[:sweep])
 
     rates = tuned_learning_rates(config, splits, context)
-    curves: dict[str, dict[str, list[float]]] = {}
+    curves: dict[Key, dict[str, list[float]]] = {}
     for width in config.train_widths:
         for method in METHODS:
             lr = rates[method, width]
             passes, losses, _ = train(config, method, width, lr, seed, splits)
-            curves[f"{method}/train_loss_w{width}"] = {"x": passes, "y": losses}
-            metrics[f"{method}/train_loss_w{width}"] = losses[-1]
+            curves[Key(method, "train_loss", width=width)] = {"x": passes, "y": losses}
+            metrics[Key(method, "train_loss", width=width)] = losses[-1]
             context.progress.advance(loss=losses[-1])
     hyperparameters = {
         study_name(method, width): {"lr": rates[method, width]}
@@ -524,14 +523,16 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     if len(runs) < MIN_SEEDS:
         return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
 
-    def summary(key: str) -> Summary:
+    def summary(key: Key) -> Summary:
         return mean_ci([r.metrics[key] for r in runs])
 
     def near(value: Summary, target: float) -> bool:
         return abs(value.mean - target) <= EXPONENT_TOLERANCE
 
-    alpha_w, beta_w = summary(f"{WEIGHT}/synapse_exponent"), summary(f"{WEIGHT}/neuron_exponent")
-    alpha_n, beta_n = summary(f"{NODE}/synapse_exponent"), summary(f"{NODE}/neuron_exponent")
+    alpha_w = summary(Key(WEIGHT, "synapse_exponent"))
+    beta_w = summary(Key(WEIGHT, "neuron_exponent"))
+    alpha_n = summary(Key(NODE, "synapse_exponent"))
+    beta_n = summary(Key(NODE, "neuron_exponent"))
     weight_holds = near(alpha_w, 1.0) and near(beta_w, 0.0)
     node_holds = near(alpha_n, 0.0) and near(beta_n, 1.0)
     learning_holds = True
@@ -539,14 +540,14 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     for width in default.train_widths:
         gap = mean_ci(
             [
-                r.metrics[f"{NODE}/train_loss_w{width}"]
-                - r.metrics[f"{WEIGHT}/train_loss_w{width}"]
+                r.metrics[Key(NODE, "train_loss", width=width)]
+                - r.metrics[Key(WEIGHT, "train_loss", width=width)]
                 for r in runs
             ]
         )
         learning_holds = learning_holds and gap.mean + gap.ci95 < 0
         losses = ", ".join(
-            f"{short} {summary(f'{method}/train_loss_w{width}').format()}"
+            f"{short} {summary(Key(method, 'train_loss', width=width)).format()}"
             for short, method in (("node", NODE), ("weight", WEIGHT), ("backprop", BACKPROP))
         )
         loss_parts.append(f"H={width}: {losses}")
@@ -568,11 +569,9 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     return Verdict(status, headline)
 
 
-def plot_panel(key: str) -> tuple[str, str]:
+def plot_panel(key: Key) -> tuple[str, str]:
     """One panel per training width, one line per method."""
-    method, metric = key.rsplit("/", 1)
-    width = metric.rpartition("_w")[2]
-    return f"training loss, 784-{width}-10", method
+    return f"training loss, 784-{key.get('width')}-10", key.method
 
 
 def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
@@ -588,7 +587,7 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
         for n_in, width in archs:
             cells = [f"{n_in}-{width}-10", str(synapses(n_in, width)), str(neurons(width))]
             for method in PERTURBATION_METHODS:
-                key = f"{method}/{variance_key(n_in, width)}"
+                key = variance_key(method, n_in, width)
                 values = [r.metrics[key] for r in runs if key in r.metrics]
                 cells.append(mean_ci(values).format(digits=1).rsplit(" (n=", 1)[0])
             rows.append(cells)
