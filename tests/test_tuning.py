@@ -11,6 +11,7 @@ import torch
 from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiments.base import RunContext
 from neuroplastic.tuning import (
+    REPORTED,
     Batch,
     Choice,
     IntRange,
@@ -18,6 +19,7 @@ from neuroplastic.tuning import (
     MemoryRecorder,
     Study,
     TrialOutcome,
+    TrialPruned,
     Uniform,
     ask,
     evaluate,
@@ -334,6 +336,8 @@ def test_run_context_tunes_a_batched_study_once():
         (lambda: study(trials=0), "positive integer"),
         (lambda: study(sampler="bayes"), "sampler must be one of"),
         (lambda: study(direction="down"), "direction must be one of"),
+        (lambda: study(pruner="hyperband"), "pruner must be one of"),
+        (lambda: study(pruner="median", pruning_startup=0), "pruning_startup must be"),
         (lambda: Study("m", {}, trials=2), "search space is empty"),
         (lambda: Study("m", {"lr": (0.1, 1.0)}, trials=2), "not a search-space dimension"),
     ],
@@ -356,3 +360,90 @@ def test_the_training_seed_a_study_declares_is_the_one_recorded_and_handed_on():
     by_value = study(trials=4, training_seed=lambda number, params: 7 * number)
     assert [t.seed for t in tune(by_value, objective).trials] == [0, 7, 14, 21] == seen
     assert study(training_seed=5) == study()  # not part of the study's identity
+
+
+# -- pruning ------------------------------------------------------------------------------------
+
+
+def descending(params, trial) -> TrialOutcome:
+    """Five epochs whose validation error is lr / epoch, each reported (lower lr is better)."""
+    errors = []
+    for epoch in range(1, 6):
+        errors.append(params["lr"] / epoch)
+        trial.report(epoch, errors[-1])
+    return TrialOutcome(errors[-1], {"val_error": {"x": [1, 2, 3, 4, 5], "y": errors}})
+
+
+def pruned_study(**changes) -> Study:
+    settings = {
+        "method": "m",
+        "space": {"lr": LogUniform(1e-3, 1.0)},
+        "trials": 16,
+        "sampler": "random",
+        "round_size": 4,
+        "pruner": "median",
+    } | changes
+    return Study(**settings)  # fmt: skip
+
+
+def test_the_median_pruner_stops_trials_worse_than_earlier_rounds_at_the_same_step():
+    s = pruned_study()
+    result = tune(s, descending)
+    unpruned = tune(dataclasses.replace(s, pruner=None), descending)
+    assert [t.params for t in result.trials] == [t.params for t in unpruned.trials]  # random
+    first_round = result.trials[:4]
+    assert all(t.status == "finished" for t in first_round)  # nothing to compare with yet
+    for trial in result.trials[4:]:
+        reference = [t for t in result.trials[: trial.number - trial.number % 4]
+                     if t.status == "finished"]  # fmt: skip
+        # descending() ranks trials alike at every step: the median decides at step 2 (warmup 1)
+        median = sorted(t.params["lr"] for t in reference)
+        middle = len(median) // 2
+        cut = median[middle] if len(median) % 2 else (median[middle - 1] + median[middle]) / 2
+        assert (trial.status == "failed") == (trial.params["lr"] > cut), trial
+    assert any(t.status == "failed" for t in result.trials)
+    assert result.best == unpruned.best  # the best trial is never pruned
+    assert result.trials[0].curves[REPORTED] == {
+        "x": [1, 2, 3, 4, 5], "y": result.trials[0].curves["val_error"]["y"]
+    }  # fmt: skip
+
+
+def test_pruned_trials_are_recorded_failed_with_the_reason():
+    recorder = MemoryRecorder()
+    messages = []
+    recorder.mark_trial = lambda trial_id, status, error=None, mark=recorder.mark_trial: (
+        messages.append((status, error)) or mark(trial_id, status, error)
+    )
+    tune(pruned_study(), descending, recorder)
+    assert messages and all(status == "failed" for status, _ in messages)
+    assert all("pruned after step 2" in error for _, error in messages)
+
+
+def test_pruning_is_the_same_in_rounds_evaluated_elsewhere_and_in_batches():
+    s = pruned_study()
+    reference = tune(s, descending)
+    finished = {}
+    recorder = MemoryRecorder()
+    while numbers := pending_round(s, finished):
+        asked = ask(s, finished, numbers)
+        shipped = [dataclasses.replace(t, reported=[]) for t in asked]  # a worker's copies
+        for trial, outcome in zip(asked, evaluate(descending, shipped), strict=True):
+            trial_id = recorder.start_trial(s.method, trial.number, trial.params, trial.seed)
+            finished[trial.number] = record_outcome(recorder, trial_id, trial, outcome)
+    assert [finished[n] for n in range(16)] == reference.trials
+
+    def each(pairs):
+        outcomes = []
+        for params, trial in pairs:
+            try:
+                outcomes.append(descending(params, trial))
+            except TrialPruned as error:
+                outcomes.append(error)
+        return outcomes
+
+    assert tune(s, batch_objective=each).trials == reference.trials
+
+
+def test_objectives_that_never_report_are_never_pruned():
+    result = tune(pruned_study(), lambda params, trial: params["lr"])
+    assert all(t.status == "finished" and REPORTED not in t.curves for t in result.trials)

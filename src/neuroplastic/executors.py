@@ -46,7 +46,7 @@ import torch
 
 from neuroplastic.errors import ConfigError, NeuroplasticError
 from neuroplastic.experiments.base import RunContext, RunResult
-from neuroplastic.tuning import Trial, evaluate
+from neuroplastic.tuning import MedianPruning, Trial, evaluate
 
 EXECUTORS = ("inprocess", "pool", "ray")
 DEFAULT_RETRIES = 2
@@ -85,6 +85,8 @@ class TuneSpec:
     config: dict[str, Any]
     study: str
     trials: tuple[tuple[int, dict[str, Any], int], ...]
+    pruning: MedianPruning | None = None
+    """How the round's trials are pruned (decided by the driver from the earlier rounds)."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,9 @@ def execute(spec: RunSpec | TuneSpec, context: RunContext) -> list[Any]:
         if experiment.objective is None:
             raise NeuroplasticError(f"{spec.experiment} declares no Experiment.objective")
         objective = experiment.objective(config, spec.study, context)
-        trials = [Trial(n, dict(p), seed, "running") for n, p, seed in spec.trials]
+        trials = [
+            Trial(n, dict(p), seed, "running", pruning=spec.pruning) for n, p, seed in spec.trials
+        ]
         return evaluate(objective, trials)
     if experiment.run_batch is not None:
         try:

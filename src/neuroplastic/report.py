@@ -173,7 +173,7 @@ class StudySummary:
     @property
     def counts(self) -> str:
         failed = sum(t.status == "failed" for t in self.trials)
-        return f"{len(self.trials)}" + (f" ({failed} failed)" if failed else "")
+        return f"{len(self.trials)}" + (f" ({failed} failed or pruned)" if failed else "")
 
     def best(self) -> Trial | None:
         """The best finished trial (lowest score unless the study maximises); None if every

@@ -222,7 +222,8 @@ def tune_through(
                 if numbers:
                     asked = ask(study, finished[name], numbers)
                     trials = tuple((t.number, t.params, t.seed) for t in asked)
-                    specs.append(TuneSpec(experiment.name, config_dict, name, trials))
+                    pruning = asked[0].pruning  # one round: one reference
+                    specs.append(TuneSpec(experiment.name, config_dict, name, trials, pruning))
             if not specs:
                 return
             if waves == 0:

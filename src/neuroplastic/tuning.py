@@ -20,6 +20,13 @@ Samplers: ``"tpe"`` (Optuna's TPE, the default; its first ``startup_trials`` are
 ``"random"`` and ``"grid"`` (every dimension a :class:`Choice`; the grid's points are visited in
 an order shuffled by the seed, one per trial, so a budget smaller than the grid is a random subset).
 
+Pruning (optional, ``Study(pruner="median")``): an objective that calls ``trial.report(step,
+score)`` after each epoch is stopped (:class:`TrialPruned`, recorded as a failed trial) when
+Optuna's ``MedianPruner`` finds its score at that step worse than the median of the finished
+trials *of the earlier rounds* at the same step. Like the sampler, the decision depends only on
+earlier rounds, so pruning keeps resumed and parallel studies identical to sequential ones. The
+reported scores are recorded with the trial as its ``"reported"`` curve.
+
 A best value in the outer ``EDGE_FRACTION`` of a range (or at the end of an ordered grid) is
 flagged in :attr:`TuningResult.on_edge`: the range was too narrow, and a verdict resting on that
 method's result should say so.
@@ -46,6 +53,9 @@ from neuroplastic.errors import DivergenceError, NeuroplasticError
 from neuroplastic.seeding import derive_seed
 
 SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = (None, "median")
+REPORTED = "reported"
+"""The curve a trial's reported intermediate scores are recorded under."""
 DIRECTIONS = ("minimize", "maximize")
 EDGE_FRACTION = 0.05
 """A best value within this fraction of a range's width from either end (in log space for log
@@ -139,6 +149,12 @@ class Study:
             same for every method: paired); an int fixes one for every trial (every value
             trained from the same networks and data, as a paired grid does); a callable
             ``(number, params) -> seed`` anything else. Not part of the study's identity.
+        pruner: ``None`` (default: every trial runs to the end) or ``"median"`` (see the module
+            docstring); only objectives that call ``trial.report`` are pruned.
+        pruning_startup: finished trials of earlier rounds needed before any trial is pruned.
+        pruning_warmup: a trial is never pruned at a reported step below this (Optuna's
+            ``n_warmup_steps``; with epochs numbered from 1, the default 2 never prunes on the
+            first epoch alone).
     """
 
     method: str
@@ -152,6 +168,9 @@ class Study:
     training_seed: int | Callable[[int, dict[str, Any]], int] | None = field(
         default=None, compare=False
     )
+    pruner: str | None = None
+    pruning_startup: int = 4
+    pruning_warmup: int = 2
 
     def __post_init__(self):
         if not self.space:
@@ -168,6 +187,10 @@ class Study:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
         if self.round_size < 1 or self.startup_trials < 0:
             raise ValueError("round_size must be >= 1 and startup_trials >= 0")
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"pruner must be one of {PRUNERS}, got {self.pruner!r}")
+        if self.pruning_startup < 1 or self.pruning_warmup < 0:
+            raise ValueError("pruning_startup must be >= 1 and pruning_warmup >= 0")
         if self.sampler == "grid":
             if not all(isinstance(d, Choice) for d in self.space.values()):
                 raise ValueError("sampler='grid' needs every dimension to be a Choice")
@@ -191,6 +214,80 @@ class Trial:
     """``finished`` or ``failed`` (the objective raised a NeuroplasticError, e.g. divergence)."""
     value: float | None = None
     curves: dict = field(default_factory=dict)
+    pruning: MedianPruning | None = field(default=None, compare=False, repr=False)
+    """Decides whether to stop this trial from what it reported (None: never)."""
+    reported: list[tuple[int, float]] = field(default_factory=list, compare=False, repr=False)
+    """The (step, score) pairs the objective reported, in order."""
+
+    def report(self, step: int, score: float) -> None:
+        """Report the validation score after ``step`` (e.g. an epoch). Raises
+        :class:`TrialPruned` when the study's pruner stops the trial here; the objective should
+        let it propagate."""
+        self.reported.append((int(step), float(score)))
+        if self.pruning is not None and self.pruning.should_prune(self.reported):
+            raise TrialPruned(
+                f"pruned after step {step}: score {score:.4g} is worse than the median of the "
+                "earlier rounds' trials at that step (it counts against the budget)"
+            )
+
+
+class TrialPruned(NeuroplasticError):
+    """The study's pruner stopped a trial (recorded as failed, with this message)."""
+
+
+@dataclass(frozen=True)
+class MedianPruning:
+    """Optuna's ``MedianPruner`` against the reported curves of earlier rounds' finished trials.
+
+    Plain data (picklable), so a worker process can decide as the driver would.
+    """
+
+    direction: str
+    startup: int
+    warmup: int
+    reference: tuple[tuple[tuple[int, float], ...], ...]
+    """The (step, score) curves of the earlier rounds' finished trials."""
+
+    def should_prune(self, reported: Sequence[tuple[int, float]]) -> bool:
+        pruner = optuna.pruners.MedianPruner(
+            n_startup_trials=self.startup, n_warmup_steps=self.warmup
+        )
+        study = optuna.create_study(direction=self.direction, pruner=pruner)
+        for curve in self.reference:
+            study.add_trial(
+                optuna.trial.create_trial(
+                    value=curve[-1][1], intermediate_values=dict(curve), params={},
+                    distributions={},
+                )
+            )  # fmt: skip
+        trial = study.ask()
+        for step, score in reported:
+            trial.report(score, step)
+        return trial.should_prune()
+
+
+def pruning_for(study: Study, earlier: Sequence[Trial]) -> MedianPruning | None:
+    """How the trials of the round after ``earlier`` are pruned (None: ``study.pruner`` is
+    None)."""
+    if study.pruner is None:
+        return None
+    reference = tuple(
+        tuple(zip(t.curves[REPORTED]["x"], t.curves[REPORTED]["y"], strict=True))
+        for t in earlier
+        if t.status == "finished" and t.curves.get(REPORTED, {}).get("x")
+    )
+    return MedianPruning(study.direction, study.pruning_startup, study.pruning_warmup, reference)
+
+
+def with_reports(outcome: Any, trial: Trial) -> Any:
+    """``outcome`` with the scores ``trial`` reported added as its ``"reported"`` curve."""
+    if isinstance(outcome, NeuroplasticError) or not trial.reported:
+        return outcome
+    if not isinstance(outcome, TrialOutcome):
+        outcome = TrialOutcome(float(outcome))
+    steps, scores = zip(*trial.reported, strict=True)
+    reported = {"x": list(steps), "y": list(scores)}
+    return TrialOutcome(outcome.value, {**outcome.curves, REPORTED: reported})
 
 
 @dataclass(frozen=True)
@@ -355,10 +452,12 @@ def pending_round(study: Study, finished: Mapping[int, Trial]) -> list[int]:
 def ask(study: Study, finished: Mapping[int, Trial], numbers: Sequence[int]) -> list[Trial]:
     """The trials ``numbers`` of one round, asked (``running``, not recorded)."""
     earlier = [finished[n] for n in sorted(finished) if n < min(numbers)]
+    pruning = pruning_for(study, earlier)
     asked = []
     for number in numbers:
         params = suggest(study, earlier, number)
-        asked.append(Trial(number, params, trial_seed(study, number, params), "running"))
+        seed = trial_seed(study, number, params)
+        asked.append(Trial(number, params, seed, "running", pruning=pruning))
     return asked
 
 
@@ -382,6 +481,7 @@ def evaluate(objective: Objective | Batch, trials: Sequence[Trial]) -> list[Any]
                 outcomes.append(objective(trial.params, trial))
             except NeuroplasticError as error:
                 outcomes.append(error)
+    outcomes = [with_reports(o, t) for o, t in zip(outcomes, trials, strict=True)]
     return [
         o if isinstance(o, NeuroplasticError | TrialOutcome) else TrialOutcome(float(o))
         for o in outcomes
@@ -427,17 +527,21 @@ def tune(
         if not pending:
             continue
         earlier = [history[n] for n in sorted(history) if n < round_start]
+        pruning = pruning_for(study, earlier)
 
-        def start(number: int, earlier: list[Trial] = earlier) -> tuple[int, Trial]:
+        def start(
+            number: int, earlier: list[Trial] = earlier, pruning: MedianPruning | None = pruning
+        ) -> tuple[int, Trial]:
             params = suggest(study, earlier, number)
             seed = trial_seed(study, number, params)
             trial_id = recorder.start_trial(study.method, number, params, seed)
-            return trial_id, Trial(number, params, seed, "running")
+            return trial_id, Trial(number, params, seed, "running", pruning=pruning)
 
         if batch_objective is not None:
             asked = [start(number) for number in pending]
             outcomes = _run_batch(batch_objective, asked, recorder)
             for (trial_id, running), outcome in zip(asked, outcomes, strict=True):
+                outcome = with_reports(outcome, running)
                 finish(record_outcome(recorder, trial_id, running, outcome))
             continue
         for number in pending:  # each trial recorded before the next one starts
@@ -449,6 +553,7 @@ def tune(
             except BaseException as error:
                 recorder.mark_trial(trial_id, "interrupted", f"{type(error).__name__}: {error}")
                 raise
+            outcome = with_reports(outcome, running)
             finish(record_outcome(recorder, trial_id, running, outcome))
     trials = [history[n] for n in range(study.trials)]
     return TuningResult(study, trials, best_trial(study, trials), on_edge(study, trials))
