@@ -1019,8 +1019,15 @@ KEPT_COLUMNS = ", ".join(c for c in V1_COLUMNS.split(", ") if c not in ("metrics
 
 
 def legacy_values(experiment: str, text: str) -> dict:
-    """A version 1 or 2 metrics or curves column, keyed as version 3 reads it."""
-    return {_legacy_key(experiment, name): value for name, value in decode_v1_json(text).items()}
+    """A stored metrics or curves column, keyed as version 3 reads it: version 1 and 2 objects
+    keyed by strings, or version 3 records."""
+    decoded = decode_v1_json(text)
+    if isinstance(decoded, list):
+        return {
+            Key.from_dict(r): r["value"] if "value" in r else {"x": r["x"], "y": r["y"]}
+            for r in decoded
+        }
+    return {_legacy_key(experiment, name): value for name, value in decoded.items()}
 
 
 def same_json(a, b) -> bool:
