@@ -19,13 +19,16 @@ from typing import Any
 
 Coordinate = str | int | float
 
-COORDINATES: tuple[str, ...] = ("setting", "size", "cost", "inputs", "width", "layer", "epoch")
+COORDINATES: tuple[str, ...] = (
+    "setting", "size", "cost", "inputs", "width", "outputs", "layer", "epoch",
+)  # fmt: skip
 """The coordinates a key may carry, in the order tables show them:
 
 * ``setting``: a variant of the task or model the method runs in (a scenario, a feedback type);
 * ``size``: the number of training examples;
 * ``cost``: the loss function;
-* ``inputs``, ``width``: a network's input and hidden widths, when a study varies them;
+* ``inputs``, ``width``, ``outputs``: a network's input, hidden and output widths, when a study
+  varies them;
 * ``layer``: a parameter or layer name, for per-layer measurements;
 * ``epoch``: when in training the value was measured.
 """
