@@ -41,6 +41,10 @@ def test_the_report_lists_what_was_tried_and_flags_edges(tmp_path, monkeypatch):
         assert summary.edges() == expected
     rows = tuning_rows(summaries)
     assert [row[0] for row in rows] == [s.name for s in summaries]
+    # a config recorded under a key the experiment has since dropped: trials, no declarations
+    older = study_summaries(ps.EXPERIMENT, {**records[0].config, "dropped_key": 1}, trials)
+    assert [s.name for s in older] == [s.name for s in summaries]
+    assert all(s.study is None and s.trials for s in older)
     path = experiment_report(ps.EXPERIMENT, records, tmp_path / "out", "md", trials)
     text = path.read_text()
     assert "### Tuning: what was tried" in text

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from neuroplastic.config import config_from_dict, config_to_dict  # noqa: E402
+from neuroplastic.errors import ConfigError  # noqa: E402
 from neuroplastic.experiments.base import Experiment, Verdict, default_runs  # noqa: E402
 from neuroplastic.results import Key  # noqa: E402
 from neuroplastic.stats import SummaryRow, mean_ci, summarise  # noqa: E402
@@ -196,8 +197,12 @@ def study_summaries(
     the latest record of a trial number wins (an interrupted trial is run again)."""
     declared: dict[str, Study] = {}
     if experiment.studies is not None:
-        declared = {s.method: s for s in experiment.studies(config_from_dict(
-            experiment.config_cls, config))}  # fmt: skip
+        try:
+            rebuilt = config_from_dict(experiment.config_cls, config)
+        except ConfigError:  # recorded under keys the experiment has since dropped
+            rebuilt = None
+        if rebuilt is not None:
+            declared = {s.method: s for s in experiment.studies(rebuilt)}
     by_study: dict[str, dict[int, Trial]] = {}
     for record in trials:
         if record.status in ("finished", "failed"):

@@ -155,7 +155,7 @@ class Config:
     n_train_eval: int = 1000
     """Training images (fixed: the first of the training split) on which the curves' loss is
     read."""
-    lrs: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    lrs: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
     """Learning-rate grid of SGD, the same for every method (the equal tuning budget)."""
     backprop_pass_cost: float = 2.0
     """Forward passes charged for one backprop step (a forward and a backward pass)."""
