@@ -59,7 +59,17 @@ def type_name(tp: Any) -> str:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings of a dataclass: the string literal right after each field."""
+    """Attribute docstrings of a dataclass: the string literal right after each field, in the
+    class or in the dataclass it extends (a subclass that only changes defaults may restate or
+    inherit them)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):  # classes defined in a REPL have no source

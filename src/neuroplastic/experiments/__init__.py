@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from neuroplastic.errors import ConfigError
 from neuroplastic.experiments import (
+    credit_lenet,
     credit_mnist,
     guerguiev2017_mnist,
     kanter2020_mnist,
@@ -24,6 +25,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         kanter2020_mnist,
         kanter2020_perceptron,
         credit_mnist,
+        credit_lenet,
         perturbation_scaling,
         guerguiev2017_mnist,
     )

@@ -56,9 +56,10 @@ from neuroplastic.experiments.base import (
     finished_by_config,
 )
 from neuroplastic.metrics import error_rate
+from neuroplastic.models.lenet import LeNet5
 from neuroplastic.models.mlp import MLP
 from neuroplastic.results import Key
-from neuroplastic.seeding import generator
+from neuroplastic.seeding import derive_seed, generator
 from neuroplastic.stats import Summary, mean_ci
 from neuroplastic.store import RunRecord
 from neuroplastic.tasks.splits import validation_split
@@ -72,8 +73,18 @@ MARGINS = {"fa": 0.005, "dfa": 0.015}
 """How much worse than backprop (test error, paired, upper 95 % bound) still counts as "nearly as
 well": 0.5 points for FA, 1.5 points for DFA."""
 ARMS = ("adam", "sgd")
-FEEDBACK_RULES = ("fa", "dfa", "sign-symmetry")
+RULE_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "usf": ("sign-symmetry", {"variant": "usf"}),
+    "brsf": ("sign-symmetry", {"variant": "brsf"}),
+    "frsf": ("sign-symmetry", {"variant": "frsf"}),
+}
+"""Names for the sign-symmetry variants (Moskovitz et al. 2018, as biotorch names them), so one
+run can compare them as rules."""
+FEEDBACK_RULES = ("fa", "dfa", "sign-symmetry", *RULE_VARIANTS)
 """Rules with feedback matrices, whose ``scale`` the ``sgd`` arm tunes."""
+MODELS = ("mlp", "lenet")
+INPUT_LAYERS = ("layers.0", "1.features.0")
+"""The first layer of each model: the feedback into the image is drawn, never used."""
 CONVERGENCE_TOLERANCE = 0.001
 """Converged: the last window's mean validation error within 0.1 points of the window before."""
 DIAGNOSTIC_BATCH = 1000
@@ -86,7 +97,10 @@ class Config:
     dataset: str = "mnist"
     """Images: ``mnist`` (60,000 training images) or the bundled ``mnist-mini``."""
     rules: tuple[str, ...] = ("backprop", "fa", "dfa", "sign-symmetry")
-    """Credit-assignment rules compared (names of ``neuroplastic.credit.RULES``)."""
+    """Credit-assignment rules compared (names of ``neuroplastic.credit.RULES``, or ``usf``,
+    ``brsf``, ``frsf`` for the sign-symmetry variants)."""
+    model: Literal["mlp", "lenet"] = "mlp"
+    """Network: the MLP of ``hidden``, or LeNet-5 (``models.lenet``; ``hidden`` unused)."""
     arms: tuple[str, ...] = ARMS
     """Optimiser arms: ``adam`` (AdamW) and ``sgd`` (SGD with momentum, feedback scale tuned)."""
     hidden: tuple[int, ...] = (500, 500)
@@ -126,9 +140,10 @@ class Config:
     """Epochs per window of the convergence check."""
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.rules) - set(RULES))
+        known = sorted({*RULES, *RULE_VARIANTS})
+        unknown = sorted(set(self.rules) - set(known))
         if unknown:
-            raise ValueError(f"unknown rules {unknown}; choose from {sorted(RULES)}")
+            raise ValueError(f"unknown rules {unknown}; choose from {known}")
         bad_arms = sorted(set(self.arms) - set(ARMS))
         if bad_arms or not self.arms:
             raise ValueError(f"unknown arms {bad_arms}; choose from {list(ARMS)}")
@@ -153,9 +168,30 @@ def architecture(config: Config, rule: str, n_in: int) -> tuple[int, ...]:
     return (n_in, *hidden, 10)
 
 
+def build_model(config: Config, rule: str, n_in: int, seed: int) -> torch.nn.Module:
+    """The network of ``config.model``, initialised from ``seed`` (the same for every rule)."""
+    if config.model == "mlp":
+        return MLP(architecture(config, rule, n_in), config.activation,
+                   generator(NAME, "init", seed))  # fmt: skip
+    with torch.random.fork_rng(devices=[]):  # LeNet5 initialises from the global generator
+        torch.manual_seed(derive_seed(NAME, "lenet-init", seed))
+        return torch.nn.Sequential(
+            torch.nn.Unflatten(1, (1, 28, 28)), LeNet5(activation=config.activation)
+        )
+
+
+def make_rule(rule: str, model: torch.nn.Module, seed: int, params: dict[str, float]):
+    """``rule`` (a name of ``RULES`` or ``RULE_VARIANTS``) on ``model``, with the tuned feedback
+    scale when the arm tunes one."""
+    base, options = RULE_VARIANTS.get(rule, (rule, {}))
+    scale = {"scale": params["feedback_scale"]} if "feedback_scale" in params else {}
+    return RULES[base](model, generator=generator(NAME, "rule", seed), **options, **scale)
+
+
 def rule_loss(config: Config, rule: str) -> str:
     """The configured cost, or the rule's first supported one if it cannot train with it."""
-    supported = getattr(RULES[rule], "supported_losses", LOSSES)
+    base = RULE_VARIANTS.get(rule, (rule, {}))[0]
+    supported = getattr(RULES[base], "supported_losses", LOSSES)
     return config.loss if config.loss in supported else supported[0]
 
 
@@ -192,11 +228,10 @@ def train(
     """
     train_x, train_y = train_set
     device = train_x.device
-    model = MLP(architecture(config, rule_name, train_x.shape[1]), config.activation,
-                generator(NAME, "init", seed)).to(device)  # fmt: skip
-    scale = {"scale": params["feedback_scale"]} if "feedback_scale" in params else {}
-    rule = RULES[rule_name](model, generator=generator(NAME, "rule", seed), **scale)
+    model = build_model(config, rule_name, train_x.shape[1], seed).to(device)
+    rule = make_rule(rule_name, model, seed, params)
     cost = rule_loss(config, rule_name)
+    named = recorded_name if config.model == "mlp" else str
     optimizer = make_optimizer(arm, params, model)
     steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -231,11 +266,11 @@ def train(
             )
         if diagnostics is not None and not diverged:
             for name, angle in update_angles(rule, *diagnostics, loss=cost).items():
-                curves.setdefault(key("angle", recorded_name(name)), []).append(angle)
+                curves.setdefault(key("angle", named(name)), []).append(angle)
             for name, angle in feedback_weight_angles(rule).items():
-                if name == "layers.0":
+                if name in INPUT_LAYERS:
                     continue  # FA's matrix into the image: drawn, never used
-                curves.setdefault(key("feedback_angle", recorded_name(name)), []).append(angle)
+                curves.setdefault(key("feedback_angle", named(name)), []).append(angle)
         if context is not None:
             context.progress.advance(loss=curves[key("train_loss")][-1])
         if report is not None and key("val_error") in curves:
@@ -404,10 +439,17 @@ def paired_difference(runs: Sequence[RunRecord], rule: str, other: str, arm: str
 
 def verdict(records: Sequence[RunRecord]) -> Verdict:
     """The criterion of the module docstring, on the default config's runs."""
-    runs = default_runs(records, Config)
+    anchors = ", ".join(f"{rule} {value} %" for rule, value in REFERENCE_ERROR.items())
+    return verdict_for(Config, records, f"Bartunov 2018: {anchors}")
+
+
+def verdict_for(config_cls: type[Config], records: Sequence[RunRecord], anchors: str) -> Verdict:
+    """The criterion of the module docstring on the runs of ``config_cls()``, with the published
+    numbers ``anchors`` beside ours (credit-lenet reuses it with its own defaults)."""
+    runs = default_runs(records, config_cls)
     if len(runs) < MIN_SEEDS:
         return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
-    default = Config()
+    default = config_cls()
     passed, parts = 0, []
     reversed_in = []
     for arm in default.arms:
@@ -439,16 +481,22 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
         if len(reversed_in) == len(default.arms)
         else "FA <= DFA not reversed"
     )
-    anchors = ", ".join(f"{rule} {value} %" for rule, value in REFERENCE_ERROR.items())
     headline = (
         f"{'; '.join(parts)}; {ordering}; n={len(runs)} seeds, {default.epochs} epochs, "
-        f"{default.trials} trials per rule and arm (Bartunov 2018: {anchors})"
+        f"{default.trials} trials per rule and arm ({anchors})"
     )
     return Verdict(status, headline)
 
 
 def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
     """Test error per rule, one table per config and arm, with the chosen hyper-parameters."""
+    return tables_for(records, REFERENCE_ERROR, "Bartunov 2018")
+
+
+def tables_for(
+    records: Sequence[RunRecord], reference_error: dict[str, float], source: str
+) -> list[ReportTable]:
+    """:func:`tables` with another column of published numbers (``source``: per cent)."""
     result = []
     for digest, runs in finished_by_config(records).items():
         config = runs[0].config
@@ -461,7 +509,7 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
                 chosen = runs[0].hyperparameters.get(study) or {
                     "lr": chosen_hyperparameter(runs[0], rule, "lr")
                 }
-                reference = REFERENCE_ERROR.get(rule)
+                reference = reference_error.get(rule)
                 rows.append([
                     rule,
                     error.format(scale=100, unit=" %").rsplit(" (n=", 1)[0],
@@ -472,7 +520,7 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
                 ReportTable(
                     f"Test error, {arm or 'sgd (before the arms)'}, {kind} config {digest[:8]}, "
                     f"n={len(runs)} seeds",
-                    ["rule", "test error (mean ± 95 % CI)", "tuned", "Bartunov 2018"],
+                    ["rule", "test error (mean ± 95 % CI)", "tuned", source],
                     rows,
                 )
             )
