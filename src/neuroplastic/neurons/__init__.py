@@ -1,0 +1,27 @@
+"""Spiking neurons as pure step functions with explicit state (``lif_step``, ``alif_step``),
+surrogate gradients named after their papers, and thin modules on top (``LIFCell``)."""
+
+from neuroplastic.neurons.cells import LIFCell
+from neuroplastic.neurons.lif import (
+    LIFParameters,
+    LIFState,
+    alif_step,
+    decay,
+    initial_state,
+    lif_step,
+    pseudo_derivative_of,
+)
+from neuroplastic.neurons.surrogate import bellec2020_pseudo_derivative, pseudo_derivative
+
+__all__ = [
+    "LIFCell",
+    "LIFParameters",
+    "LIFState",
+    "alif_step",
+    "bellec2020_pseudo_derivative",
+    "decay",
+    "initial_state",
+    "lif_step",
+    "pseudo_derivative",
+    "pseudo_derivative_of",
+]
