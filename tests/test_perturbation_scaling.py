@@ -28,6 +28,10 @@ TINY = ps.Config(
     linear_inputs=(8, 16),
     linear_outputs=(2, 4),
     linear_draws=16,
+    speed_inputs=(4, 8),
+    speed_outputs=(2, 3),
+    speed_lrs=(1.0, 0.25, 0.0625, 0.015625),
+    speed_max_passes=4000,
     train_widths=(4,),
     budget=40,
     curve_points=4,
@@ -172,10 +176,16 @@ def record(
     exponents: dict[str, tuple[float, float]],
     losses: dict[str, float],
     linear_ratio: float = 1.0,
+    speed_gap: float = 1.0,
 ):
     """A default-config run whose per-layer exponents, losses and linear V / theory are given."""
     config = config_to_dict(ps.Config())
     metrics = {}
+    default = ps.Config()
+    for n in default.speed_inputs:
+        for m in default.speed_outputs:
+            metrics[ps.speed_key(ps.NODE, n, m)] = 10.0 * n * m
+            metrics[ps.speed_key(ps.WEIGHT, n, m)] = 10.0 * n * n * m * speed_gap
     for method, (alpha, beta) in exponents.items():
         for layer in (None, *ps.LAYERS):
             metrics[Key(method, "synapse_exponent", layer=layer)] = alpha + 0.01 * seed
@@ -205,6 +215,7 @@ def test_verdict_holds_when_all_three_parts_hold():
     assert "weight, all parameters (1.02, -0.02)" in verdict.headline
     assert "n=5" in verdict.headline
     assert "V/theory 1.02-1.02" in verdict.headline  # the seed mean of 1 + 0.01 * seed
+    assert "exponent on N 1.00" in verdict.headline  # weight / node = N in the fake runs
 
 
 def test_verdict_partly_holds_when_node_variance_also_follows_synapses():
@@ -221,10 +232,16 @@ def test_verdict_partly_holds_when_the_linear_variance_misses_the_theory():
     assert "M+1 and NM+1: no]" in verdict.headline
 
 
+def test_verdict_partly_holds_when_node_perturbation_is_not_faster_in_the_linear_setting():
+    verdict = ps.verdict([record(s, SCALING, LEARNING, speed_gap=0.01) for s in range(5)])
+    assert verdict.status == "partly holds"
+    assert "weight/node ~ N: no]" in verdict.headline
+
+
 def test_verdict_does_not_hold_when_no_part_holds():
     scaling = {ps.WEIGHT: (0.5, 0.5), ps.NODE: (1.0, 0.0)}
     learning = {ps.NODE: 2.1, ps.WEIGHT: 0.6, ps.BACKPROP: 0.2}
-    runs = [record(s, scaling, learning, linear_ratio=0.5) for s in range(5)]
+    runs = [record(s, scaling, learning, linear_ratio=0.5, speed_gap=0.01) for s in range(5)]
     assert ps.verdict(runs).status == "does not hold"
 
 
@@ -252,7 +269,8 @@ def test_tuning_trials_are_recorded_and_reused(tmp_path, monkeypatch):
     with Store(tmp_path / "runs.db") as store:
         run_experiment(ps.EXPERIMENT, TINY, [1], store, device="cpu")
         trials = store.trials(ps.NAME)
-        assert len(trials) == len(ps.METHODS) * len(TINY.train_widths) * len(TINY.lrs)
+        speed = len(ps.speed_cells(TINY)) * len(TINY.speed_lrs)
+        assert len(trials) == len(ps.METHODS) * len(TINY.train_widths) * len(TINY.lrs) + speed
         assert {t.status for t in trials} <= {"finished", "failed"}
         (record,) = store.runs(ps.NAME)
         for method in ps.METHODS:
@@ -275,7 +293,9 @@ def test_kill_9_in_the_middle_of_tuning_resumes_where_it_stopped(tmp_path):
     settings = {"widths": "4,8", "input_sides": "7", "input_sweep_width": "4",
                 "batch_size": "20", "variance_draws": "8", "train_widths": "4", "budget": "1500",
                 "curve_points": "4", "n_train_eval": "200",
-                "lrs": "0.001,0.003,0.01,0.03,0.1,0.3"}  # fmt: skip
+                "lrs": "0.001,0.003,0.01,0.03,0.1,0.3", "speed_inputs": "4,8",
+                "speed_outputs": "2,3", "speed_lrs": "1,0.25,0.0625",
+                "speed_max_passes": "4000"}  # fmt: skip
     overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     argv = [sys.executable, "-m", "neuroplastic.cli", "run", ps.NAME, "--store", str(store),
             "--quiet", *overrides]  # fmt: skip
@@ -307,6 +327,46 @@ def test_kill_9_in_the_middle_of_tuning_resumes_where_it_stopped(tmp_path):
     with Store(store) as results:
         trials = results.trials(status="finished") + results.trials(status="failed")
         studies = [(t.method, t.number) for t in trials]
-        assert len(studies) == len(set(studies)) == 18  # every trial once, none repeated
+        # every trial once, none repeated: 3 methods x 6 rates, and 12 linear cells x 3 rates
+        assert len(studies) == len(set(studies)) == 18 + 36
         assert all(results.get_trial(i) == t for i, t in before.items())  # kept as they were
         assert results.runs(status="finished")[0].hyperparameters
+
+
+@pytest.mark.parametrize("method", [ps.WEIGHT, ps.NODE])
+def test_the_batched_linear_learner_steps_as_the_rules_estimate(method):
+    """linear_speed's estimator of one step equals the rule's single-draw estimate with the same
+    noise: (L(+noise) - L) / sigma^2 times the noise."""
+    n_in, n_out, sigma = 5, 3, 1e-3
+    config = dataclasses.replace(ps.Config(), sigma=sigma)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, n_in, generator=gen, dtype=torch.float64)
+    x = x / x.norm()
+    teacher = torch.randn(n_out, n_in, generator=gen, dtype=torch.float64)
+    student = torch.nn.Sequential(torch.nn.Linear(n_in, n_out, bias=False)).double()
+    rule = ps.RULES[method](student, sigma=sigma, difference=config.difference)
+
+    def losses(model):
+        return 0.5 * (model(x) - x @ teacher.T).pow(2).sum(-1)
+
+    d = ((student[0].weight - teacher) @ x[0]).detach()
+    if method == ps.WEIGHT:
+        xi = torch.randn(n_out, n_in, generator=gen, dtype=torch.float64)
+        (estimate,) = rule.estimates(losses, noise=[sigma * xi[None]]).grads
+        change = ((d + sigma * (xi @ x[0])).pow(2).sum() - d.pow(2).sum()) / 2
+        expected = change / sigma * xi
+    else:
+        xi = torch.randn(n_out, generator=gen, dtype=torch.float64)
+        (estimate,) = rule.estimates(losses, noise=[sigma * xi[None, None]]).grads
+        change = ((d + sigma * xi).pow(2).sum() - d.pow(2).sum()) / 2
+        expected = change / sigma * xi[:, None] * x[0]
+    assert torch.allclose(estimate[0], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_node_perturbation_learns_the_linear_task_in_fewer_passes_than_weight_perturbation():
+    config = dataclasses.replace(TINY, speed_max_passes=20_000)
+    lrs = tuple(2.0**-k for k in range(1, 9))  # 0.5 down to 1/256: weight's optimum ~ 1/66
+    fastest = {
+        method: min(ps.linear_speed(config, method, 16, 4, lrs, seed=0)) for method in ps.METHODS
+    }
+    assert fastest[ps.BACKPROP] < fastest[ps.NODE] < fastest[ps.WEIGHT] < math.inf

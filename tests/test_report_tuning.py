@@ -15,6 +15,7 @@ from neuroplastic.store import Store
 TINY = ps.Config(
     widths=(4, 8), input_sides=(7,), input_sweep_width=4, batch_size=20, variance_draws=8,
     train_widths=(4,), budget=40, curve_points=4, n_train_eval=200, lrs=(1e-2, 1e-1, 1.0),
+    speed_inputs=(4, 8), speed_outputs=(2, 3), speed_lrs=(0.125, 0.03125), speed_max_passes=8000,
 )  # fmt: skip
 
 
@@ -28,8 +29,10 @@ def test_the_report_lists_what_was_tried_and_flags_edges(tmp_path, monkeypatch):
             records, trials = store.runs(ps.NAME), store.trials(ps.NAME)
     finally:
         torch.set_num_threads(threads)
-    summaries = study_summaries(ps.EXPERIMENT, records[0].config, trials)
+    every = study_summaries(ps.EXPERIMENT, records[0].config, trials)
+    summaries = [s for s in every if "@w" in s.name]  # the learning-rate studies of (b)
     assert [s.name for s in summaries] == [ps.study_name(m, 4) for m in ps.METHODS]
+    assert len(every) == len(summaries) + len(ps.speed_cells(TINY))
     for summary in summaries:
         assert summary.study == ps.learning_rate_study(TINY, summary.name.split("@")[0], 4)
         best = summary.best()
@@ -43,7 +46,7 @@ def test_the_report_lists_what_was_tried_and_flags_edges(tmp_path, monkeypatch):
     assert [row[0] for row in rows] == [s.name for s in summaries]
     # a config recorded under a key the experiment has since dropped: trials, no declarations
     older = study_summaries(ps.EXPERIMENT, {**records[0].config, "dropped_key": 1}, trials)
-    assert [s.name for s in older] == [s.name for s in summaries]
+    assert [s.name for s in older] == [s.name for s in every]
     assert all(s.study is None and s.trials for s in older)
     path = experiment_report(ps.EXPERIMENT, records, tmp_path / "out", "md", trials)
     text = path.read_text()
@@ -58,6 +61,6 @@ def test_the_report_lists_what_was_tried_and_flags_edges(tmp_path, monkeypatch):
     from neuroplastic.cli import edge_flags, hyperparameter_table
 
     edges = edge_flags(ps.EXPERIMENT, records, trials)
-    assert edges == {s.name: s.edges() for s in summaries if s.edges()}
+    assert edges == {s.name: s.edges() for s in every if s.edges()}
     table = hyperparameter_table(records, edges)
-    assert table.row_count == len(ps.METHODS)
+    assert table.row_count == len(ps.METHODS) + len(ps.speed_cells(TINY))

@@ -41,13 +41,27 @@ clean measure. For node perturbation the aggregate weighs each layer by the squa
 input, which pooling the images changes, while a layer's own V_l depends on its units' share of
 the output-error gradient and not on its input: the per-layer values are the clean measure.
 
-Verdict (criterion fixed before the runs of this protocol): three parts, each over the seed means
+Verdict (criterion fixed before the runs of this protocol): four parts, each over the seed means
 of the default config. (i) Linear: at every (N, M), V divided by its theory is within
 ``RATIO_TOLERANCE`` of 1 for both rules. (ii) MLP: weight perturbation's aggregate exponents
 within ``EXPONENT_TOLERANCE`` of (1, 0), and node perturbation's per-layer exponents within it of
 (0, 1) for both layers. (iii) Learning, below: node perturbation's final training loss below weight
-perturbation's at every training width (paired 95 % interval of the difference below 0). All three:
-holds; none: does not hold; otherwise partly holds.
+perturbation's at every training width (paired 95 % interval of the difference below 0). (iv)
+Learning speed in the linear setting: node perturbation needs fewer passes than weight perturbation
+at every (N, M), and the fitted exponent of the ratio weight / node on log N is within
+``EXPONENT_TOLERANCE`` of 1. All four: holds; none: does not hold; otherwise partly holds.
+
+(b, linear) Learning speed in Werfel's setting, their central claim. The linear student starts
+at W = 0 and learns online, one fresh unit-norm input per step, until its generalisation error
+``|W - W*|^2 / |W*|^2`` falls below ``speed_target``; the measure is the forward passes spent (2 per
+perturbation step, clean and perturbed; ``backprop_pass_cost`` per backprop step). Each (method, N,
+M) gets the same grid of learning rates (``speed_lrs``), scored on the tuning seed; the chosen
+rate is then run on the seed. With the optimal rate a Gaussian-perturbation step makes about
+``1 / (K + 2)`` of a gradient step's progress (K perturbed dimensions), and online learning of N
+inputs takes about N gradient steps, so the passes grow about as ``N^2 M`` for weight
+perturbation, ``N M`` for node perturbation and ``N`` for backprop: the ratio weight / node grows
+as N, the synapses per neuron. The simulation is batched over learning rates
+(:func:`linear_speed`); its estimators are tested equal to the rules' own.
 
 (b) Learning. At each width of ``train_widths`` every method trains the same initial network on
 the same minibatch sequence with plain SGD until it has spent ``budget`` forward passes. Counting:
@@ -96,7 +110,7 @@ from neuroplastic.stats import Summary, mean_ci
 from neuroplastic.store import RunRecord
 from neuroplastic.tasks.splits import validation_split
 from neuroplastic.threads import one_cpu_thread
-from neuroplastic.tuning import Choice, Objective, Study, Trial
+from neuroplastic.tuning import Batch, Choice, Objective, Study, Trial
 
 NAME = "perturbation-scaling"
 WEIGHT, NODE, BACKPROP = "weight-perturbation", "node-perturbation", "backprop"
@@ -145,6 +159,20 @@ class Config:
     """Output counts M of the linear student-teacher networks (swept with every N)."""
     linear_draws: int = 512
     """Single-draw estimates per rule and linear network."""
+    speed_inputs: tuple[int, ...] = (8, 16, 32)
+    """Input counts N of the linear learning-speed sweep."""
+    speed_outputs: tuple[int, ...] = (2, 4, 8)
+    """Output counts M of the linear learning-speed sweep (with every N)."""
+    speed_lrs: tuple[float, ...] = tuple(2.0**-k for k in range(-1, 15))
+    """Learning-rate grid of the linear learning-speed sweep (2 down to 2^-14), the same for every
+    method and size."""
+    speed_patience: float = 4.0
+    """In a batch of rates, one that has not learnt within this many times the passes of the
+    fastest counts as not learning (inf): the search needs the fastest, not the slow tail."""
+    speed_target: float = 0.1
+    """Generalisation error ``|W - W*|^2 / |W*|^2`` at which the linear student has learnt."""
+    speed_max_passes: int = 200_000
+    """Forward passes after which a linear run that has not learnt counts as never (inf)."""
     train_widths: tuple[int, ...] = (32, 128)
     """Hidden widths at which the three methods are trained (b)."""
     budget: int = 2000
@@ -186,7 +214,13 @@ class Config:
                 f"needs networks with fewer synapses at a fixed number of neurons): "
                 f"{self.input_sides}"
             )
-        for name in ("linear_inputs", "linear_outputs"):
+        if not self.speed_lrs or not all(0 < lr < math.inf for lr in self.speed_lrs):
+            raise ValueError(f"speed_lrs must hold positive learning rates: {self.speed_lrs}")
+        if not 0 < self.speed_target < 1 or self.speed_max_passes < 1:
+            raise ValueError("need 0 < speed_target < 1 and speed_max_passes >= 1")
+        if not self.speed_patience >= 1:
+            raise ValueError(f"speed_patience must be at least 1, got {self.speed_patience}")
+        for name in ("linear_inputs", "linear_outputs", "speed_inputs", "speed_outputs"):
             values = getattr(self, name)
             if len(set(values)) < 2 or min(values) < 1:
                 raise ValueError(
@@ -218,6 +252,9 @@ def quick(config: Config) -> Config:
         linear_inputs=tuple(sorted(config.linear_inputs)[:2]),
         linear_outputs=tuple(sorted(config.linear_outputs)[:2]),
         linear_draws=min(config.linear_draws, 64),
+        speed_inputs=tuple(sorted(config.speed_inputs)[:2]),
+        speed_outputs=tuple(sorted(config.speed_outputs)[:2]),
+        speed_max_passes=min(config.speed_max_passes, 20_000),
         train_widths=tuple(sorted(config.train_widths)[:1]),
         budget=min(config.budget, 400),
         curve_points=min(config.curve_points, 8),
@@ -246,6 +283,11 @@ def linear_key(method: str, n_in: int, n_out: int) -> Key:
     """Where ``method``'s relative variance on the linear ``n_in -> n_out`` student is
     recorded."""
     return Key(method, "relative_variance", setting="linear", inputs=n_in, outputs=n_out)
+
+
+def speed_key(method: str, n_in: int, n_out: int) -> Key:
+    """Where ``method``'s forward passes to learn the linear ``n_in -> n_out`` task go."""
+    return Key(method, "passes_to_target", setting="linear", inputs=n_in, outputs=n_out)
 
 
 def linear_theory(method: str, n_in: int, n_out: int) -> float:
@@ -381,6 +423,93 @@ def linear_relative_variances(config: Config, seed: int, n_in: int, n_out: int) 
         )[None]  # fmt: skip
         rule.remove()
     return result
+
+
+# -- (b, linear) learning speed in Werfel's setting -------------------------------------------
+
+
+def linear_speed(
+    config: Config, method: str, n_in: int, n_out: int, lrs: Sequence[float], seed: int
+) -> list[float]:
+    """Forward passes the linear student of ``seed`` needs to reach ``speed_target`` with each of
+    ``lrs`` (inf: diverged, not within ``speed_max_passes``, or not within ``speed_patience`` times
+    the fastest rate's passes), all rates as one batch on the same inputs and noise.
+
+    One online step on input ``x`` (unit norm), with ``d = (W - W*) x`` and ``L = |d|^2 / 2``:
+    backprop ``g = d x^T``; weight perturbation (forward difference, noise ``sigma Xi``)
+    ``g = (L(W + sigma Xi) - L(W)) / sigma Xi``; node perturbation (noise ``sigma xi`` on the
+    outputs) ``g = (L(y + sigma xi) - L(y)) / sigma xi x^T``: the estimators of
+    ``WeightPerturbation`` and ``NodePerturbation`` with one draw (tested equal).
+    """
+    draw = generator(seed, _ROLE_LINEAR, n_in, n_out, 1)
+    noise = generator(seed, _ROLE_NOISE, n_in, n_out, 1)
+    dtype = torch.float64
+    teacher = torch.randn(n_out, n_in, generator=draw, dtype=dtype) / math.sqrt(n_in)
+    norm2 = float(teacher.pow(2).sum())
+    rates = torch.tensor(list(lrs), dtype=dtype)[:, None, None]
+    student = torch.zeros(len(lrs), n_out, n_in, dtype=dtype)
+    passes_per_step = config.backprop_pass_cost if method == BACKPROP else 2.0
+    reached = torch.full((len(lrs),), math.inf, dtype=dtype)
+    sigma, steps = config.sigma, int(config.speed_max_passes // passes_per_step)
+    for step in range(1, steps + 1):
+        x = torch.randn(n_in, generator=draw, dtype=dtype)
+        x = x / x.norm()
+        d = (student - teacher) @ x  # (R, M)
+        if method == BACKPROP:
+            gradient = d[:, :, None] * x
+        elif method == WEIGHT:
+            xi = torch.randn(n_out, n_in, generator=noise, dtype=dtype)
+            change = ((d + sigma * (xi @ x)).pow(2).sum(-1) - d.pow(2).sum(-1)) / 2
+            gradient = (change / sigma)[:, None, None] * xi
+        else:
+            xi = torch.randn(n_out, generator=noise, dtype=dtype)
+            change = ((d + sigma * xi).pow(2).sum(-1) - d.pow(2).sum(-1)) / 2
+            gradient = (change / sigma)[:, None, None] * (xi[:, None] * x)
+        student = student - rates * gradient
+        error = (student - teacher).pow(2).sum((1, 2)) / norm2
+        newly = (error <= config.speed_target) & torch.isinf(reached)
+        reached[newly] = step * passes_per_step
+        lost = ~torch.isfinite(error) | (error > 1e6)
+        student[lost] = 0.0  # a diverged rate stays at inf and stops overflowing
+        if bool((torch.isfinite(reached) | lost).all()):
+            break
+        fastest = float(reached.min())
+        if step * passes_per_step >= config.speed_patience * fastest:
+            break  # the rest are slower than the patience allows: inf
+    return reached.tolist()
+
+
+def speed_study_name(method: str, n_in: int, n_out: int) -> str:
+    return f"{method}@linear{n_in}x{n_out}"
+
+
+def speed_cells(config: Config) -> list[tuple[str, int, int]]:
+    return [(m, n, k) for n in config.speed_inputs for k in config.speed_outputs for m in METHODS]
+
+
+def speed_study(config: Config, method: str, n_in: int, n_out: int) -> Study:
+    """Every rate of ``speed_lrs`` once, as one batch, on the tuning seed."""
+    return Study(
+        speed_study_name(method, n_in, n_out), {"lr": Choice(config.speed_lrs)},
+        trials=len(config.speed_lrs), sampler="grid", seed=config.tuning_seed,
+        round_size=len(config.speed_lrs), training_seed=config.tuning_seed,
+    )  # fmt: skip
+
+
+def speed_objective(config: Config, method: str, n_in: int, n_out: int) -> Batch:
+    """Passes to the target for every rate of a round, simulated as one batch."""
+
+    def objective(trials: Sequence[tuple[dict, Trial]]) -> list[float]:
+        lrs = [params["lr"] for params, _ in trials]
+        return linear_speed(config, method, n_in, n_out, lrs, config.tuning_seed)
+
+    return Batch(objective)
+
+
+def tuned_speed_rate(config: Config, method: str, n_in: int, n_out: int, context) -> float:
+    study = speed_study(config, method, n_in, n_out)
+    batch = speed_objective(config, method, n_in, n_out).objective
+    return context.tune(config, study, batch_objective=batch).params["lr"]
 
 
 # -- (b) learning against forward passes ----------------------------------------------------------
@@ -523,7 +652,7 @@ def studies(config: Config) -> list[Study]:
         learning_rate_study(config, method, width)
         for width in config.train_widths
         for method in METHODS
-    ]
+    ] + [speed_study(config, *cell) for cell in speed_cells(config)]
 
 
 def objective(config: Config, name: str, context: RunContext) -> Objective:
@@ -539,6 +668,9 @@ def objective(config: Config, name: str, context: RunContext) -> Objective:
                         return inner(params, trial)
 
                 return one_thread
+    for cell in speed_cells(config):
+        if speed_study_name(*cell) == name:
+            return speed_objective(config, *cell)
     raise KeyError(f"{NAME} has no study {name!r}")
 
 
@@ -546,6 +678,8 @@ def tune(config: Config, context: RunContext) -> None:
     """Every learning-rate study of the config (the runner calls this before the seeds)."""
     with one_cpu_thread(context.device):
         tuned_learning_rates(config, make_splits(config, context), context)
+        for cell in speed_cells(config):
+            tuned_speed_rate(config, *cell, context)
 
 
 # -- one seed -------------------------------------------------------------------------------------
@@ -606,6 +740,23 @@ def _run(config: Config, seed: int, context: RunContext) -> RunResult:
         metrics[Key(method, "synapse_exponent", setting="linear")] = alpha
         metrics[Key(method, "neuron_exponent", setting="linear")] = beta
 
+    speed_rates = {}
+    for method, n_in, n_out in speed_cells(config):
+        lr = tuned_speed_rate(config, method, n_in, n_out, context)
+        speed_rates[speed_study_name(method, n_in, n_out)] = {"lr": lr}
+        (passes,) = linear_speed(config, method, n_in, n_out, [lr], seed)
+        metrics[speed_key(method, n_in, n_out)] = passes
+    for method in METHODS:
+        cells = [(n, k) for n in config.speed_inputs for k in config.speed_outputs]
+        passes = [metrics[speed_key(method, n, k)] for n, k in cells]
+        alpha, beta = math.nan, math.nan  # a size that never learnt has no exponent
+        if all(math.isfinite(v) for v in passes):
+            alpha, beta = fit_exponents([math.log(v) for v in passes],
+                                        [math.log(n) for n, _ in cells],
+                                        [math.log(k) for _, k in cells])  # fmt: skip
+        metrics[Key(method, "passes_exponent_inputs", setting="linear")] = alpha
+        metrics[Key(method, "passes_exponent_outputs", setting="linear")] = beta
+
     rates = tuned_learning_rates(config, splits, context)
     curves: dict[Key, dict[str, list[float]]] = {}
     for width in config.train_widths:
@@ -620,6 +771,7 @@ def _run(config: Config, seed: int, context: RunContext) -> RunResult:
         for width in config.train_widths
         for method in METHODS
     }
+    hyperparameters.update(speed_rates)
     return RunResult(metrics, curves, "forward passes", hyperparameters)
 
 
@@ -685,14 +837,31 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
             for short, method in (("node", NODE), ("weight", WEIGHT), ("backprop", BACKPROP))
         )
         loss_parts.append(f"H={width}: {losses}")
-    parts = int(linear_holds) + int(layer_holds) + int(learning_holds)
-    status = {3: "holds", 0: "does not hold"}.get(parts, "partly holds")
+    cells = [(n, k) for n in default.speed_inputs for k in default.speed_outputs]
+    passes = {
+        (method, n, k): summary(speed_key(method, n, k)).mean
+        for method in (WEIGHT, NODE)
+        for n, k in cells
+    }
+    node_faster = all(passes[NODE, n, k] < passes[WEIGHT, n, k] for n, k in cells)
+    ratios = [passes[WEIGHT, n, k] / passes[NODE, n, k] for n, k in cells]
+    ratio_exponent = math.nan
+    if all(math.isfinite(r) and r > 0 for r in ratios):
+        ratio_exponent, _ = fit_exponents(
+            [math.log(r) for r in ratios], [math.log(n) for n, _ in cells],
+            [math.log(k) for _, k in cells],
+        )  # fmt: skip
+    speed_holds = node_faster and abs(ratio_exponent - 1) <= EXPONENT_TOLERANCE
+    parts = int(linear_holds) + int(layer_holds) + int(learning_holds) + int(speed_holds)
+    status = {4: "holds", 0: "does not hold"}.get(parts, "partly holds")
     headline = (
         f"linear student-teacher [within {RATIO_TOLERANCE:.0%} of M+1 and NM+1: "
         f"{yes(linear_holds)}]: {linear_part}; MLP exponents on (log synapses, "
         f"log neurons) [weight ~(1, 0), node per layer ~(0, 1): {yes(layer_holds)}]: "
         f"{'; '.join(layer_parts)}; training loss after {default.budget} forward passes "
-        f"[node < weight: {yes(learning_holds)}]: {'; '.join(loss_parts)} (n={len(runs)})"
+        f"[node < weight: {yes(learning_holds)}]: {'; '.join(loss_parts)}; linear learning speed "
+        f"[node faster at every (N, M), weight/node ~ N: {yes(speed_holds)}]: passes weight/node "
+        f"{min(ratios):.1f}-{max(ratios):.1f}, exponent on N {ratio_exponent:.2f} (n={len(runs)})"
     )
     return Verdict(status, headline)
 
