@@ -27,7 +27,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from neuroplastic.neurons.surrogate import SpikeFunction, bellec2020_pseudo_derivative
+from neuroplastic.neurons.surrogate import (
+    SpikeFunction,
+    bellec2020_pseudo_derivative,
+    pseudo_derivative,
+)
 
 
 class LIFParameters(NamedTuple):
@@ -120,5 +124,5 @@ def pseudo_derivative_of(
     ``before`` to ``after``, 0 where the neuron was refractory during it: the quantity e-prop's
     eligibility traces use, equal to autograd's ``dz/dv`` through the step."""
     distance = (after.v - threshold(after.a, params)) / params.v_th
-    psi = dampening * torch.clamp(1.0 - distance.abs(), min=0.0) / params.v_th
+    psi = pseudo_derivative(distance, dampening) / params.v_th
     return psi * (before.refractory <= 0).to(psi.dtype)
