@@ -1,8 +1,8 @@
-"""A recurrent network of LIF neurons with a leaky readout (Bellec et al. 2020, Methods), built
-from the ``neurons`` step functions; BPTT is autograd through :meth:`RecurrentLIF.forward`.
+"""A recurrent network of LIF and ALIF neurons with a leaky readout (Bellec et al. 2020, Methods),
+built from the ``neurons`` step functions; BPTT is autograd through :meth:`RecurrentLIF.forward`.
 
     I^t = W_in x^t + W_rec z^{t-1}            (W_rec with a zero diagonal: no self-connections)
-    z^t, state^t = lif_step(I^t, state^{t-1})
+    z^t, state^t = lif_step(I^t, state^{t-1})  (the last ``n_adaptive`` neurons are ALIF)
     y^t = kappa y^{t-1} + W_out z^t + b_out,   kappa = exp(-dt / tau_out)
 """
 
@@ -17,11 +17,20 @@ from neuroplastic.neurons.lif import LIFParameters, LIFState, decay, initial_sta
 from neuroplastic.neurons.surrogate import bellec2020_pseudo_derivative
 
 
-class RecurrentLIF(nn.Module):
-    """``n_in`` inputs, ``n_rec`` LIF neurons, ``n_out`` leaky readouts.
+def bellec2020_beta(tau_m: float, tau_a: float, dt: float = 1.0, strength: float = 1.7) -> float:
+    """The adaptation strength of the authors' evidence-accumulation set-up,
+    ``beta = 1.7 (1 - rho) / (1 - alpha)``: an adaptation that, integrated over ``tau_a``, moves the
+    threshold as much as ``strength`` times a spike moves the membrane."""
+    return strength * (1.0 - decay(tau_a, dt)) / (1.0 - decay(tau_m, dt))
 
-    Weights start as in the authors' code in spirit: Gaussian, scaled by 1/sqrt(fan-in), from
-    ``generator``.
+
+class RecurrentLIF(nn.Module):
+    """``n_in`` inputs, ``n_rec`` spiking neurons (the last ``n_adaptive`` of them ALIF), ``n_out``
+    leaky readouts.
+
+    Weights start Gaussian, scaled by 1/sqrt(fan-in), from ``generator``. ``beta`` defaults to
+    :func:`bellec2020_beta`. The neuron parameters are buffers, so ``.to()`` and ``.double()`` move
+    them with the weights.
     """
 
     def __init__(
@@ -30,7 +39,10 @@ class RecurrentLIF(nn.Module):
         n_rec: int,
         n_out: int,
         *,
+        n_adaptive: int = 0,
         tau_m: float = 20.0,
+        tau_a: float = 2000.0,
+        beta: float | None = None,
         tau_out: float = 20.0,
         v_th: float = 0.6,
         refractory: int = 0,
@@ -39,17 +51,30 @@ class RecurrentLIF(nn.Module):
         generator: torch.Generator | None = None,
     ):
         super().__init__()
-        self.n_in, self.n_rec, self.n_out = n_in, n_rec, n_out
-        self.neuron = LIFParameters(decay(tau_m, dt), v_th, refractory)
+        if not 0 <= n_adaptive <= n_rec:
+            raise ValueError(f"n_adaptive must lie in 0..n_rec={n_rec}, got {n_adaptive}")
+        self.n_in, self.n_rec, self.n_out, self.n_adaptive = n_in, n_rec, n_out, n_adaptive
+        self.alpha, self.rho = decay(tau_m, dt), decay(tau_a, dt)
+        self.v_th, self.refractory = v_th, refractory
         self.kappa = decay(tau_out, dt)
         self.dampening = dampening
         self.spike = bellec2020_pseudo_derivative(dampening)
+        strength = bellec2020_beta(tau_m, tau_a, dt) if beta is None else beta
+        betas = torch.zeros(n_rec)
+        betas[n_rec - n_adaptive :] = strength
+        self.register_buffer("beta", betas)
         gen = generator
         self.w_in = nn.Parameter(torch.randn(n_rec, n_in, generator=gen) / math.sqrt(n_in))
         self.w_rec = nn.Parameter(torch.randn(n_rec, n_rec, generator=gen) / math.sqrt(n_rec))
         self.w_out = nn.Parameter(torch.randn(n_out, n_rec, generator=gen) / math.sqrt(n_rec))
         self.b_out = nn.Parameter(torch.zeros(n_out))
         self.register_buffer("no_self", 1.0 - torch.eye(n_rec))
+
+    @property
+    def neuron(self) -> LIFParameters:
+        """The neurons' parameters for the step functions (``beta`` 0 for the LIF neurons)."""
+        beta = self.beta if self.n_adaptive else 0.0
+        return LIFParameters(self.alpha, self.v_th, self.refractory, beta, self.rho)
 
     def recurrent_weights(self) -> Tensor:
         """``W_rec`` with its diagonal held at zero."""
