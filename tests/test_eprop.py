@@ -243,3 +243,30 @@ def test_eprop_training_lowers_the_loss():
         losses.append(rule.backward(x, target).item())
         optimizer.step()
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("segment", [1, 7, 40, 500])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_segmented_path_equals_the_reference_loop(segment, loss):
+    """The fast path (per-neuron history of a segment, matrix products) against the reference
+    (every trace advanced every step): recurrence, ALIF, refractoriness, the rate penalty."""
+    model = network(recurrent=True, n_adaptive=4, refractory=2, seed=3)
+    x, target = task(seed=7)
+    if loss == "cross_entropy":
+        target = torch.tensor([1, 0, 1])
+    mask = torch.linspace(0, 1, x.shape[1], dtype=F64)
+    options = {"loss": loss, "regularisation": 0.3, "target_rate": 0.05}
+    reference = EProp(model, implementation="reference", **options)
+    segmented = EProp(model, implementation="segmented", segment=segment, **options)
+    expected, expected_loss = reference.gradients(x, target, mask)
+    grads, segmented_loss = segmented.gradients(x, target, mask)
+    assert segmented_loss.item() == pytest.approx(expected_loss.item(), rel=1e-12)
+    assert_close(grads, expected, expected.keys(), rtol=1e-10)
+    every = min(segment, 13)  # online chunks: the same yields, one by one
+    pairs = list(zip(reference.chunks(x, target, mask, every),
+                     segmented.chunks(x, target, mask, every), strict=True))  # fmt: skip
+    assert len(pairs) == -(-x.shape[1] // every)
+    for (expected, expected_loss), (grads, segmented_loss) in pairs:
+        assert segmented_loss.item() == pytest.approx(expected_loss.item(), rel=1e-12, abs=1e-15)
+        for name in expected:
+            assert torch.allclose(grads[name], expected[name], rtol=1e-10, atol=1e-13), name

@@ -48,6 +48,7 @@ from neuroplastic.neurons.lif import LIFState, pseudo_derivative_of
 
 FEEDBACK = ("symmetric", "random", "adaptive")
 LOSSES = ("mse", "cross_entropy")
+IMPLEMENTATIONS = ("segmented", "reference")
 
 
 class Traces(NamedTuple):
@@ -121,15 +122,39 @@ def trace_step(
 
 
 def output_error(y: Tensor, target: Tensor, weight: Tensor, loss: str) -> tuple[Tensor, Tensor]:
-    """``(dE/dy, E)`` of one step: readouts ``y`` ``(batch, n_out)``, targets ``(batch, n_out)``
-    (``mse``) or labels ``(batch,)`` (``cross_entropy``), per-example weights ``(batch,)`` that
-    already include the 1/batch average."""
+    """``(dE/dy, E)``: readouts ``y`` ``(..., n_out)``, targets ``(..., n_out)`` (``mse``) or
+    labels ``(...)`` (``cross_entropy``), weights ``(...)`` that already include the 1/batch
+    average (the leading dimensions are a batch, or steps and a batch)."""
     if loss == "mse":
         difference = y - target
-        return difference * weight[:, None], 0.5 * (weight * difference.pow(2).sum(1)).sum()
-    log_pi = torch.log_softmax(y, 1)
-    onehot = torch.nn.functional.one_hot(target, y.shape[1]).to(y.dtype)
-    return (log_pi.exp() - onehot) * weight[:, None], -(weight * (onehot * log_pi).sum(1)).sum()
+        return difference * weight[..., None], 0.5 * (weight * difference.pow(2).sum(-1)).sum()
+    log_pi = torch.log_softmax(y, -1)
+    onehot = torch.nn.functional.one_hot(target, y.shape[-1]).to(y.dtype)
+    return (log_pi.exp() - onehot) * weight[..., None], -(weight * (onehot * log_pi).sum(-1)).sum()
+
+
+def summed_outer(post: Tensor, pre: Tensor) -> Tensor:
+    """``sum_{k,b} post[k,b,j] pre[k,b,i]`` ``(j, i)`` as one matrix product (einsum's own route
+    for this pattern is several times slower on the CPU)."""
+    return post.flatten(0, 1).T @ pre.flatten(0, 1)
+
+
+def outer_per_example(post: Tensor, pre: Tensor) -> Tensor:
+    """``sum_k post[k,b,j] pre[k,b,i]`` ``(b, j, i)`` as one batched matrix product."""
+    return torch.bmm(post.permute(1, 2, 0), pre.transpose(0, 1))
+
+
+def adaptation_weights(w: Tensor, c: Tensor) -> Tensor:
+    """``G^q`` for ``q = t0-1 .. t1-2`` (index ``m`` is ``q = t0-1+m``) from the backward
+    recursion ``G^{t1-1} = 0``, ``G^q = w^{q+1} + c^{q+1} G^{q+1}``; ``w``, ``c`` ``(k, batch,
+    n_ad)`` for the segment's steps ``t0 .. t1-1``. Unrolling the ``eps_a`` recursion gives
+    ``sum_r w^r eps_a^r = c^{t0-1} G^{t0-1} eps_a^{t0-1} + sum_q G^q psi^q eps_v^q``."""
+    g = torch.empty_like(w)
+    acc = torch.zeros_like(w[0])
+    for m in reversed(range(w.shape[0])):
+        acc = w[m] + c[m] * acc
+        g[m] = acc
+    return g
 
 
 class EProp:
@@ -145,6 +170,12 @@ class EProp:
             ``(batch,)`` or ``(batch, T)``).
         regularisation: strength ``reg`` of the firing-rate penalty (0: none).
         target_rate: ``f0`` in spikes per step (10 Hz at dt = 1 ms is 0.01).
+        implementation: ``reference`` advances every trace at every step, as the equations read;
+            ``segmented`` (default, tested equal to it) runs the network ``segment`` steps at a
+            time keeping only per-neuron quantities for those steps, then sums the traces'
+            products over the segment with matrix products (:func:`segment_step`). Memory is
+            bounded by ``segment``, not by the trial's length.
+        segment: steps per segment of the segmented path (online updates use ``every``).
     """
 
     def __init__(
@@ -156,6 +187,8 @@ class EProp:
         loss: str = "mse",
         regularisation: float = 0.0,
         target_rate: float = 0.01,
+        implementation: str = "segmented",
+        segment: int = 500,
     ):
         if feedback not in FEEDBACK:
             raise ValueError(f"feedback must be one of {FEEDBACK}, got {feedback!r}")
@@ -163,6 +196,13 @@ class EProp:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if regularisation < 0:
             raise ValueError(f"regularisation must be >= 0, got {regularisation}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+            )
+        if segment < 1:
+            raise ValueError(f"segment must be >= 1 step, got {segment}")
+        self.implementation, self.segment = implementation, segment
         self.model, self.feedback, self.loss = model, feedback, loss
         self.regularisation, self.target_rate = regularisation, target_rate
         self.feedback_weights: torch.nn.Parameter | None = None
@@ -199,6 +239,9 @@ class EProp:
         if every < 1:
             raise ValueError(f"every must be >= 1 step, got {every}")
         targets, weights = self._per_step(target, mask, batch, steps, x)
+        if self.implementation == "segmented":
+            yield from self._segmented(x, targets, weights, every if every < steps else None)
+            return
         state = model.initial_state(batch)
         y = torch.zeros(batch, model.n_out, dtype=x.dtype, device=x.device)
         traces = initial_traces(model, batch, x.dtype, x.device)
@@ -258,6 +301,46 @@ class EProp:
             total += loss
         return total
 
+    def _segmented(
+        self, x: Tensor, targets: Tensor, weights: Tensor, every: int | None
+    ) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """:meth:`chunks` by :func:`segment_step`: segments of ``every`` steps (online), or of
+        ``self.segment`` steps summed into one yield (``every`` None)."""
+        model = self.model
+        batch, steps, _ = x.shape
+        length = every or self.segment
+        state = model.initial_state(batch)
+        y = torch.zeros(batch, model.n_out, dtype=x.dtype, device=x.device)
+        traces = initial_traces(model, batch, x.dtype, x.device)
+        spikes = torch.zeros(model.n_rec, dtype=x.dtype, device=x.device)
+        total, e_sum, total_loss = self._zeros(), self._zeros(), x.new_zeros(())
+        for start in range(0, steps, length):
+            end = min(start + length, steps)
+            grads, loss, state, y, traces, rate_terms = segment_step(
+                model, x[:, start:end], targets[start:end], weights[start:end], state, y,
+                traces, self.feedback_matrix(), self.loss, bool(self.regularisation),
+                last=end == steps,
+            )  # fmt: skip
+            if rate_terms is not None:
+                spikes += rate_terms.pop("spikes")
+                for name, value in rate_terms.items():
+                    e_sum[name] += value
+            if every is not None:
+                if self.regularisation:
+                    loss += self._add_rate_penalty(grads, e_sum, spikes, batch, end, steps)
+                    e_sum = self._zeros()
+                grads["w_rec"] *= model.no_self
+                yield grads, loss
+                continue
+            for name in total:
+                total[name] += grads[name]
+            total_loss += loss
+        if every is None:
+            if self.regularisation:
+                total_loss += self._add_rate_penalty(total, e_sum, spikes, batch, steps, steps)
+            total["w_rec"] *= model.no_self
+            yield total, total_loss
+
     def _write(self, grads: dict[str, Tensor]) -> None:
         for name, param in self.model.named_parameters():
             param.grad = grads[name].clone() if param.grad is None else param.grad + grads[name]
@@ -297,3 +380,139 @@ class EProp:
         mask = x.new_ones(steps) if mask is None else mask.to(x)
         weights = (mask[:, None].expand(steps, batch) if mask.dim() == 1 else mask.T) / batch
         return targets, weights
+
+
+def segment_step(
+    model: RecurrentLIF,
+    x: Tensor,
+    targets: Tensor,
+    weights: Tensor,
+    state: LIFState,
+    y: Tensor,
+    traces: Traces,
+    feedback: Tensor,
+    loss: str,
+    rate_terms: bool = False,
+    last: bool = True,
+) -> tuple[dict[str, Tensor], Tensor, LIFState, Tensor, Traces, dict[str, Tensor] | None]:
+    """e-prop over ``k`` steps at once: ``(gradients, loss, state, y, traces, rates)`` for ``x``
+    ``(batch, k, n_in)``, step-first ``targets`` and ``weights``, from the traces before the
+    segment. Equal to ``k`` steps of the reference loop; only per-neuron quantities of the
+    segment are kept.
+
+    Every sum the segment needs has the form ``sum_r W_j^r e_ji^r`` for per-neuron weights ``W``
+    (``e`` the eligibility trace), which unrolls into products of per-neuron and presynaptic
+    factors: ``sum_r (W^r psi^r - G^r psi^r) eps_v^r`` (``G`` from :func:`adaptation_weights` with
+    ``w = W psi beta``, ALIF rows only) plus terms at the step before the segment. With
+    ``Lf^r = sum_{r<=s<t1} kappa^{s-r} L^s`` (the learning signal filtered backwards within the
+    segment)::
+
+        gradient   sum_s L^s ebar^s = kappa Lf^{t0} ebar^{t0-1} + sum_r Lf^r e^r
+        next ebar  ebar^{t1-1} = kappa^k ebar^{t0-1} + sum_r kappa^{t1-1-r} e^r   (per example)
+        next eps_a eps_a^{t1-1}: the unrolled recursion with w = 1[r = t1-1]      (per example)
+
+    The sums over the batch are one matrix product, the per-example ones one batched product.
+    ``rate_terms``: also return what the firing-rate penalty needs (see :class:`EProp`), the
+    segment's spike count per neuron and ``sum_r e^r``; otherwise ``rates`` is None.
+    """
+    k = x.shape[1]
+    alpha, kappa = model.alpha, model.kappa
+    eps_in, eps_rec, zbar, onebar = traces.eps_in, traces.eps_rec, traces.zbar, traces.onebar
+    history: dict[str, list[Tensor]] = {n: [] for n in ("psi", "eps_v", "zbar", "y")}
+    onebars, spike_count = [], torch.zeros_like(zbar[0])
+    for s in range(k):  # the network forward; per-neuron quantities only
+        before = state
+        z, state, y = model.step(x[:, s], state, y)
+        eps_in = alpha * eps_in + x[:, s]
+        eps_rec = alpha * eps_rec + before.z
+        zbar = kappa * zbar + z
+        onebar = kappa * onebar + 1.0
+        spike_count += z.sum(0)
+        history["psi"].append(pseudo_derivative_of(before, state, model.neuron, model.dampening))
+        history["eps_v"].append(torch.cat([eps_in, eps_rec], 1))
+        history["zbar"].append(zbar)
+        history["y"].append(y)
+        onebars.append(onebar)
+    psi, eps_v, zbars, ys = (torch.stack(history[n]) for n in history)  # (k, batch, ·)
+    error, segment_loss = output_error(ys, targets, weights, loss)  # (k, batch, n_out)
+    signal = error @ feedback.T  # (k, batch, n_rec)
+    filtered = torch.empty_like(signal)  # Lf
+    acc = torch.zeros_like(signal[0])
+    for r in reversed(range(k)):
+        acc = signal[r] + kappa * acc
+        filtered[r] = acc
+
+    n_in, n_ad = model.n_in, model.n_adaptive
+    ad, beta = slice(model.n_rec - n_ad, None), model.beta[model.n_rec - n_ad :]
+    c = model.rho - beta * psi[:, :, ad]  # (k, batch, n_ad): the eps_a recursion's factor
+    c_before = model.rho - beta * traces.psi[:, ad]
+    eps_v_before = torch.cat([traces.eps_in, traces.eps_rec], 1)  # (batch, n_in + n_rec)
+    eps_a_before = torch.cat([traces.eps_a_in, traces.eps_a_rec], 2)  # (batch, n_ad, n_pre)
+    ebar_before = torch.cat([traces.ebar_in, traces.ebar_rec], 2)  # (batch, n_rec, n_pre)
+
+    def coefficients(weight: Tensor | None, membrane: bool = True) -> tuple[Tensor, Tensor]:
+        """For ``sum_r W^r e^r`` (``weight`` W, None: only the ALIF rows' ``eps_a`` at the
+        segment's last step): the factor of ``eps_v^r`` per step, and ``G^{t0-1}``."""
+        if weight is None:  # eps_a^{t1-1}: the unrolled recursion with w = 1[r = t1-1]
+            w = torch.zeros_like(c)
+            w[-1] = 1.0
+            g = adaptation_weights(w, c)
+            return torch.cat([g[1:], torch.zeros_like(g[:1])]) * psi[:, :, ad], g[0]
+        coef = weight * psi
+        g = adaptation_weights(coef[:, :, ad] * beta, c)
+        coef[:, :, ad] -= torch.cat([g[1:], torch.zeros_like(g[:1])]) * psi[:, :, ad]
+        return coef, g[0]
+
+    def boundary(g0: Tensor) -> tuple[Tensor, Tensor]:
+        """The terms at the step before the segment, per example: ``(G psi)^{t0-1}`` (times
+        ``eps_v^{t0-1}``) and ``c^{t0-1} G^{t0-1}`` (times ``eps_a^{t0-1}``)."""
+        return g0 * traces.psi[:, ad], c_before * g0
+
+    task, g_task = coefficients(filtered)
+    posts = [task]
+    if rate_terms:
+        rate, g_rate = coefficients(torch.ones_like(filtered))
+        posts.append(rate)
+    summed = summed_outer(torch.cat(posts, 2), eps_v)  # (n_rec or 2 n_rec, n_pre)
+    with_ebar = summed[: model.n_rec] + torch.einsum("bj,bji->ji", kappa * filtered[0], ebar_before)
+    totals = [with_ebar] + ([summed[model.n_rec :]] if rate_terms else [])
+    for total, g0 in zip(totals, [g_task] + ([g_rate] if rate_terms else []), strict=True):
+        if n_ad:
+            v_factor, a_factor = boundary(g0)
+            total[ad] -= v_factor.T @ eps_v_before + torch.einsum(
+                "bj,bji->ji", a_factor, eps_a_before
+            )
+    grads = {
+        "w_in": totals[0][:, :n_in],
+        "w_rec": totals[0][:, n_in:],
+        "w_out": summed_outer(error, zbars),
+        "b_out": torch.einsum("kbo,k->o", error, torch.stack(onebars)),
+    }
+    rates = None
+    if rate_terms:
+        rates = {"spikes": spike_count, "w_in": totals[1][:, :n_in], "w_rec": totals[1][:, n_in:]}
+    if last:
+        return grads, segment_loss, state, y, traces, rates
+
+    decay = kappa ** torch.arange(k - 1, -1, -1, dtype=x.dtype, device=x.device)[:, None, None]
+    ebar_coef, g_ebar = coefficients(decay.expand_as(filtered))
+    a_coef, g_a = coefficients(None)
+    carried = outer_per_example(torch.cat([ebar_coef, a_coef], 2), eps_v)  # (batch, rows, n_pre)
+    ebar = kappa**k * ebar_before + carried[:, : model.n_rec]
+    eps_a = carried[:, model.n_rec :]
+    if n_ad:
+        v_factor, a_factor = boundary(g_ebar)
+        ebar[:, ad] -= (
+            v_factor[:, :, None] * eps_v_before[:, None] + a_factor[:, :, None] * eps_a_before
+        )
+        v_factor, a_factor = boundary(g_a)
+        eps_a = (
+            eps_a
+            + v_factor[:, :, None] * eps_v_before[:, None]
+            + a_factor[:, :, None] * eps_a_before
+        )
+    traces = Traces(
+        eps_in, eps_rec, eps_a[:, :, :n_in], eps_a[:, :, n_in:], psi[-1],
+        ebar[:, :, :n_in], ebar[:, :, n_in:], zbar, onebar,
+    )  # fmt: skip
+    return grads, segment_loss, state, y, traces, rates
