@@ -270,3 +270,17 @@ def test_segmented_path_equals_the_reference_loop(segment, loss):
         assert segmented_loss.item() == pytest.approx(expected_loss.item(), rel=1e-12, abs=1e-15)
         for name in expected:
             assert torch.allclose(grads[name], expected[name], rtol=1e-10, atol=1e-13), name
+
+
+def test_differentiating_the_reset_changes_bptt_but_not_eprop():
+    """e-prop's traces ignore the reset's derivative; BPTT follows ``detach_reset``."""
+    detached = network(recurrent=False)
+    differentiated = network(recurrent=False)
+    differentiated.detach_reset = False
+    x, target = task()
+    expected, _ = bptt_gradients(detached, x, target)
+    with_reset, _ = bptt_gradients(differentiated, x, target)
+    assert not torch.allclose(with_reset["w_in"], expected["w_in"], rtol=1e-3)
+    assert torch.allclose(with_reset["w_out"], expected["w_out"], rtol=1e-12)  # forward unchanged
+    grads, _ = EProp(differentiated).gradients(x, target)
+    assert_close(grads, expected, ("w_in", "w_out"))

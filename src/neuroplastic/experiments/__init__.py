@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from neuroplastic.errors import ConfigError
 from neuroplastic.experiments import (
+    bellec2020_evidence,
     credit_lenet,
     credit_mnist,
     guerguiev2017_mnist,
@@ -28,6 +29,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         credit_lenet,
         perturbation_scaling,
         guerguiev2017_mnist,
+        bellec2020_evidence,
     )
 }
 

@@ -30,7 +30,8 @@ class RecurrentLIF(nn.Module):
 
     Weights start Gaussian, scaled by 1/sqrt(fan-in), from ``generator``. ``beta`` defaults to
     :func:`bellec2020_beta`. The neuron parameters are buffers, so ``.to()`` and ``.double()`` move
-    them with the weights.
+    them with the weights. ``detach_reset=False`` lets BPTT differentiate the reset (see
+    ``neurons.lif``); e-prop's traces ignore the reset's derivative either way.
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class RecurrentLIF(nn.Module):
         v_th: float = 0.6,
         refractory: int = 0,
         dampening: float = 0.3,
+        detach_reset: bool = True,
         dt: float = 1.0,
         generator: torch.Generator | None = None,
     ):
@@ -55,7 +57,7 @@ class RecurrentLIF(nn.Module):
             raise ValueError(f"n_adaptive must lie in 0..n_rec={n_rec}, got {n_adaptive}")
         self.n_in, self.n_rec, self.n_out, self.n_adaptive = n_in, n_rec, n_out, n_adaptive
         self.alpha, self.rho = decay(tau_m, dt), decay(tau_a, dt)
-        self.v_th, self.refractory = v_th, refractory
+        self.v_th, self.refractory, self.detach_reset = v_th, refractory, detach_reset
         self.kappa = decay(tau_out, dt)
         self.dampening = dampening
         self.spike = bellec2020_pseudo_derivative(dampening)
@@ -74,7 +76,9 @@ class RecurrentLIF(nn.Module):
     def neuron(self) -> LIFParameters:
         """The neurons' parameters for the step functions (``beta`` 0 for the LIF neurons)."""
         beta = self.beta if self.n_adaptive else 0.0
-        return LIFParameters(self.alpha, self.v_th, self.refractory, beta, self.rho)
+        return LIFParameters(
+            self.alpha, self.v_th, self.refractory, beta, self.rho, self.detach_reset
+        )
 
     def recurrent_weights(self) -> Tensor:
         """``W_rec`` with its diagonal held at zero."""

@@ -12,11 +12,14 @@ caller computes it, which keeps the steps free of weights and lets a network zer
 ``W_rec``, no self-connections). State and parameters are explicit NamedTuples; nothing is stored
 between calls.
 
-Which terms are detached: the reset term ``z^{t-1} v_th`` uses the previous spikes *detached*, as
-the authors' e-prop code does, so BPTT through these steps and e-prop's eligibility traces
-differentiate the same graph (with ``W_rec = 0`` their gradients agree exactly). The adaptation
-``a`` is not detached: ALIF's traces carry it (``eps_a``). A refractory neuron's spike and its
-pseudo-derivative are both 0.
+Which terms are detached: by default the reset term ``z^{t-1} v_th`` uses the previous spikes
+*detached*, as e-prop's eligibility traces assume (the paper ignores the reset's derivative), so
+BPTT through these steps and e-prop differentiate the same graph (with ``W_rec = 0`` their
+gradients agree exactly). ``LIFParameters(detach_reset=False)`` differentiates the reset too, as
+the authors' BPTT baseline does: over long trials its ``-v_th dz/dv`` term damps the membrane's
+backward recursion, and without it BPTT's gradients can explode (at the evidence-accumulation
+size, 2250 steps, they reach 1e12). The adaptation ``a`` is never detached: ALIF's traces carry
+it (``eps_a``). A refractory neuron's spike and its pseudo-derivative are both 0.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class LIFParameters(NamedTuple):
     """Threshold adaptation strength (0: plain LIF)."""
     rho: Tensor | float = 0.0
     """Adaptation decay per step, ``exp(-dt / tau_a)`` (ALIF)."""
+    detach_reset: bool = True
+    """Whether the reset's gradient is dropped (see the module docstring)."""
 
 
 class LIFState(NamedTuple):
@@ -91,7 +96,7 @@ def lif_step(
 ) -> tuple[Tensor, LIFState]:
     """One step of the (A)LIF neurons driven by ``current`` ``(batch, neurons)``:
     ``(spikes, new state)``. ALIF when ``params.beta`` is non-zero (see :func:`alif_step`)."""
-    previous = state.z.detach()  # the reset uses the previous spikes detached (module docstring)
+    previous = state.z.detach() if params.detach_reset else state.z  # (module docstring)
     a = params.rho * state.a + state.z
     v = params.alpha * state.v + current - previous * params.v_th
     distance = (v - threshold(a, params)) / params.v_th
