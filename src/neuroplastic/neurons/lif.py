@@ -18,8 +18,8 @@ BPTT through these steps and e-prop differentiate the same graph (with ``W_rec =
 gradients agree exactly). ``LIFParameters(detach_reset=False)`` differentiates the reset too, as
 the authors' BPTT baseline does: over long trials its ``-v_th dz/dv`` term damps the membrane's
 backward recursion, and without it BPTT's gradients can explode (at the evidence-accumulation
-size, 2250 steps, they reach 1e12). The adaptation ``a`` is never detached: ALIF's traces carry
-it (``eps_a``). A refractory neuron's spike and its pseudo-derivative are both 0.
+size, 2250 steps, by many orders of magnitude). The adaptation ``a`` is never detached: ALIF's
+traces carry it (``eps_a``). A refractory neuron's spike and its pseudo-derivative are both 0.
 """
 
 from __future__ import annotations

@@ -1,0 +1,121 @@
+"""Seconds per training step of a recurrent spiking network: our BPTT and e-prop, and snnTorch's
+BPTT when it is installed in the benchmark's environment (never a dependency).
+
+    python benchmarks/rsnn_step.py [--size evidence|pattern] [--repeats 5] [--threads 2]
+
+Sizes (the e-prop sheet's): ``evidence`` 40 inputs, 100 neurons (50 ALIF), 2 outputs, T 2250,
+batch 64; ``pattern`` 100 inputs, 100 LIF, 1 output, T 1000, batch 1. A step is the gradient of
+one batch (forward and backward, or e-prop's forward pass with its traces) plus an Adam step;
+the median of ``--repeats`` after one warm-up. snnTorch's step is an ``RLeaky`` recurrent layer
+(all-to-all recurrence, subtractive reset) and a leaky readout in a plain time loop, BPTT by
+autograd, as its tutorials write it. The figures in docs/rules/eprop.md come from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from neuroplastic.credit.eprop import EProp
+from neuroplastic.models.rsnn import RecurrentLIF
+
+SIZES = {
+    "evidence": {"n_in": 40, "n_rec": 100, "n_ad": 50, "n_out": 2, "steps": 2250, "batch": 64},
+    "pattern": {"n_in": 100, "n_rec": 100, "n_ad": 0, "n_out": 1, "steps": 1000, "batch": 1},
+}
+
+
+def ours(rule: str, size: dict):
+    model = RecurrentLIF(size["n_in"], size["n_rec"], size["n_out"], n_adaptive=size["n_ad"],
+                         refractory=5, detach_reset=rule != "bptt",
+                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.rand(size["batch"], size["steps"], size["n_in"], generator=gen) < 0.02).float()
+    target = torch.randn(size["batch"], size["steps"], size["n_out"], generator=gen)
+    eprop = EProp(model, regularisation=1.0) if rule.startswith("eprop") else None
+    if rule == "eprop-online":
+        return lambda: eprop.online(x, target, optimizer, every=250)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if eprop is not None:
+            eprop.backward(x, target)
+        else:
+            y, z = model(x)
+            loss = (
+                0.5 * (y - target).pow(2).sum() / size["batch"]
+                + (z.mean((0, 1)) - 0.01).pow(2).sum()
+            )
+            loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def snntorch_step(size: dict):
+    import snntorch as snn
+
+    torch.manual_seed(0)
+    fc_in = torch.nn.Linear(size["n_in"], size["n_rec"])
+    lif = snn.RLeaky(beta=0.95, linear_features=size["n_rec"], reset_mechanism="subtract")
+    readout = torch.nn.Linear(size["n_rec"], size["n_out"])
+    params = [*fc_in.parameters(), *lif.parameters(), *readout.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.rand(size["steps"], size["batch"], size["n_in"], generator=gen) < 0.02).float()
+    target = torch.randn(size["steps"], size["batch"], size["n_out"], generator=gen)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        spk, mem = lif.init_rleaky()
+        y = torch.zeros(size["batch"], size["n_out"])
+        loss = 0.0
+        for t in range(size["steps"]):
+            spk, mem = lif(fc_in(x[t]), spk, mem)
+            y = 0.95 * y + readout(spk)
+            loss = loss + 0.5 * (y - target[t]).pow(2).sum() / size["batch"]
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def median_seconds(step, repeats: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=SIZES, default="evidence")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    size = SIZES[args.size]
+    print(f"# {args.size} size {size}; {platform.machine()}, torch {torch.__version__}, "
+          f"{args.threads} threads; median of {args.repeats}")  # fmt: skip
+    print("| step | seconds |")
+    print("| --- | --- |")
+    for rule in ("bptt", "eprop", "eprop-online"):
+        print(f"| neuroplastic {rule} | {median_seconds(ours(rule, size), args.repeats):.3f} |",
+              flush=True)  # fmt: skip
+    try:
+        seconds = median_seconds(snntorch_step(size), args.repeats)
+        print(f"| snnTorch RLeaky BPTT | {seconds:.3f} |")
+    except ImportError:
+        print("| snnTorch RLeaky BPTT | not installed (pip install snntorch in a bench venv) |")
+
+
+if __name__ == "__main__":
+    main()
