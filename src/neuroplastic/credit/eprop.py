@@ -450,7 +450,7 @@ def segment_step(
     eps_a_before = torch.cat([traces.eps_a_in, traces.eps_a_rec], 2)  # (batch, n_ad, n_pre)
     ebar_before = torch.cat([traces.ebar_in, traces.ebar_rec], 2)  # (batch, n_rec, n_pre)
 
-    def coefficients(weight: Tensor | None, membrane: bool = True) -> tuple[Tensor, Tensor]:
+    def coefficients(weight: Tensor | None) -> tuple[Tensor, Tensor]:
         """For ``sum_r W^r e^r`` (``weight`` W, None: only the ALIF rows' ``eps_a`` at the
         segment's last step): the factor of ``eps_v^r`` per step, and ``G^{t0-1}``."""
         if weight is None:  # eps_a^{t1-1}: the unrolled recursion with w = 1[r = t1-1]
