@@ -9,6 +9,7 @@ from __future__ import annotations
 from neuroplastic.errors import ConfigError
 from neuroplastic.experiments import (
     bellec2020_evidence,
+    bellec2020_pattern,
     credit_lenet,
     credit_mnist,
     guerguiev2017_mnist,
@@ -30,6 +31,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         perturbation_scaling,
         guerguiev2017_mnist,
         bellec2020_evidence,
+        bellec2020_pattern,
     )
 }
 
