@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--bptt-max", type=int, default=9000)
     parser.add_argument("--segment", type=int, default=500)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rules", nargs="+", default=["bptt", "eprop"], choices=["bptt", "eprop"])
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -89,7 +90,7 @@ def main() -> None:
     print("| rule | T | memory added by the step (MiB) | learning state (MiB) |")
     print("| --- | --- | --- | --- |")
     for steps in args.steps:
-        for rule in ("bptt", "eprop"):
+        for rule in args.rules:
             if rule == "bptt" and steps > args.bptt_max:
                 print(f"| bptt | {steps} | skipped (> --bptt-max) | |")
                 continue

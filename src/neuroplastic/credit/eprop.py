@@ -363,7 +363,9 @@ class EProp:
         return self.regularisation * (rate - self.target_rate).pow(2).sum()
 
     def _per_step(self, target, mask, batch, steps, x) -> tuple[Tensor, Tensor]:
-        """Targets and loss weights indexed by step first: ``(T, batch, ...)``, ``(T, batch)``."""
+        """Targets and loss weights (with the 1/batch average) indexed by step first:
+        ``(T, batch, ...)``, ``(T, batch)``; views where the inputs allow, so that nothing of the
+        trial's length is allocated here (a segment's slice is materialised when used)."""
         if self.loss == "mse":
             if target.shape[:2] != (batch, steps):
                 raise ValueError(
@@ -377,8 +379,8 @@ class EProp:
                 )
             labels = target[:, None].expand(batch, steps) if target.dim() == 1 else target
             targets = labels.transpose(0, 1).long()
-        mask = x.new_ones(steps) if mask is None else mask.to(x)
-        weights = (mask[:, None].expand(steps, batch) if mask.dim() == 1 else mask.T) / batch
+        mask = x.new_full((1,), 1.0 / batch).expand(steps) if mask is None else mask.to(x) / batch
+        weights = mask[:, None].expand(steps, batch) if mask.dim() == 1 else mask.T
         return targets, weights
 
 
