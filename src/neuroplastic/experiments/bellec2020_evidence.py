@@ -71,6 +71,9 @@ REFERENCE = "authors' code: < 7 % validation error after about 200-500 Adam iter
 
 @dataclass(frozen=True)
 class Config:
+    dataset: str = "evidence-accumulation"
+    """Generated trials (``tasks.evidence``; no files): fresh ones for training, fixed validation
+    and test sets drawn from their own seeds."""
     methods: tuple[str, ...] = METHODS
     """Learning rules compared: ``bptt`` and e-prop with ``symmetric``, ``random`` or ``adaptive``
     feedback."""

@@ -65,6 +65,8 @@ TASK = PatternTask()
 
 @dataclass(frozen=True)
 class Config:
+    dataset: str = "pattern-generation"
+    """Generated instances (``tasks.pattern``; no files): one per seed, others for tuning."""
     methods: tuple[str, ...] = METHODS
     """Learning rules compared: ``bptt`` and e-prop with ``symmetric``, ``random`` or ``adaptive``
     feedback."""
