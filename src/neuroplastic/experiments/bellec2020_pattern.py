@@ -46,6 +46,7 @@ from neuroplastic.experiments.base import (
     default_runs,
     finished_by_config,
 )
+from neuroplastic.experiments.bellec2020_evidence import optimizer_for
 from neuroplastic.models.rsnn import RecurrentLIF
 from neuroplastic.results import Key
 from neuroplastic.seeding import generator
@@ -129,18 +130,6 @@ def build(config: Config, method: str, seed: int, device: torch.device):
             segment=TASK.steps,
         )  # fmt: skip
     return model, rule
-
-
-def optimizer_for(model: RecurrentLIF, rule: EProp | None, params: dict) -> torch.optim.Optimizer:
-    """AdamW at the tuned rate; weight decay only for Kolen-Pollack's readout and feedback."""
-    if rule is None or not rule.parameters():
-        return torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=0.0)
-    others = [p for name, p in model.named_parameters() if name != "w_out"]
-    return torch.optim.AdamW(
-        [{"params": others, "weight_decay": 0.0},
-         {"params": [model.w_out, *rule.parameters()], "weight_decay": params["feedback_decay"]}],
-        lr=params["lr"],
-    )  # fmt: skip
 
 
 def train(
