@@ -10,6 +10,7 @@ from neuroplastic.errors import ConfigError
 from neuroplastic.experiments import (
     bellec2020_evidence,
     bellec2020_pattern,
+    bellec2020_store_recall,
     credit_lenet,
     credit_mnist,
     guerguiev2017_mnist,
@@ -32,6 +33,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         guerguiev2017_mnist,
         bellec2020_evidence,
         bellec2020_pattern,
+        bellec2020_store_recall,
     )
 }
 

@@ -36,31 +36,35 @@ from dataclasses import dataclass
 import torch
 
 from neuroplastic.credit.eprop import EProp
-from neuroplastic.errors import DivergenceError
+from neuroplastic.experiments import eprop_protocol as protocol
 from neuroplastic.experiments.base import (
     Experiment,
     ReportTable,
     RunContext,
     RunResult,
     Verdict,
-    default_runs,
     finished_by_config,
 )
-from neuroplastic.experiments.bellec2020_evidence import optimizer_for
+from neuroplastic.experiments.eprop_protocol import (
+    METHODS,
+    MIN_SEEDS,
+    check_finite,
+    feedback,
+    optimizer_for,
+    rate_penalty,
+    study,
+)
 from neuroplastic.models.rsnn import RecurrentLIF
 from neuroplastic.results import Key
 from neuroplastic.seeding import generator
 from neuroplastic.stats import mean_ci
 from neuroplastic.store import RunRecord
 from neuroplastic.tasks.pattern import PatternTask, normalised_mse
-from neuroplastic.tuning import LogUniform, Objective, Study, Trial, TrialOutcome
+from neuroplastic.tuning import Objective, Trial, TrialOutcome
 
 NAME = "bellec2020-pattern"
-METHODS = ("bptt", "eprop-symmetric", "eprop-random", "eprop-adaptive")
 LEARNT = 0.2
 CLOSE = 0.1
-COUNTED = ("eprop-symmetric", "eprop-random")
-MIN_SEEDS = 5
 TASK = PatternTask()
 
 
@@ -97,16 +101,8 @@ class Config:
     """Seed of the tuner's sampler."""
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.methods) - set(METHODS))
-        if unknown or not self.methods:
-            raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
-        for name in ("n_rec", "iterations", "eval_every", "trials", "tune_iterations"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "feedback_decay"):
-            low, high = getattr(self, name)
-            if not 0 < low < high:
-                raise ValueError(f"{name} must be a range 0 < low < high, got {(low, high)}")
+        counts = ("n_rec", "iterations", "eval_every", "trials", "tune_iterations")
+        protocol.check_config(self, counts)
 
 
 def quick(config: Config) -> Config:
@@ -125,7 +121,7 @@ def build(config: Config, method: str, seed: int, device: torch.device):
     rule = None
     if method != "bptt":
         rule = EProp(
-            model, method.removeprefix("eprop-"), generator(NAME, "feedback", seed),
+            model, feedback(method), generator(NAME, "feedback", seed),
             regularisation=config.regularisation, target_rate=config.target_rate,
             segment=TASK.steps,
         )  # fmt: skip
@@ -146,18 +142,11 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         if rule is None:
             y, z = model(x)
-            loss = (
-                0.5 * (y - target).pow(2).sum()
-                + config.regularisation * (z.mean((0, 1)) - config.target_rate).pow(2).sum()
-            )
+            loss = 0.5 * (y - target).pow(2).sum() + rate_penalty(z, config)
             loss.backward()
         else:
             loss = rule.backward(x, target)
-        if not math.isfinite(loss.item()):
-            raise DivergenceError(
-                f"{method}: the loss became {loss.item()} at iteration {iteration} (seed {seed})",
-                hint=f"lower the learning rate (lr={params['lr']:.3g}) or its range --set lr=...",
-            )
+        check_finite(loss, method, iteration, seed, params)
         optimizer.step()
         if progress is not None:
             progress.advance(loss=loss.item())
@@ -169,21 +158,6 @@ def train(
             if report is not None:
                 report(iteration // config.eval_every, curves["nmse"][-1])
     return curves
-
-
-def study(config: Config, method: str) -> Study:
-    """The same budget, sampler and pruning for every method; each trial on its own instance."""
-    space = {"lr": LogUniform(*config.lr)}
-    if method == "eprop-adaptive":
-        space["feedback_decay"] = LogUniform(*config.feedback_decay)
-    return Study(
-        method, space, trials=config.trials, seed=config.tuning_seed, round_size=2,
-        startup_trials=4, pruner="median", pruning_startup=2, pruning_warmup=2,
-    )  # fmt: skip
-
-
-def studies(config: Config) -> list[Study]:
-    return [study(config, method) for method in config.methods]
 
 
 TUNING_INSTANCES = 1_000_000
@@ -226,33 +200,13 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
     return RunResult(metrics, curves, "iteration", chosen)
 
 
-def paired_gap(runs: Sequence[RunRecord], method: str):
-    return mean_ci([r.metrics[Key(method, "nmse")] - r.metrics[Key("bptt", "nmse")] for r in runs])
+def show(value: float, signed: bool = False) -> str:
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
 def verdict(records: Sequence[RunRecord]) -> Verdict:
     """The criterion of the module docstring, on the default config's runs."""
-    runs = default_runs(records, Config)
-    if len(runs) < MIN_SEEDS:
-        return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
-    nmse = {m: mean_ci([r.metrics[Key(m, "nmse")] for r in runs]) for m in METHODS}
-    learnt = all(nmse[m].mean <= LEARNT for m in ("bptt", "eprop-symmetric"))
-    checks, parts = [learnt], [f"BPTT {nmse['bptt'].mean:.3f}"]
-    for method in COUNTED:
-        gap = paired_gap(runs, method)
-        close = gap.mean + gap.ci95 <= CLOSE
-        checks.append(close)
-        parts.append(
-            f"{method} {nmse[method].mean:.3f} ({gap.mean:+.3f} ± {gap.ci95:.3f}, margin "
-            f"{CLOSE}: {'yes' if close else 'no'})"
-        )
-    parts.append(f"eprop-adaptive {nmse['eprop-adaptive'].mean:.3f} (not counted)")
-    status = ("holds" if all(checks) else "does not hold" if not any(checks)
-              else "partly holds")  # fmt: skip
-    learnt_text = "learnt" if learnt else f"not learnt to <= {LEARNT}"
-    headline = (f"normalised MSE {'; '.join(parts)}; pattern {learnt_text}; n={len(runs)} seeds, "
-                f"{Config().iterations} iterations")  # fmt: skip
-    return Verdict(status, headline)
+    return protocol.verdict(records, Config, "nmse", LEARNT, CLOSE, show, "pattern")
 
 
 def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
@@ -265,7 +219,7 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
             nmse = mean_ci([r.metrics[Key(method, "nmse")] for r in runs])
             gap = ""
             if method != "bptt" and "bptt" in methods:
-                difference = paired_gap(runs, method)
+                difference = protocol.paired_gap(runs, method, "nmse")
                 gap = f"{difference.mean:+.3f} ± {difference.ci95:.3f}"
             tuned = runs[0].hyperparameters.get(method, {})
             rows.append([method, f"{nmse.mean:.3f} ± {nmse.ci95:.3f}", gap,
@@ -291,7 +245,7 @@ EXPERIMENT = Experiment(
     quick=quick,
     command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS} --workers 2",
     tables=tables,
-    studies=studies,
+    studies=protocol.studies,
     tune=tune,
     objective=objective,
 )

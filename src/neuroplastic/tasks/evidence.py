@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -80,3 +81,18 @@ class EvidenceTask:
         rates[:, :, 3 * group :] = self.rate / 4
         spikes = (torch.rand(rates.shape, generator=generator) < rates).to(dtype)
         return spikes, labels
+
+    def loss(self, y: Tensor, labels: Tensor) -> Tensor:
+        """Readouts ``(batch, steps, 2)`` -> the cross-entropy averaged over the recall window."""
+        window = y[:, -self.recall_ms :]
+        return F.cross_entropy(window.flatten(0, 1), labels.repeat_interleave(self.recall_ms))
+
+    def eprop_targets(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(labels, recall_mask)``: the same loss in ``EProp``'s terms."""
+        return labels, self.recall_mask()
+
+    def wrong(self, y: Tensor, labels: Tensor) -> tuple[int, int]:
+        """``(wrong trials, trials)``: a trial is wrong when the readout averaged over the recall
+        window picks the other side."""
+        wrong = (y[:, -self.recall_ms :].mean(1).argmax(1) != labels).sum().item()
+        return int(wrong), len(labels)
