@@ -24,8 +24,9 @@ def test_it_is_registered_with_the_papers_set_up():
     assert (default.n_lif, default.n_alif, default.refractory) == (50, 50, 5)
     assert default.batch_size == 64 and default.regularisation == 1.0
     assert evidence.TASK.steps == 2250 and evidence.TASK.n_inputs == 40
-    assert {s.method for s in evidence.EXPERIMENT.studies(default)} == set(evidence.METHODS)
-    assert all(s.trials == default.trials for s in evidence.EXPERIMENT.studies(default))  # equal budgets
+    studies = evidence.EXPERIMENT.studies(default)
+    assert {s.method for s in studies} == set(evidence.METHODS)
+    assert all(s.trials == default.trials for s in studies)  # equal budgets
 
 
 def test_every_method_trains_from_the_same_network_and_records_its_tuned_rate():

@@ -9,9 +9,15 @@ eligibility traces equal autograd through each neuron's local dynamics, step by 
 import pytest
 import torch
 
-from neuroplastic.credit.eprop import EProp, initial_traces, trace_step
+from neuroplastic.credit.eprop import (
+    EProp,
+    StepwiseEProp,
+    initial_traces,
+    network_dynamics,
+    trace_step,
+)
 from neuroplastic.models.rsnn import RecurrentLIF
-from neuroplastic.neurons.lif import lif_step
+from neuroplastic.neurons.lif import LIFParameters, decay, initial_state, lif_step
 
 F64 = torch.float64
 
@@ -284,3 +290,101 @@ def test_differentiating_the_reset_changes_bptt_but_not_eprop():
     assert torch.allclose(with_reset["w_out"], expected["w_out"], rtol=1e-12)  # forward unchanged
     grads, _ = EProp(differentiated).gradients(x, target)
     assert_close(grads, expected, ("w_in", "w_out"))
+
+
+class OwnNetwork(torch.nn.Module):
+    """A network a user might write: nn.Linear layers, ``lif_step``, a readout without memory,
+    adaptive neurons scattered among plain ones."""
+
+    def __init__(self, recurrent: bool):
+        super().__init__()
+        gen = torch.Generator().manual_seed(7)
+        self.inp = torch.nn.Linear(6, 8, bias=False).double()
+        self.rec = torch.nn.Linear(8, 8, bias=False).double()
+        self.out = torch.nn.Linear(8, 2).double()
+        with torch.no_grad():
+            for layer in (self.inp, self.rec, self.out):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen, dtype=F64))
+            self.rec.weight.fill_diagonal_(0.0)
+            if not recurrent:
+                self.rec.weight.zero_()
+        beta = torch.tensor([0.0, 0.375, 0.0, 0.0, 0.375, 0.375, 0.0, 0.375], dtype=F64)
+        self.neuron = LIFParameters(alpha=decay(10.0), v_th=0.5, beta=beta, rho=decay(30.0))
+
+    def step(self, x, state):
+        z, state = lif_step(self.inp(x) + self.rec(state.z), state, self.neuron)
+        return z, state, self.out(z)
+
+
+def own_network_gradients(net, x, target, rule=None):
+    """BPTT through the user's loop (``rule`` None), or the stepwise e-prop learner in it."""
+    batch = x.shape[0]
+    state, total = initial_state(batch, 8, dtype=F64), 0.0
+    if rule is not None:
+        rule.start(batch)
+    with torch.set_grad_enabled(rule is None):
+        for t in range(x.shape[1]):
+            before = state
+            z, state, y = net.step(x[:, t], state)
+            total = total + 0.5 * (y - target[:, t]).pow(2).sum() / batch
+            if rule is not None:
+                rule.step(x[:, t], before, state, (y - target[:, t]) / batch)
+    net.zero_grad()
+    if rule is None:
+        total.backward()
+    else:
+        rule.write()
+    return {"w_in": net.inp.weight.grad, "w_rec": net.rec.weight.grad,
+            "w_out": net.out.weight.grad, "b_out": net.out.bias.grad}  # fmt: skip
+
+
+def stepwise_rule(net):
+    dynamics = network_dynamics(net.neuron, n_in=6, n_rec=8)
+    return StepwiseEProp(net.inp.weight, net.rec.weight, net.out.weight, net.out.bias, dynamics)
+
+
+def test_stepwise_eprop_in_a_users_own_loop_equals_bptt_without_recurrence():
+    net = OwnNetwork(recurrent=False)
+    x, target = task(steps=30)
+    x = x * 2.0
+    expected = {n: g.clone() for n, g in own_network_gradients(net, x, target).items()}
+    grads = own_network_gradients(net, x, target, stepwise_rule(net))
+    assert_close(grads, expected, ("w_in", "w_out", "b_out"))
+
+
+def test_stepwise_eprop_in_a_users_own_loop_equals_eprop_on_the_library_network():
+    net = OwnNetwork(recurrent=True)
+    order = torch.tensor([0, 2, 3, 6, 1, 4, 5, 7])  # plain neurons first, as RecurrentLIF wants
+    # (beta 0.375 is exact in the float32 buffer RecurrentLIF keeps it in before .double())
+    library = RecurrentLIF(6, 8, 2, n_adaptive=4, tau_m=10.0, tau_a=30.0, beta=0.375, tau_out=1e-9,
+                           v_th=0.5).double()  # fmt: skip
+    with torch.no_grad():
+        library.w_in.copy_(net.inp.weight[order])
+        library.w_rec.copy_(net.rec.weight[order][:, order])
+        library.w_out.copy_(net.out.weight[:, order])
+        library.b_out.copy_(net.out.bias)
+    assert library.kappa == 0.0  # a readout without memory, as the user's
+    x, target = task(steps=30)
+    x = x * 2.0
+    grads = own_network_gradients(net, x, target, stepwise_rule(net))
+    expected, _ = EProp(library, implementation="reference").gradients(x, target)
+    inverse = torch.argsort(order)
+    assert torch.allclose(grads["w_in"], expected["w_in"][inverse], rtol=1e-10, atol=1e-13)
+    off_diagonal = 1 - torch.eye(8, dtype=F64)  # the user's rule leaves the diagonal to the user
+    assert torch.allclose(grads["w_rec"] * off_diagonal, expected["w_rec"][inverse][:, inverse],
+                          rtol=1e-10, atol=1e-13)  # fmt: skip
+    assert torch.allclose(grads["w_out"], expected["w_out"][:, inverse], rtol=1e-10, atol=1e-13)
+    assert grads["w_rec"].abs().sum() > 0
+
+
+def test_stepwise_eprop_refuses_per_neuron_membrane_decays_and_wrong_shapes():
+    neuron = LIFParameters(alpha=torch.tensor([0.9, 0.8]))
+    with pytest.raises(ValueError, match="one alpha shared"):
+        network_dynamics(neuron, n_in=3, n_rec=2)
+    dynamics = network_dynamics(LIFParameters(alpha=0.9), n_in=3, n_rec=2)
+    with pytest.raises(ValueError, match="w_rec must be"):
+        StepwiseEProp(torch.zeros(2, 3), torch.zeros(3, 3), torch.zeros(1, 2), None, dynamics)
+    rule = StepwiseEProp(torch.zeros(2, 3), torch.zeros(2, 2), torch.zeros(1, 2), None, dynamics)
+    state = initial_state(1, 2)
+    with pytest.raises(RuntimeError, match="start"):
+        rule.step(torch.zeros(1, 3), state, state, torch.zeros(1, 1))

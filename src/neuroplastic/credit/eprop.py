@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from neuroplastic.models.rsnn import RecurrentLIF
-from neuroplastic.neurons.lif import LIFState, pseudo_derivative_of
+from neuroplastic.neurons.lif import LIFParameters, LIFState, pseudo_derivative_of
 
 FEEDBACK = ("symmetric", "random", "adaptive")
 LOSSES = ("mse", "cross_entropy")
@@ -76,7 +76,52 @@ class Traces(NamedTuple):
     """``()``: a constant 1 filtered by kappa (the readout bias')."""
 
 
-def initial_traces(model: RecurrentLIF, batch: int, dtype: torch.dtype, device) -> Traces:
+class NetworkDynamics(NamedTuple):
+    """What the eligibility traces need to know of a recurrent spiking network (``RecurrentLIF``
+    has these attributes; for a network of your own, :func:`network_dynamics` builds one)."""
+
+    n_in: int
+    n_rec: int
+    n_adaptive: int
+    """The last ``n_adaptive`` neurons are ALIF (their rows carry adaptation traces)."""
+    alpha: float
+    """Membrane decay, shared by all neurons (the input traces are then presynaptic only)."""
+    rho: float
+    beta: Tensor
+    """``(n_rec,)`` adaptation strengths (0 for LIF neurons)."""
+    kappa: float
+    """The readout's decay per step (0: ``y = W_out z + b``, a readout without memory)."""
+    neuron: LIFParameters
+    dampening: float
+
+
+def network_dynamics(
+    neuron: LIFParameters, n_in: int, n_rec: int, kappa: float = 0.0, dampening: float = 0.3
+) -> NetworkDynamics:
+    """The traces' view of a network of ``n_rec`` neurons stepped by ``neurons.lif_step`` with
+    ``neuron`` (a shared ``alpha`` and ``rho``; ``beta`` a float or per-neuron tensor) on
+    ``n_in`` inputs, read out with decay ``kappa``; ``dampening`` as in the surrogate gradient
+    the network spikes with (the paper's 0.3 by default)."""
+    alpha, rho = _shared(neuron.alpha, "alpha"), _shared(neuron.rho, "rho")
+    beta = torch.as_tensor(neuron.beta, dtype=torch.float64).expand(n_rec).clone()
+    adaptive = int(bool((beta != 0).any())) * n_rec  # all rows; LIF rows' beta 0 drops them
+    return NetworkDynamics(n_in, n_rec, adaptive, alpha, rho, beta, kappa, neuron,
+                           dampening)  # fmt: skip
+
+
+def _shared(value: Tensor | float, name: str) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() > 1 and not bool((value == value.flatten()[0]).all()):
+            raise ValueError(
+                f"e-prop's traces need one {name} shared by all neurons, got per-neuron values"
+            )
+        return float(value.flatten()[0])
+    return float(value)
+
+
+def initial_traces(
+    model: RecurrentLIF | NetworkDynamics, batch: int, dtype: torch.dtype, device
+) -> Traces:
     """All traces at zero, for a trial that starts at rest."""
     n_in, n_rec, n_ad = model.n_in, model.n_rec, model.n_adaptive
 
@@ -93,13 +138,17 @@ def initial_traces(model: RecurrentLIF, batch: int, dtype: torch.dtype, device) 
 
 
 def trace_step(
-    traces: Traces, model: RecurrentLIF, x: Tensor, before: LIFState, after: LIFState
+    traces: Traces,
+    model: RecurrentLIF | NetworkDynamics,
+    x: Tensor,
+    before: LIFState,
+    after: LIFState,
 ) -> tuple[Traces, Tensor, Tensor]:
     """Advance the traces over the network step ``before -> after`` driven by inputs ``x``:
     ``(traces, e_in, e_rec)``, the eligibility traces of this step, ``(batch, n_rec, n_in)`` and
     ``(batch, n_rec, n_rec)`` (equations in the module docstring)."""
     alpha, kappa, n_lif = model.alpha, model.kappa, model.n_rec - model.n_adaptive
-    beta = model.beta[n_lif:]  # (n_ad,)
+    beta = model.beta[n_lif:].to(x)  # (n_ad,)
     psi_ad, eps_in, eps_rec = traces.psi[:, n_lif:, None], traces.eps_in, traces.eps_rec
     # eps_a^t from the previous step's psi and eps_v:                   # (batch, n_ad, n_pre)
     eps_a_in = (model.rho - beta[:, None] * psi_ad) * traces.eps_a_in + psi_ad * eps_in[:, None]
@@ -155,6 +204,88 @@ def adaptation_weights(w: Tensor, c: Tensor) -> Tensor:
         acc = w[m] + c[m] * acc
         g[m] = acc
     return g
+
+
+class StepwiseEProp:
+    """e-prop fed one time step at a time, from inside any time loop: for a network of your own
+    built from the ``neurons`` steps, or the reference path of :class:`EProp`.
+
+    Each :meth:`step` advances the eligibility traces over the network step ``before -> after``
+    and adds ``L^t ebar^t`` (``L = error B^T``) to the gradients; :meth:`write` adds them to the
+    weights' ``.grad``. ``error`` is ``dE/dy^t`` of that step, already averaged over the batch as
+    the loss is. The readout must follow ``y^t = kappa y^{t-1} + W_out z^t + b`` (``kappa`` from
+    ``dynamics``; ``y = W_out z + b`` when it is 0). Every entry of ``w_rec`` gets its gradient,
+    the diagonal included: zero it (or its gradient) if your network has no self-connections.
+
+    Args:
+        w_in, w_rec, w_out: the input ``(n_rec, n_in)``, recurrent ``(n_rec, n_rec)`` and readout
+            ``(n_out, n_rec)`` weights (``nn.Linear.weight`` layout).
+        b_out: the readout bias, or None.
+        dynamics: :func:`network_dynamics` of the network (or a ``RecurrentLIF``).
+        feedback: ``B`` ``(n_rec, n_out)`` for random or adaptive feedback; None for symmetric
+            (``W_out^T``, read at every step).
+    """
+
+    def __init__(
+        self,
+        w_in: Tensor,
+        w_rec: Tensor,
+        w_out: Tensor,
+        b_out: Tensor | None,
+        dynamics: NetworkDynamics | RecurrentLIF,
+        feedback: Tensor | None = None,
+    ):
+        n_rec, n_in = dynamics.n_rec, dynamics.n_in
+        expected = {
+            "w_in": (n_rec, n_in),
+            "w_rec": (n_rec, n_rec),
+            "w_out": (w_out.shape[0], n_rec),
+        }
+        for name, weight in (("w_in", w_in), ("w_rec", w_rec), ("w_out", w_out)):
+            if tuple(weight.shape) != expected[name]:
+                raise ValueError(f"{name} must be {expected[name]}, got {tuple(weight.shape)}")
+        self.weights = {"w_in": w_in, "w_rec": w_rec, "w_out": w_out}
+        if b_out is not None:
+            self.weights["b_out"] = b_out
+        self.dynamics, self.feedback = dynamics, feedback
+        self.traces: Traces | None = None
+        self.grads: dict[str, Tensor] = {}
+
+    def start(self, batch: int) -> None:
+        """A new trial at rest: traces and gradients at zero."""
+        w = self.weights["w_in"]
+        self.traces = initial_traces(self.dynamics, batch, w.dtype, w.device)
+        self.grads = {name: torch.zeros_like(p) for name, p in self.weights.items()}
+
+    @torch.no_grad()
+    def step(
+        self, x: Tensor, before: LIFState, after: LIFState, error: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Inputs ``x`` ``(batch, n_in)`` of the step ``before -> after`` and its readout error
+        ``(batch, n_out)``; returns this step's eligibility traces ``(e_in, e_rec)``."""
+        if self.traces is None:
+            raise RuntimeError("call start(batch) before the first step of a trial")
+        traces, e_in, e_rec = trace_step(self.traces, self.dynamics, x, before, after)
+        feedback = self.weights["w_out"].T if self.feedback is None else self.feedback
+        signal = error @ feedback.detach().T  # (batch, n_rec)
+        self.grads["w_in"] += torch.einsum("bj,bji->ji", signal, traces.ebar_in)
+        self.grads["w_rec"] += torch.einsum("bj,bji->ji", signal, traces.ebar_rec)
+        self.grads["w_out"] += error.T @ traces.zbar
+        if "b_out" in self.grads:
+            self.grads["b_out"] += error.sum(0) * traces.onebar
+        self.traces = traces
+        return e_in, e_rec
+
+    def take(self) -> dict[str, Tensor]:
+        """The gradients since the last take (or start), which start again from zero."""
+        grads, self.grads = self.grads, {n: torch.zeros_like(g) for n, g in self.grads.items()}
+        return grads
+
+    def write(self) -> None:
+        """Add the gradients since the last take to the weights' ``.grad``."""
+        for name, grad in self.take().items():
+            weight = self.weights[name]
+            weight.grad = grad.clone() if weight.grad is None else weight.grad + grad
 
 
 class EProp:
@@ -244,30 +375,28 @@ class EProp:
             return
         state = model.initial_state(batch)
         y = torch.zeros(batch, model.n_out, dtype=x.dtype, device=x.device)
-        traces = initial_traces(model, batch, x.dtype, x.device)
+        learner = StepwiseEProp(model.w_in, model.w_rec, model.w_out, model.b_out, model,
+                                self.feedback_weights)  # fmt: skip
+        learner.start(batch)
         spikes = torch.zeros(model.n_rec, dtype=x.dtype, device=x.device)
-        grads, e_sum, loss = self._zeros(), self._zeros(), x.new_zeros(())
+        e_sum, loss = self._zeros(), x.new_zeros(())
         for t in range(steps):
             before = state
             z, state, y = model.step(x[:, t], state, y)
-            traces, e_in, e_rec = trace_step(traces, model, x[:, t], before, state)
             error, step_loss = output_error(y, targets[t], weights[t], self.loss)
+            e_in, e_rec = learner.step(x[:, t], before, state, error)
             loss += step_loss
-            signal = error @ self.feedback_matrix().T  # (batch, n_rec)
-            grads["w_in"] += torch.einsum("bj,bji->ji", signal, traces.ebar_in)
-            grads["w_rec"] += torch.einsum("bj,bji->ji", signal, traces.ebar_rec)
-            grads["w_out"] += error.T @ traces.zbar
-            grads["b_out"] += error.sum(0) * traces.onebar
             if self.regularisation:
                 spikes += z.sum(0)
                 e_sum["w_in"] += e_in.sum(0)
                 e_sum["w_rec"] += e_rec.sum(0)
             if (t + 1) % every == 0 or t + 1 == steps:
+                grads = learner.take()
                 if self.regularisation:
                     loss += self._add_rate_penalty(grads, e_sum, spikes, batch, t + 1, steps)
                 grads["w_rec"] *= model.no_self
                 yield grads, loss
-                grads, e_sum, loss = self._zeros(), self._zeros(), x.new_zeros(())
+                e_sum, loss = self._zeros(), x.new_zeros(())
 
     def gradients(
         self, x: Tensor, target: Tensor, mask: Tensor | None = None
