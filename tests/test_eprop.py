@@ -253,9 +253,13 @@ def test_eprop_training_lowers_the_loss():
 
 @pytest.mark.parametrize("segment", [1, 7, 40, 500])
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
-def test_segmented_path_equals_the_reference_loop(segment, loss):
-    """The fast path (per-neuron history of a segment, matrix products) against the reference
-    (every trace advanced every step): recurrence, ALIF, refractoriness, the rate penalty."""
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_segmented_path_equals_the_reference_loop(segment, loss, backend):
+    """The fast path (per-neuron history of a segment, matrix products; its time loop in PyTorch
+    or compiled by Numba) against the reference (every trace advanced every step): recurrence,
+    ALIF, refractoriness, the rate penalty."""
+    if backend == "numba":
+        pytest.importorskip("numba")
     model = network(recurrent=True, n_adaptive=4, refractory=2, seed=3)
     x, target = task(seed=7)
     if loss == "cross_entropy":
@@ -263,7 +267,8 @@ def test_segmented_path_equals_the_reference_loop(segment, loss):
     mask = torch.linspace(0, 1, x.shape[1], dtype=F64)
     options = {"loss": loss, "regularisation": 0.3, "target_rate": 0.05}
     reference = EProp(model, implementation="reference", **options)
-    segmented = EProp(model, implementation="segmented", segment=segment, **options)
+    segmented = EProp(model, implementation="segmented", segment=segment, backend=backend,
+                      **options)  # fmt: skip
     expected, expected_loss = reference.gradients(x, target, mask)
     grads, segmented_loss = segmented.gradients(x, target, mask)
     assert segmented_loss.item() == pytest.approx(expected_loss.item(), rel=1e-12)

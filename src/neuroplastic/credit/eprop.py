@@ -43,6 +43,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from neuroplastic.kernels import resolve_backend
 from neuroplastic.models.rsnn import RecurrentLIF
 from neuroplastic.neurons.lif import LIFParameters, LIFState, pseudo_derivative_of
 
@@ -193,17 +194,108 @@ def outer_per_example(post: Tensor, pre: Tensor) -> Tensor:
     return torch.bmm(post.permute(1, 2, 0), pre.transpose(0, 1))
 
 
-def adaptation_weights(w: Tensor, c: Tensor) -> Tensor:
+def adaptation_weights(w: Tensor, c: Tensor, backend: str = "torch") -> Tensor:
     """``G^q`` for ``q = t0-1 .. t1-2`` (index ``m`` is ``q = t0-1+m``) from the backward
     recursion ``G^{t1-1} = 0``, ``G^q = w^{q+1} + c^{q+1} G^{q+1}``; ``w``, ``c`` ``(k, batch,
     n_ad)`` for the segment's steps ``t0 .. t1-1``. Unrolling the ``eps_a`` recursion gives
     ``sum_r w^r eps_a^r = c^{t0-1} G^{t0-1} eps_a^{t0-1} + sum_q G^q psi^q eps_v^q``."""
-    g = torch.empty_like(w)
-    acc = torch.zeros_like(w[0])
-    for m in reversed(range(w.shape[0])):
-        acc = w[m] + c[m] * acc
-        g[m] = acc
-    return g
+    return reverse_leaky_sum(w, c, backend)
+
+
+def reverse_leaky_sum(signal: Tensor, factor: Tensor | float, backend: str = "torch") -> Tensor:
+    """``out^r = signal^r + factor^r out^{r+1}`` backwards over the first axis (``out`` 0 after
+    the last step); ``factor`` a tensor like ``signal`` or one number."""
+    if backend == "numba":
+        from neuroplastic.kernels import numba_rsnn
+
+        if isinstance(factor, Tensor):
+            out = numba_rsnn.reverse_leaky_sum(_array(signal), _array(factor.to(signal)))
+        else:
+            out = numba_rsnn.reverse_constant_leaky_sum(_array(signal), float(factor))
+        return torch.from_numpy(out)
+    out = torch.empty_like(signal)
+    acc = torch.zeros_like(signal[0])
+    for r in reversed(range(signal.shape[0])):
+        acc = (
+            signal[r] + factor[r] * acc if isinstance(factor, Tensor) else signal[r] + factor * acc
+        )
+        out[r] = acc
+    return out
+
+
+def _array(t: Tensor):
+    return t.detach().contiguous().numpy()
+
+
+def _leaky_sum(signal: Tensor, decay: float, initial: Tensor) -> Tensor:
+    from neuroplastic.kernels import numba_rsnn
+
+    return torch.from_numpy(numba_rsnn.leaky_sum(_array(signal), decay, _array(initial)))
+
+
+Forward = tuple[tuple[Tensor, ...], LIFState, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]
+
+
+def segment_forward(
+    model: RecurrentLIF, x: Tensor, state: LIFState, y: Tensor, traces: Traces
+) -> Forward:
+    """The network over a segment ``x`` ``(batch, k, n_in)``, keeping per-neuron quantities:
+    ``((psi, eps_v, zbar, y, onebar, spike count) per step, state, y, (eps_in, eps_rec, zbar,
+    onebar) at the end)``, the per-step ones ``(k, batch, ·)`` (``onebar`` ``(k,)``)."""
+    alpha, kappa = model.alpha, model.kappa
+    eps_in, eps_rec, zbar, onebar = traces.eps_in, traces.eps_rec, traces.zbar, traces.onebar
+    history: dict[str, list[Tensor]] = {n: [] for n in ("psi", "eps_v", "zbar", "y", "onebar")}
+    spike_count = torch.zeros_like(zbar[0])
+    for s in range(x.shape[1]):
+        before = state
+        z, state, y = model.step(x[:, s], state, y)
+        eps_in = alpha * eps_in + x[:, s]
+        eps_rec = alpha * eps_rec + before.z
+        zbar = kappa * zbar + z
+        onebar = kappa * onebar + 1.0
+        spike_count += z.sum(0)
+        history["psi"].append(pseudo_derivative_of(before, state, model.neuron, model.dampening))
+        history["eps_v"].append(torch.cat([eps_in, eps_rec], 1))
+        history["zbar"].append(zbar)
+        history["y"].append(y)
+        history["onebar"].append(onebar)
+    steps = tuple(torch.stack(history[n]) for n in history)
+    return (*steps, spike_count), state, y, (eps_in, eps_rec, zbar, onebar)
+
+
+def segment_forward_numba(
+    model: RecurrentLIF, x: Tensor, state: LIFState, y: Tensor, traces: Traces
+) -> Forward:
+    """:func:`segment_forward` by the compiled time loop (``kernels.numba_rsnn``): the input
+    currents as one matrix product, the recurrence inside the kernel, the traces and the readout
+    as leaky sums over the spikes it returns."""
+    from neuroplastic.kernels import numba_rsnn
+
+    inputs = x.transpose(0, 1)  # (k, batch, n_in)
+    current = inputs @ model.w_in.detach().T
+    z_start = state.z
+    v, z, a, refractory = (_array(t).copy() for t in state)
+    spikes, psi = numba_rsnn.lif_segment(
+        _array(current), _array(model.recurrent_weights().detach().T), v, z, a, refractory,
+        model.alpha, model.v_th, float(model.refractory), _array(model.beta.to(x.dtype)),
+        model.rho, model.dampening,
+    )  # fmt: skip
+    spikes, psi = torch.from_numpy(spikes), torch.from_numpy(psi)
+    state = LIFState(*(torch.from_numpy(t) for t in (v, z, a, refractory)))
+    previous = torch.cat([z_start[None], spikes[:-1]])  # z^{t-1} for each step
+    presynaptic = torch.cat([inputs, previous], 2)
+    initial = torch.cat([traces.eps_in, traces.eps_rec], 1)
+    eps_v = _leaky_sum(presynaptic, model.alpha, initial)
+    zbars = _leaky_sum(spikes, model.kappa, traces.zbar)
+    ys = _leaky_sum(spikes @ model.w_out.detach().T + model.b_out.detach(), model.kappa, y)
+    steps = torch.arange(1, spikes.shape[0] + 1, dtype=x.dtype)
+    powers = model.kappa**steps  # onebar^t = kappa^(t+1) onebar^(t0-1) + sum of kappa powers
+    onebars = powers * traces.onebar + (
+        (1 - powers) / (1 - model.kappa) if model.kappa < 1 else steps
+    )
+    n_in = model.n_in
+    ends = (eps_v[-1, :, :n_in], eps_v[-1, :, n_in:], zbars[-1], onebars[-1])
+    return (psi, eps_v, zbars, ys, onebars, spikes.sum((0, 1))), state, ys[-1], ends
 
 
 class StepwiseEProp:
@@ -307,6 +399,9 @@ class EProp:
             products over the segment with matrix products (:func:`segment_step`). Memory is
             bounded by ``segment``, not by the trial's length.
         segment: steps per segment of the segmented path (online updates use ``every``).
+        backend: how the segmented path runs its time loop: ``torch`` (the readable loop),
+            ``numba`` (a compiled loop on the CPU, ``kernels.numba_rsnn``, tested equal; the
+            ``fast`` extra), or ``auto`` (Numba on the CPU when installed).
     """
 
     def __init__(
@@ -320,6 +415,7 @@ class EProp:
         target_rate: float = 0.01,
         implementation: str = "segmented",
         segment: int = 500,
+        backend: str = "auto",
     ):
         if feedback not in FEEDBACK:
             raise ValueError(f"feedback must be one of {FEEDBACK}, got {feedback!r}")
@@ -333,7 +429,8 @@ class EProp:
             )
         if segment < 1:
             raise ValueError(f"segment must be >= 1 step, got {segment}")
-        self.implementation, self.segment = implementation, segment
+        resolve_backend(backend, "cpu" if backend != "numba" else model.w_in.device)
+        self.implementation, self.segment, self.backend = implementation, segment, backend
         self.model, self.feedback, self.loss = model, feedback, loss
         self.regularisation, self.target_rate = regularisation, target_rate
         self.feedback_weights: torch.nn.Parameter | None = None
@@ -438,6 +535,7 @@ class EProp:
         model = self.model
         batch, steps, _ = x.shape
         length = every or self.segment
+        backend = resolve_backend(self.backend, x.device)
         state = model.initial_state(batch)
         y = torch.zeros(batch, model.n_out, dtype=x.dtype, device=x.device)
         traces = initial_traces(model, batch, x.dtype, x.device)
@@ -448,7 +546,7 @@ class EProp:
             grads, loss, state, y, traces, rate_terms = segment_step(
                 model, x[:, start:end], targets[start:end], weights[start:end], state, y,
                 traces, self.feedback_matrix(), self.loss, bool(self.regularisation),
-                last=end == steps,
+                last=end == steps, backend=backend,
             )  # fmt: skip
             if rate_terms is not None:
                 spikes += rate_terms.pop("spikes")
@@ -525,6 +623,7 @@ def segment_step(
     loss: str,
     rate_terms: bool = False,
     last: bool = True,
+    backend: str = "torch",
 ) -> tuple[dict[str, Tensor], Tensor, LIFState, Tensor, Traces, dict[str, Tensor] | None]:
     """e-prop over ``k`` steps at once: ``(gradients, loss, state, y, traces, rates)`` for ``x``
     ``(batch, k, n_in)``, step-first ``targets`` and ``weights``, from the traces before the
@@ -545,33 +644,16 @@ def segment_step(
     The sums over the batch are one matrix product, the per-example ones one batched product.
     ``rate_terms``: also return what the firing-rate penalty needs (see :class:`EProp`), the
     segment's spike count per neuron and ``sum_r e^r``; otherwise ``rates`` is None.
+    ``backend``: ``torch`` (the loops as written here) or ``numba`` (``kernels.numba_rsnn``, CPU
+    tensors only, tested equal).
     """
-    k = x.shape[1]
-    alpha, kappa = model.alpha, model.kappa
-    eps_in, eps_rec, zbar, onebar = traces.eps_in, traces.eps_rec, traces.zbar, traces.onebar
-    history: dict[str, list[Tensor]] = {n: [] for n in ("psi", "eps_v", "zbar", "y")}
-    onebars, spike_count = [], torch.zeros_like(zbar[0])
-    for s in range(k):  # the network forward; per-neuron quantities only
-        before = state
-        z, state, y = model.step(x[:, s], state, y)
-        eps_in = alpha * eps_in + x[:, s]
-        eps_rec = alpha * eps_rec + before.z
-        zbar = kappa * zbar + z
-        onebar = kappa * onebar + 1.0
-        spike_count += z.sum(0)
-        history["psi"].append(pseudo_derivative_of(before, state, model.neuron, model.dampening))
-        history["eps_v"].append(torch.cat([eps_in, eps_rec], 1))
-        history["zbar"].append(zbar)
-        history["y"].append(y)
-        onebars.append(onebar)
-    psi, eps_v, zbars, ys = (torch.stack(history[n]) for n in history)  # (k, batch, ·)
+    k, kappa = x.shape[1], model.kappa
+    forward = segment_forward_numba if backend == "numba" else segment_forward
+    history, state, y, (eps_in, eps_rec, zbar, onebar) = forward(model, x, state, y, traces)
+    psi, eps_v, zbars, ys, onebars, spike_count = history
     error, segment_loss = output_error(ys, targets, weights, loss)  # (k, batch, n_out)
     signal = error @ feedback.T  # (k, batch, n_rec)
-    filtered = torch.empty_like(signal)  # Lf
-    acc = torch.zeros_like(signal[0])
-    for r in reversed(range(k)):
-        acc = signal[r] + kappa * acc
-        filtered[r] = acc
+    filtered = reverse_leaky_sum(signal, kappa, backend)  # Lf
 
     n_in, n_ad = model.n_in, model.n_adaptive
     ad, beta = slice(model.n_rec - n_ad, None), model.beta[model.n_rec - n_ad :]
@@ -587,10 +669,10 @@ def segment_step(
         if weight is None:  # eps_a^{t1-1}: the unrolled recursion with w = 1[r = t1-1]
             w = torch.zeros_like(c)
             w[-1] = 1.0
-            g = adaptation_weights(w, c)
+            g = adaptation_weights(w, c, backend)
             return torch.cat([g[1:], torch.zeros_like(g[:1])]) * psi[:, :, ad], g[0]
         coef = weight * psi
-        g = adaptation_weights(coef[:, :, ad] * beta, c)
+        g = adaptation_weights(coef[:, :, ad] * beta, c, backend)
         coef[:, :, ad] -= torch.cat([g[1:], torch.zeros_like(g[:1])]) * psi[:, :, ad]
         return coef, g[0]
 
@@ -617,7 +699,7 @@ def segment_step(
         "w_in": totals[0][:, :n_in],
         "w_rec": totals[0][:, n_in:],
         "w_out": summed_outer(error, zbars),
-        "b_out": torch.einsum("kbo,k->o", error, torch.stack(onebars)),
+        "b_out": torch.einsum("kbo,k->o", error, onebars),
     }
     rates = None
     if rate_terms:
