@@ -2,13 +2,17 @@
 BPTT when it is installed in the benchmark's environment (never a dependency).
 
     python benchmarks/rsnn_step.py [--size evidence|pattern] [--repeats 5] [--threads 2]
+                                   [--backends torch,numba]
 
 Sizes (the e-prop sheet's): ``evidence`` 40 inputs, 100 neurons (50 ALIF), 2 outputs, T 2250,
 batch 64; ``pattern`` 100 inputs, 100 LIF, 1 output, T 1000, batch 1. A step is the gradient of
-one batch (forward and backward, or e-prop's forward pass with its traces) plus an Adam step;
+one batch (forward and backward, or e-prop's forward pass with its traces, the trial as one
+segment as the experiments run it; online: an update every 250 steps) plus an Adam step;
 the median of ``--repeats`` after one warm-up. snnTorch's step is an ``RLeaky`` recurrent layer
 (all-to-all recurrence, subtractive reset) and a leaky readout in a plain time loop, BPTT by
-autograd, as its tutorials write it. The figures in docs/rules/eprop.md come from here.
+autograd, as its tutorials write it. Our rows run once per backend: ``torch`` (the step functions
+in a Python loop; BPTT by autograd) and ``numba`` (the compiled time loop of ``kernels``; BPTT's
+backward as its adjoint recursion). The figures in docs/rules/eprop.md come from here.
 """
 
 from __future__ import annotations
@@ -29,15 +33,17 @@ SIZES = {
 }
 
 
-def ours(rule: str, size: dict):
+def ours(rule: str, size: dict, backend: str):
     model = RecurrentLIF(size["n_in"], size["n_rec"], size["n_out"], n_adaptive=size["n_ad"],
-                         refractory=5, detach_reset=rule != "bptt",
+                         refractory=5, detach_reset=rule != "bptt", backend=backend,
                          generator=torch.Generator().manual_seed(0))  # fmt: skip
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(1)
     x = (torch.rand(size["batch"], size["steps"], size["n_in"], generator=gen) < 0.02).float()
     target = torch.randn(size["batch"], size["steps"], size["n_out"], generator=gen)
-    eprop = EProp(model, regularisation=1.0) if rule.startswith("eprop") else None
+    eprop = None
+    if rule.startswith("eprop"):  # the trial as one segment, as the experiments run it
+        eprop = EProp(model, regularisation=1.0, backend=backend, segment=size["steps"])
     if rule == "eprop-online":
         return lambda: eprop.online(x, target, optimizer, every=250)
 
@@ -100,6 +106,7 @@ def main() -> None:
     parser.add_argument("--size", choices=SIZES, default="evidence")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--backends", default="torch,numba", help="comma-separated")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     size = SIZES[args.size]
@@ -107,9 +114,10 @@ def main() -> None:
           f"{args.threads} threads; median of {args.repeats}")  # fmt: skip
     print("| step | seconds |")
     print("| --- | --- |")
-    for rule in ("bptt", "eprop", "eprop-online"):
-        print(f"| neuroplastic {rule} | {median_seconds(ours(rule, size), args.repeats):.3f} |",
-              flush=True)  # fmt: skip
+    for backend in args.backends.split(","):
+        for rule in ("bptt", "eprop", "eprop-online"):
+            seconds = median_seconds(ours(rule, size, backend), args.repeats)
+            print(f"| neuroplastic {rule} ({backend}) | {seconds:.3f} |", flush=True)
     try:
         seconds = median_seconds(snntorch_step(size), args.repeats)
         print(f"| snnTorch RLeaky BPTT | {seconds:.3f} |")

@@ -82,3 +82,35 @@ def test_without_numba_auto_falls_back_and_asking_for_it_says_how_to_install(mon
     assert kernels.resolve_backend("auto", "cpu") == "torch"
     with pytest.raises(ValueError, match=r"neuroplastic\[fast\]"):
         kernels.resolve_backend("numba", "cpu")
+
+
+@pytest.mark.parametrize("detach_reset", [True, False])
+def test_the_fast_forward_and_its_written_out_backward_equal_autograd_through_the_steps(
+    detach_reset,
+):
+    """BPTT by the compiled loop and the adjoint recursion against autograd through the step
+    functions, float64: recurrence, LIF and ALIF neurons, refractoriness, the reset's gradient
+    dropped or kept, a loss on the readout and on the spikes."""
+    gen = torch.Generator().manual_seed(2)
+    options = {"n_adaptive": 6, "tau_a": 40.0, "beta": 0.3, "refractory": 2, "v_th": 0.4,
+               "tau_out": 15.0, "detach_reset": detach_reset}  # fmt: skip
+    reference = RecurrentLIF(10, 16, 3, generator=gen, backend="torch", **options).double()
+    fast = RecurrentLIF(10, 16, 3, backend="numba", **options).double()
+    fast.load_state_dict(reference.state_dict())
+    x = (torch.rand(4, 120, 10, generator=gen, dtype=torch.float64) < 0.3).double()
+    target = torch.randn(4, 120, 3, generator=gen, dtype=torch.float64)
+    gradients = []
+    for model in (reference, fast):
+        y, z = model(x)
+        loss = (y - target).pow(2).sum() + 0.7 * (z.mean((0, 1)) - 0.05).pow(2).sum()
+        loss.backward()
+        gradients.append({n: p.grad for n, p in model.named_parameters()})
+        outputs = (y.detach(), z.detach())
+        if model is reference:
+            expected_outputs = outputs
+            assert z.sum() > 50
+    assert torch.equal(outputs[1], expected_outputs[1])
+    assert torch.allclose(outputs[0], expected_outputs[0], rtol=1e-12)
+    for name, expected in gradients[0].items():
+        assert expected.abs().sum() > 0, name
+        assert torch.allclose(gradients[1][name], expected, rtol=1e-10, atol=1e-12), name

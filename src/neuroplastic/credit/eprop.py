@@ -37,7 +37,8 @@ so memory does not grow with the trial's length.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -271,6 +272,7 @@ def segment_forward_numba(
     as leaky sums over the spikes it returns."""
     from neuroplastic.kernels import numba_rsnn
 
+    numba_rsnn.follow_torch_threads()
     inputs = x.transpose(0, 1)  # (k, batch, n_in)
     current = inputs @ model.w_in.detach().T
     z_start = state.z
@@ -282,10 +284,10 @@ def segment_forward_numba(
     )  # fmt: skip
     spikes, psi = torch.from_numpy(spikes), torch.from_numpy(psi)
     state = LIFState(*(torch.from_numpy(t) for t in (v, z, a, refractory)))
-    previous = torch.cat([z_start[None], spikes[:-1]])  # z^{t-1} for each step
-    presynaptic = torch.cat([inputs, previous], 2)
-    initial = torch.cat([traces.eps_in, traces.eps_rec], 1)
-    eps_v = _leaky_sum(presynaptic, model.alpha, initial)
+    eps_v = torch.from_numpy(numba_rsnn.presynaptic_traces(
+        _array(x), _array(spikes), _array(z_start), _array(traces.eps_in),
+        _array(traces.eps_rec), model.alpha,
+    ))  # fmt: skip
     zbars = _leaky_sum(spikes, model.kappa, traces.zbar)
     ys = _leaky_sum(spikes @ model.w_out.detach().T + model.b_out.detach(), model.kappa, y)
     steps = torch.arange(1, spikes.shape[0] + 1, dtype=x.dtype)
@@ -543,10 +545,13 @@ class EProp:
         total, e_sum, total_loss = self._zeros(), self._zeros(), x.new_zeros(())
         for start in range(0, steps, length):
             end = min(start + length, steps)
+            whole_trial = every is None and start == 0 and end == steps
             grads, loss, state, y, traces, rate_terms = segment_step(
                 model, x[:, start:end], targets[start:end], weights[start:end], state, y,
                 traces, self.feedback_matrix(), self.loss, bool(self.regularisation),
                 last=end == steps, backend=backend,
+                rate_factor=partial(self._rate_factor, batch=batch, steps_so_far=steps,
+                                    steps=steps) if whole_trial else None,
             )  # fmt: skip
             if rate_terms is not None:
                 spikes += rate_terms.pop("spikes")
@@ -582,12 +587,18 @@ class EProp:
         """Add the rate penalty's gradient for the steps since the last chunk; its loss on the
         trial's last chunk (the penalty is defined on the whole trial's rate)."""
         rate = spikes / (batch * steps_so_far)
-        factor = 2 * self.regularisation * (rate - self.target_rate) / (batch * steps)
+        factor = self._rate_factor(spikes, batch, steps_so_far, steps)
         grads["w_in"] += factor[:, None] * e_sum["w_in"]
         grads["w_rec"] += factor[:, None] * e_sum["w_rec"]
         if steps_so_far < steps:
             return rate.new_zeros(())
         return self.regularisation * (rate - self.target_rate).pow(2).sum()
+
+    def _rate_factor(self, spikes: Tensor, batch: int, steps_so_far: int, steps: int) -> Tensor:
+        """``d penalty / d (sum over the batch and the trial of a neuron's spikes)``, per neuron:
+        the factor of ``sum_t e^t`` in the penalty's gradient."""
+        rate = spikes / (batch * steps_so_far)
+        return 2 * self.regularisation * (rate - self.target_rate) / (batch * steps)
 
     def _per_step(self, target, mask, batch, steps, x) -> tuple[Tensor, Tensor]:
         """Targets and loss weights (with the 1/batch average) indexed by step first:
@@ -624,6 +635,7 @@ def segment_step(
     rate_terms: bool = False,
     last: bool = True,
     backend: str = "torch",
+    rate_factor: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], Tensor, LIFState, Tensor, Traces, dict[str, Tensor] | None]:
     """e-prop over ``k`` steps at once: ``(gradients, loss, state, y, traces, rates)`` for ``x``
     ``(batch, k, n_in)``, step-first ``targets`` and ``weights``, from the traces before the
@@ -645,7 +657,10 @@ def segment_step(
     ``rate_terms``: also return what the firing-rate penalty needs (see :class:`EProp`), the
     segment's spike count per neuron and ``sum_r e^r``; otherwise ``rates`` is None.
     ``backend``: ``torch`` (the loops as written here) or ``numba`` (``kernels.numba_rsnn``, CPU
-    tensors only, tested equal).
+    tensors only, tested equal). ``rate_factor`` (with ``rate_terms``, when the segment is the
+    whole trial): maps the segment's spike counts to the penalty's per-neuron factor, which is
+    then folded into the task's coefficients (one matrix product for both; ``rates`` then holds
+    the spike count only).
     """
     k, kappa = x.shape[1], model.kappa
     forward = segment_forward_numba if backend == "numba" else segment_forward
@@ -681,15 +696,16 @@ def segment_step(
         ``eps_v^{t0-1}``) and ``c^{t0-1} G^{t0-1}`` (times ``eps_a^{t0-1}``)."""
         return g0 * traces.psi[:, ad], c_before * g0
 
-    task, g_task = coefficients(filtered)
+    folded = rate_terms and rate_factor is not None
+    task, g_task = coefficients(filtered + rate_factor(spike_count) if folded else filtered)
     posts = [task]
-    if rate_terms:
+    if rate_terms and not folded:
         rate, g_rate = coefficients(torch.ones_like(filtered))
         posts.append(rate)
-    summed = summed_outer(torch.cat(posts, 2), eps_v)  # (n_rec or 2 n_rec, n_pre)
-    with_ebar = summed[: model.n_rec] + torch.einsum("bj,bji->ji", kappa * filtered[0], ebar_before)
-    totals = [with_ebar] + ([summed[model.n_rec :]] if rate_terms else [])
-    for total, g0 in zip(totals, [g_task] + ([g_rate] if rate_terms else []), strict=True):
+    summed = [summed_outer(post, eps_v) for post in posts]  # (n_rec, n_pre) each
+    with_ebar = summed[0] + torch.einsum("bj,bji->ji", kappa * filtered[0], ebar_before)
+    totals = [with_ebar] + summed[1:]
+    for total, g0 in zip(totals, [g_task] + ([g_rate] if len(posts) > 1 else []), strict=True):
         if n_ad:
             v_factor, a_factor = boundary(g0)
             total[ad] -= v_factor.T @ eps_v_before + torch.einsum(
@@ -702,7 +718,9 @@ def segment_step(
         "b_out": torch.einsum("kbo,k->o", error, onebars),
     }
     rates = None
-    if rate_terms:
+    if folded:
+        rates = {"spikes": spike_count}
+    elif rate_terms:
         rates = {"spikes": spike_count, "w_in": totals[1][:, :n_in], "w_rec": totals[1][:, n_in:]}
     if last:
         return grads, segment_loss, state, y, traces, rates

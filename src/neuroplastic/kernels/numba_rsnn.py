@@ -19,8 +19,16 @@ converts. Equations as in ``neurons.lif``:
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+import torch
 from numba import njit, prange
+
+
+def follow_torch_threads() -> None:
+    """Run the kernels on as many threads as PyTorch's intra-op setting (which the executors
+    lower for parallel workers), so that the two never oversubscribe the cores."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -78,6 +86,29 @@ def leaky_sum(signal, decay, initial):  # pragma: no cover - compiled
             for j in range(m):  # contiguous in memory
                 acc[j] = d * acc[j] + signal[t, b, j]
                 out[t, b, j] = acc[j]
+    return out
+
+
+@njit(parallel=True, cache=True)
+def presynaptic_traces(x, spikes, z_start, eps_in, eps_rec, alpha):  # pragma: no cover
+    """e-prop's membrane traces of a segment, ``eps_v^t = alpha eps_v^{t-1} + s^t`` with
+    ``s^t = (x^t, z^{t-1})``: ``x`` ``(batch, k, n_in)`` the inputs, ``spikes`` ``(k, batch, n)``,
+    ``z_start`` ``(batch, n)`` the spikes before the segment, ``eps_in``, ``eps_rec`` the traces
+    before it. Returns ``(k, batch, n_in + n)``."""
+    batch, k, n_in = x.shape
+    n = spikes.shape[2]
+    out = np.empty((k, batch, n_in + n), dtype=spikes.dtype)
+    a = spikes.dtype.type(alpha)
+    for b in prange(batch):
+        trace_in, trace_rec = eps_in[b].copy(), eps_rec[b].copy()
+        for t in range(k):
+            for i in range(n_in):
+                trace_in[i] = a * trace_in[i] + x[b, t, i]
+                out[t, b, i] = trace_in[i]
+            for i in range(n):
+                previous = z_start[b, i] if t == 0 else spikes[t - 1, b, i]
+                trace_rec[i] = a * trace_rec[i] + previous
+                out[t, b, n_in + i] = trace_rec[i]
     return out
 
 

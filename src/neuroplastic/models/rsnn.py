@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from neuroplastic.kernels import resolve_backend
 from neuroplastic.neurons.lif import LIFParameters, LIFState, decay, initial_state, lif_step
 from neuroplastic.neurons.surrogate import bellec2020_pseudo_derivative
 
@@ -31,7 +32,10 @@ class RecurrentLIF(nn.Module):
     Weights start Gaussian, scaled by 1/sqrt(fan-in), from ``generator``. ``beta`` defaults to
     :func:`bellec2020_beta`. The neuron parameters are buffers, so ``.to()`` and ``.double()`` move
     them with the weights. ``detach_reset=False`` lets BPTT differentiate the reset (see
-    ``neurons.lif``); e-prop's traces ignore the reset's derivative either way.
+    ``neurons.lif``); e-prop's traces ignore the reset's derivative either way. ``backend``: how
+    :meth:`forward` runs its time loop, ``torch`` (the step functions, differentiated by autograd),
+    ``numba`` (``kernels.rsnn_functions``: the loop compiled, BPTT's backward as its adjoint
+    recursion; CPU only, tested equal), or ``auto`` (Numba on the CPU when installed).
     """
 
     def __init__(
@@ -51,8 +55,11 @@ class RecurrentLIF(nn.Module):
         detach_reset: bool = True,
         dt: float = 1.0,
         generator: torch.Generator | None = None,
+        backend: str = "auto",
     ):
         super().__init__()
+        resolve_backend(backend, "cpu")  # an unknown name, or Numba missing, fails here
+        self.backend = backend
         if not 0 <= n_adaptive <= n_rec:
             raise ValueError(f"n_adaptive must lie in 0..n_rec={n_rec}, got {n_adaptive}")
         self.n_in, self.n_rec, self.n_out, self.n_adaptive = n_in, n_rec, n_out, n_adaptive
@@ -97,6 +104,16 @@ class RecurrentLIF(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Inputs ``(batch, T, n_in)`` -> readouts ``(batch, T, n_out)`` and spikes
         ``(batch, T, n_rec)``; differentiable through time (BPTT)."""
+        if resolve_backend(self.backend, x.device) == "numba":
+            from neuroplastic.kernels.rsnn_functions import LeakySum, RecurrentSpikes
+
+            current = x.transpose(0, 1) @ self.w_in.T  # (T, batch, n_rec)
+            spikes = RecurrentSpikes.apply(
+                current, self.recurrent_weights(), self.beta, self.alpha, self.v_th,
+                self.refractory, self.rho, self.dampening, self.detach_reset,
+            )  # fmt: skip
+            y = LeakySum.apply(spikes @ self.w_out.T + self.b_out, self.kappa)
+            return y.transpose(0, 1), spikes.transpose(0, 1)
         batch, steps, _ = x.shape
         state = self.initial_state(batch)
         y = torch.zeros(batch, self.n_out, dtype=x.dtype, device=x.device)
