@@ -2,6 +2,7 @@
 evidence-accumulation network (40 inputs, 50 LIF + 50 ALIF, 2 readouts, batch 64).
 
     python benchmarks/rsnn_memory.py [--steps 2250 4500 9000 22500 100000] [--bptt-max 9000]
+                                     [--backend auto|torch|numba]
 
 Each (rule, T) runs in a fresh process, which reports
 - its peak resident memory (``ru_maxrss``) minus the process's resident memory before the step
@@ -33,13 +34,13 @@ def kib_now() -> int:
         return int(f.read().split()[1]) * resource.getpagesize() // 1024
 
 
-def one(rule: str, steps: int, segment: int, batch: int) -> dict:
+def one(rule: str, steps: int, segment: int, batch: int, backend: str) -> dict:
     from neuroplastic.credit.eprop import EProp
     from neuroplastic.models.rsnn import RecurrentLIF
 
     torch.set_num_threads(1)
     model = RecurrentLIF(40, 100, 2, n_adaptive=50, refractory=5, detach_reset=rule == "eprop",
-                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+                         generator=torch.Generator().manual_seed(0), backend=backend)  # fmt: skip
     gen = torch.Generator().manual_seed(1)
     x = (torch.rand(batch, steps, 40, generator=gen) < 0.02).float()
     labels = torch.randint(0, 2, (batch,), generator=gen)
@@ -60,9 +61,9 @@ def one(rule: str, steps: int, segment: int, batch: int) -> dict:
         loss.backward()
         state = sum(saved.values())
     else:
-        EProp(model, loss="cross_entropy", regularisation=1.0, segment=segment).backward(
-            x, labels, mask
-        )
+        eprop = EProp(model, loss="cross_entropy", regularisation=1.0, segment=segment,
+                      backend=backend)  # fmt: skip
+        eprop.backward(x, labels, mask)
         n_pre, n_ad = 40 + 100, 50
         traces = batch * (100 * n_pre + n_ad * n_pre + 2 * 100 + n_pre) * 4
         history = min(segment, steps) * batch * (100 + n_pre + 100 + 2) * 4
@@ -79,14 +80,15 @@ def main() -> None:
     parser.add_argument("--segment", type=int, default=500)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rules", nargs="+", default=["bptt", "eprop"], choices=["bptt", "eprop"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "numba"])
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         rule, steps = args.one[0], int(args.one[1])
-        print(json.dumps(one(rule, steps, args.segment, args.batch)))
+        print(json.dumps(one(rule, steps, args.segment, args.batch, args.backend)))
         return
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"batch {args.batch}, e-prop segment {args.segment}")  # fmt: skip
+          f"batch {args.batch}, e-prop segment {args.segment}, backend {args.backend}")  # fmt: skip
     print("| rule | T | memory added by the step (MiB) | learning state (MiB) |")
     print("| --- | --- | --- | --- |")
     for steps in args.steps:
@@ -96,7 +98,7 @@ def main() -> None:
                 continue
             out = subprocess.run(
                 [sys.executable, __file__, "--one", rule, str(steps), "--segment",
-                 str(args.segment), "--batch", str(args.batch)],
+                 str(args.segment), "--batch", str(args.batch), "--backend", args.backend],
                 capture_output=True, text=True, check=True,
             ).stdout  # fmt: skip
             r = json.loads(out.strip().splitlines()[-1])
