@@ -4,7 +4,7 @@ choice of backend."""
 import pytest
 import torch
 
-from neuroplastic.credit.eprop import reverse_leaky_sum
+from neuroplastic.credit.eprop import adaptation_weights, reverse_leaky_sum
 from neuroplastic.kernels import resolve_backend
 from neuroplastic.models.rsnn import RecurrentLIF
 
@@ -58,11 +58,17 @@ def test_the_compiled_leaky_sums_equal_the_loops():
         expected.append(acc)
     forward = numba_rsnn.leaky_sum(signal.numpy(), 0.9, initial.numpy())
     assert torch.allclose(torch.from_numpy(forward), torch.stack(expected), rtol=1e-14)
-    for decay in (factor, 0.8):
-        torch_path = reverse_leaky_sum(signal, decay, "torch")
-        assert torch.allclose(reverse_leaky_sum(signal, decay, "numba"), torch_path, rtol=1e-14)
+    torch_path = reverse_leaky_sum(signal, 0.8, "torch")
+    assert torch.allclose(reverse_leaky_sum(signal, 0.8, "numba"), torch_path, rtol=1e-14)
     assert torch_path[-1].equal(signal[-1])
     assert torch.allclose(torch_path[-2], signal[-2] + 0.8 * signal[-1])
+    at_steps, before = adaptation_weights(signal, factor, "torch")
+    assert at_steps[-1].abs().sum() == 0  # G^{t1-1} = 0
+    assert torch.allclose(at_steps[-2], signal[-1])
+    assert torch.allclose(before, signal[0] + factor[0] * at_steps[0])
+    compiled = adaptation_weights(signal, factor, "numba")
+    for got, expected in zip(compiled, (at_steps, before), strict=True):
+        assert torch.allclose(got, expected, rtol=1e-14)
 
 
 def test_the_backend_is_chosen_by_device_and_asked_for_clearly():

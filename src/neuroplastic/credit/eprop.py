@@ -195,31 +195,37 @@ def outer_per_example(post: Tensor, pre: Tensor) -> Tensor:
     return torch.bmm(post.permute(1, 2, 0), pre.transpose(0, 1))
 
 
-def adaptation_weights(w: Tensor, c: Tensor, backend: str = "torch") -> Tensor:
-    """``G^q`` for ``q = t0-1 .. t1-2`` (index ``m`` is ``q = t0-1+m``) from the backward
-    recursion ``G^{t1-1} = 0``, ``G^q = w^{q+1} + c^{q+1} G^{q+1}``; ``w``, ``c`` ``(k, batch,
-    n_ad)`` for the segment's steps ``t0 .. t1-1``. Unrolling the ``eps_a`` recursion gives
+def adaptation_weights(w: Tensor, c: Tensor, backend: str = "torch") -> tuple[Tensor, Tensor]:
+    """``(G^r for the segment's steps r = t0 .. t1-1, G^{t0-1})`` from the backward recursion
+    ``G^{t1-1} = 0``, ``G^q = w^{q+1} + c^{q+1} G^{q+1}``; ``w``, ``c`` ``(k, batch, n_ad)`` for
+    the segment's steps. Unrolling the ``eps_a`` recursion gives
     ``sum_r w^r eps_a^r = c^{t0-1} G^{t0-1} eps_a^{t0-1} + sum_q G^q psi^q eps_v^q``."""
-    return reverse_leaky_sum(w, c, backend)
-
-
-def reverse_leaky_sum(signal: Tensor, factor: Tensor | float, backend: str = "torch") -> Tensor:
-    """``out^r = signal^r + factor^r out^{r+1}`` backwards over the first axis (``out`` 0 after
-    the last step); ``factor`` a tensor like ``signal`` or one number."""
     if backend == "numba":
         from neuroplastic.kernels import numba_rsnn
 
-        if isinstance(factor, Tensor):
-            out = numba_rsnn.reverse_leaky_sum(_array(signal), _array(factor.to(signal)))
-        else:
-            out = numba_rsnn.reverse_constant_leaky_sum(_array(signal), float(factor))
-        return torch.from_numpy(out)
+        at_steps, before = numba_rsnn.reverse_leaky_sum_shifted(_array(w), _array(c.to(w)))
+        return torch.from_numpy(at_steps), torch.from_numpy(before)
+    at_steps = torch.empty_like(w)
+    acc = torch.zeros_like(w[0])
+    for r in reversed(range(w.shape[0])):
+        at_steps[r] = acc
+        acc = w[r] + c[r] * acc
+    return at_steps, acc
+
+
+def reverse_leaky_sum(signal: Tensor, factor: float, backend: str = "torch") -> Tensor:
+    """``out^r = signal^r + factor out^{r+1}`` backwards over the first axis (``out`` 0 after the
+    last step)."""
+    if backend == "numba":
+        from neuroplastic.kernels import numba_rsnn
+
+        return torch.from_numpy(
+            numba_rsnn.reverse_constant_leaky_sum(_array(signal), float(factor))
+        )
     out = torch.empty_like(signal)
     acc = torch.zeros_like(signal[0])
     for r in reversed(range(signal.shape[0])):
-        acc = (
-            signal[r] + factor[r] * acc if isinstance(factor, Tensor) else signal[r] + factor * acc
-        )
+        acc = signal[r] + factor * acc
         out[r] = acc
     return out
 
@@ -684,12 +690,12 @@ def segment_step(
         if weight is None:  # eps_a^{t1-1}: the unrolled recursion with w = 1[r = t1-1]
             w = torch.zeros_like(c)
             w[-1] = 1.0
-            g = adaptation_weights(w, c, backend)
-            return torch.cat([g[1:], torch.zeros_like(g[:1])]) * psi[:, :, ad], g[0]
+            g, g_before = adaptation_weights(w, c, backend)
+            return g * psi[:, :, ad], g_before
         coef = weight * psi
-        g = adaptation_weights(coef[:, :, ad] * beta, c, backend)
-        coef[:, :, ad] -= torch.cat([g[1:], torch.zeros_like(g[:1])]) * psi[:, :, ad]
-        return coef, g[0]
+        g, g_before = adaptation_weights(coef[:, :, ad] * beta, c, backend)
+        coef[:, :, ad] -= g * psi[:, :, ad]
+        return coef, g_before
 
     def boundary(g0: Tensor) -> tuple[Tensor, Tensor]:
         """The terms at the step before the segment, per example: ``(G psi)^{t0-1}`` (times

@@ -113,23 +113,28 @@ def presynaptic_traces(x, spikes, z_start, eps_in, eps_rec, alpha):  # pragma: n
 
 
 @njit(parallel=True, cache=True)
-def reverse_leaky_sum(signal, factor):  # pragma: no cover - compiled
-    """Backwards over the first axis: ``acc = signal[r] + factor[r] * acc`` from the last step
-    (``acc`` 0 after it), ``out[r] = acc``; ``signal`` and ``factor`` ``(k, batch, m)``."""
+def reverse_leaky_sum_shifted(signal, factor):  # pragma: no cover - compiled
+    """Backwards over the first axis, ``acc = signal[r] + factor[r] * acc`` from 0 after the last
+    step, one step late: ``(out, first)`` with ``out[r]`` the value of ``acc`` from ``r + 1`` on
+    (0 at the last step) and ``first`` the whole sum ``(batch, m)``; ``signal``, ``factor``
+    ``(k, batch, m)``."""
     k, batch, m = signal.shape
     out = np.empty_like(signal)
+    first = np.empty((batch, m), dtype=signal.dtype)
     for b in prange(batch):
         acc = np.zeros(m, dtype=signal.dtype)
         for r in range(k - 1, -1, -1):
             for j in range(m):
-                acc[j] = signal[r, b, j] + factor[r, b, j] * acc[j]
                 out[r, b, j] = acc[j]
-    return out
+                acc[j] = signal[r, b, j] + factor[r, b, j] * acc[j]
+        first[b] = acc
+    return out, first
 
 
 @njit(parallel=True, cache=True)
 def reverse_constant_leaky_sum(signal, factor):  # pragma: no cover - compiled
-    """:func:`reverse_leaky_sum` with one scalar ``factor``."""
+    """Backwards over the first axis: ``acc = signal[r] + factor * acc`` from the last step
+    (``acc`` 0 after it), ``out[r] = acc``; ``signal`` ``(k, batch, m)``, ``factor`` a number."""
     k, batch, m = signal.shape
     out = np.empty_like(signal)
     f = signal.dtype.type(factor)
