@@ -220,7 +220,9 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
             gap = ""
             if method != "bptt" and "bptt" in methods:
                 difference = protocol.paired_gap(runs, method, "nmse")
-                gap = f"{difference.mean:+.3f} ± {difference.ci95:.3f}"
+                gap = f"{difference.mean:+.3f}"
+                if len(runs) > 1:  # one seed has no interval
+                    gap += f" ± {difference.ci95:.3f}"
             tuned = runs[0].hyperparameters.get(method, {})
             rows.append([method, f"{nmse.mean:.3f} ± {nmse.ci95:.3f}", gap,
                          ", ".join(f"{k}={v:.3g}" for k, v in tuned.items())])  # fmt: skip

@@ -297,7 +297,9 @@ def error_tables(records: Sequence[RunRecord], title: str, target: str) -> list[
             gap = ""
             if method != "bptt" and "bptt" in methods:
                 difference = paired_gap(runs, method, "test_error")
-                gap = f"{difference.mean * 100:+.1f} ± {difference.ci95 * 100:.1f}"
+                gap = f"{difference.mean * 100:+.1f}"
+                if len(runs) > 1:  # one seed has no interval
+                    gap += f" ± {difference.ci95 * 100:.1f}"
             tuned = runs[0].hyperparameters.get(method, {})
             rows.append([
                 method, test.format(scale=100, unit=" %").rsplit(" (n=", 1)[0], gap,
