@@ -101,9 +101,13 @@ class StoreRecallTask:
         is_bit = store | (sentence <= VALUE_1)
         channels[..., VALUE_0] = is_bit & (shown == VALUE_0)
         channels[..., VALUE_1] = is_bit & (shown == VALUE_1)
-        rates = channels.repeat_interleave(self.n_inputs // 4, 2) * self.rate  # (batch, length, in)
-        draws = torch.rand(batch, self.length, self.char_ms, self.n_inputs, generator=generator)
-        spikes = (draws < rates[:, :, None]).to(dtype).flatten(1, 2)
+        group = self.n_inputs // 4
+        spikes = torch.zeros(batch, self.length, self.char_ms, 4, group, dtype=dtype)
+        shown_groups = channels.nonzero()  # (b, character, group) for each group shown
+        draws = torch.rand(len(shown_groups), self.char_ms, group, generator=generator)
+        b, c, g = shown_groups.unbind(1)
+        spikes[b, c, :, g] = (draws < self.rate).to(dtype)  # silent groups draw nothing
+        spikes = spikes.reshape(batch, self.steps, self.n_inputs)
         return spikes, labels
 
     def step_labels(self, labels: Tensor) -> Tensor:
