@@ -44,7 +44,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from neuroplastic.kernels import resolve_backend
+from neuroplastic.kernels import as_array, resolve_backend
 from neuroplastic.models.rsnn import RecurrentLIF
 from neuroplastic.neurons.lif import LIFParameters, LIFState, pseudo_derivative_of
 
@@ -203,7 +203,7 @@ def adaptation_weights(w: Tensor, c: Tensor, backend: str = "torch") -> tuple[Te
     if backend == "numba":
         from neuroplastic.kernels import numba_rsnn
 
-        at_steps, before = numba_rsnn.reverse_leaky_sum_shifted(_array(w), _array(c.to(w)))
+        at_steps, before = numba_rsnn.reverse_leaky_sum_shifted(as_array(w), as_array(c.to(w)))
         return torch.from_numpy(at_steps), torch.from_numpy(before)
     at_steps = torch.empty_like(w)
     acc = torch.zeros_like(w[0])
@@ -220,7 +220,7 @@ def reverse_leaky_sum(signal: Tensor, factor: float, backend: str = "torch") -> 
         from neuroplastic.kernels import numba_rsnn
 
         return torch.from_numpy(
-            numba_rsnn.reverse_constant_leaky_sum(_array(signal), float(factor))
+            numba_rsnn.reverse_constant_leaky_sum(as_array(signal), float(factor))
         )
     out = torch.empty_like(signal)
     acc = torch.zeros_like(signal[0])
@@ -230,14 +230,10 @@ def reverse_leaky_sum(signal: Tensor, factor: float, backend: str = "torch") -> 
     return out
 
 
-def _array(t: Tensor):
-    return t.detach().contiguous().numpy()
-
-
 def _leaky_sum(signal: Tensor, decay: float, initial: Tensor) -> Tensor:
     from neuroplastic.kernels import numba_rsnn
 
-    return torch.from_numpy(numba_rsnn.leaky_sum(_array(signal), decay, _array(initial)))
+    return torch.from_numpy(numba_rsnn.leaky_sum(as_array(signal), decay, as_array(initial)))
 
 
 Forward = tuple[tuple[Tensor, ...], LIFState, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]
@@ -282,17 +278,17 @@ def segment_forward_numba(
     inputs = x.transpose(0, 1)  # (k, batch, n_in)
     current = inputs @ model.w_in.detach().T
     z_start = state.z
-    v, z, a, refractory = (_array(t).copy() for t in state)
+    v, z, a, refractory = (as_array(t).copy() for t in state)
     spikes, psi = numba_rsnn.lif_segment(
-        _array(current), _array(model.recurrent_weights().detach().T), v, z, a, refractory,
-        model.alpha, model.v_th, float(model.refractory), _array(model.beta.to(x.dtype)),
+        as_array(current), as_array(model.recurrent_weights().detach().T), v, z, a, refractory,
+        model.alpha, model.v_th, float(model.refractory), as_array(model.beta.to(x.dtype)),
         model.rho, model.dampening,
     )  # fmt: skip
     spikes, psi = torch.from_numpy(spikes), torch.from_numpy(psi)
     state = LIFState(*(torch.from_numpy(t) for t in (v, z, a, refractory)))
     eps_v = torch.from_numpy(numba_rsnn.presynaptic_traces(
-        _array(x), _array(spikes), _array(z_start), _array(traces.eps_in),
-        _array(traces.eps_rec), model.alpha,
+        as_array(x), as_array(spikes), as_array(z_start), as_array(traces.eps_in),
+        as_array(traces.eps_rec), model.alpha,
     ))  # fmt: skip
     zbars = _leaky_sum(spikes, model.kappa, traces.zbar)
     ys = _leaky_sum(spikes @ model.w_out.detach().T + model.b_out.detach(), model.kappa, y)
@@ -437,7 +433,7 @@ class EProp:
             )
         if segment < 1:
             raise ValueError(f"segment must be >= 1 step, got {segment}")
-        resolve_backend(backend, "cpu" if backend != "numba" else model.w_in.device)
+        resolve_backend(backend, "cpu")  # an unknown name, or Numba missing, fails here
         self.implementation, self.segment, self.backend = implementation, segment, backend
         self.model, self.feedback, self.loss = model, feedback, loss
         self.regularisation, self.target_rate = regularisation, target_rate

@@ -38,10 +38,9 @@ from functools import partial
 
 import torch
 
-from neuroplastic.credit.eprop import EProp
 from neuroplastic.experiments import eprop_protocol as protocol
 from neuroplastic.experiments.base import Experiment, ReportTable, Verdict
-from neuroplastic.experiments.eprop_protocol import METHODS, MIN_SEEDS, feedback
+from neuroplastic.experiments.eprop_protocol import METHODS, MIN_SEEDS
 from neuroplastic.models.rsnn import RecurrentLIF
 from neuroplastic.seeding import generator
 from neuroplastic.store import RunRecord
@@ -125,14 +124,7 @@ def build(config: Config, method: str, seed: int, device: torch.device):
         refractory=config.refractory, generator=generator(NAME, "init", seed),
         detach_reset=method != "bptt" or not config.bptt_reset_gradient,
     ).to(device)  # fmt: skip
-    rule = None
-    if method != "bptt":
-        rule = EProp(
-            model, feedback(method), generator(NAME, "feedback", seed),
-            loss="cross_entropy", regularisation=config.regularisation,
-            target_rate=config.target_rate, segment=TASK.steps,
-        )  # fmt: skip
-    return model, rule
+    return model, protocol.rule_for(model, method, NAME, seed, config, "cross_entropy", TASK.steps)
 
 
 SETUP = protocol.Classification(NAME, TASK, build)

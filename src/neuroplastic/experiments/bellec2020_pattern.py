@@ -35,7 +35,6 @@ from dataclasses import dataclass
 
 import torch
 
-from neuroplastic.credit.eprop import EProp
 from neuroplastic.experiments import eprop_protocol as protocol
 from neuroplastic.experiments.base import (
     Experiment,
@@ -49,7 +48,6 @@ from neuroplastic.experiments.eprop_protocol import (
     METHODS,
     MIN_SEEDS,
     check_finite,
-    feedback,
     optimizer_for,
     rate_penalty,
     study,
@@ -118,14 +116,7 @@ def build(config: Config, method: str, seed: int, device: torch.device):
         TASK.n_inputs, config.n_rec, 1, tau_m=config.tau, tau_out=config.tau, v_th=config.v_th,
         generator=generator(NAME, "init", seed), detach_reset=method != "bptt",
     ).to(device)  # fmt: skip
-    rule = None
-    if method != "bptt":
-        rule = EProp(
-            model, feedback(method), generator(NAME, "feedback", seed),
-            regularisation=config.regularisation, target_rate=config.target_rate,
-            segment=TASK.steps,
-        )  # fmt: skip
-    return model, rule
+    return model, protocol.rule_for(model, method, NAME, seed, config, "mse", TASK.steps)
 
 
 def train(

@@ -59,6 +59,19 @@ def feedback(method: str) -> str | None:
     return None if method == "bptt" else method.removeprefix("eprop-")
 
 
+def rule_for(
+    model: RecurrentLIF, method: str, name: str, seed: int, config: Any, loss: str, steps: int
+) -> EProp | None:
+    """e-prop for ``method`` on ``model`` (None for BPTT): feedback drawn from the experiment
+    ``name``'s stream for ``seed``, the config's rate penalty, the trial as one segment."""
+    if method == "bptt":
+        return None
+    return EProp(
+        model, feedback(method), generator(name, "feedback", seed), loss=loss,
+        regularisation=config.regularisation, target_rate=config.target_rate, segment=steps,
+    )  # fmt: skip
+
+
 def optimizer_for(model: RecurrentLIF, rule: EProp | None, params: dict) -> torch.optim.Optimizer:
     """AdamW at the tuned rate; weight decay only for Kolen-Pollack's readout and feedback."""
     if rule is None or not rule.parameters():

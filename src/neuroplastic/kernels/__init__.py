@@ -8,6 +8,11 @@ import importlib.util
 BACKENDS = ("auto", "torch", "numba")
 
 
+def as_array(tensor):
+    """A C-contiguous NumPy view (or copy) of a CPU tensor, detached: what the kernels take."""
+    return tensor.detach().contiguous().numpy()
+
+
 def numba_available() -> bool:
     """Whether the ``fast`` extra (Numba) is installed."""
     return importlib.util.find_spec("numba") is not None

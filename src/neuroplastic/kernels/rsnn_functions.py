@@ -16,13 +16,8 @@ and the input currents get ``gv^t``, the recurrent weights ``sum_t gv^t z^{t-1}`
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
-from neuroplastic.kernels import numba_rsnn
-
-
-def _array(t: Tensor):
-    return t.detach().contiguous().numpy()
+from neuroplastic.kernels import as_array, numba_rsnn
 
 
 class RecurrentSpikes(torch.autograd.Function):
@@ -35,8 +30,8 @@ class RecurrentSpikes(torch.autograd.Function):
         state = [torch.zeros(batch, n, dtype=current.dtype).numpy() for _ in range(4)]
         numba_rsnn.follow_torch_threads()
         spikes, psi = numba_rsnn.lif_segment(
-            _array(current), _array(w_rec.T), *state, alpha, v_th, float(refractory),
-            _array(beta.to(current.dtype)), rho, dampening,
+            as_array(current), as_array(w_rec.T), *state, alpha, v_th, float(refractory),
+            as_array(beta.to(current.dtype)), rho, dampening,
         )  # fmt: skip
         spikes, psi = torch.from_numpy(spikes), torch.from_numpy(psi)
         ctx.save_for_backward(spikes, psi, w_rec, beta.to(current.dtype))
@@ -75,9 +70,9 @@ class LeakySum(torch.autograd.Function):
     def forward(ctx, drive, decay):
         ctx.decay = decay
         initial = torch.zeros(drive.shape[1:], dtype=drive.dtype).numpy()
-        return torch.from_numpy(numba_rsnn.leaky_sum(_array(drive), decay, initial))
+        return torch.from_numpy(numba_rsnn.leaky_sum(as_array(drive), decay, initial))
 
     @staticmethod
     def backward(ctx, grad_y):
-        grad = numba_rsnn.reverse_constant_leaky_sum(_array(grad_y), ctx.decay)
+        grad = numba_rsnn.reverse_constant_leaky_sum(as_array(grad_y), ctx.decay)
         return torch.from_numpy(grad), None
