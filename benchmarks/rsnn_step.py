@@ -1,5 +1,6 @@
 """Seconds per training step of a recurrent spiking network: our BPTT and e-prop, and snnTorch's
-BPTT when it is installed in the benchmark's environment (never a dependency).
+and SpikingJelly's BPTT when they are installed in the benchmark's environment (never
+dependencies).
 
     python benchmarks/rsnn_step.py [--size evidence|pattern] [--repeats 5] [--threads 2]
                                    [--backends torch,numba]
@@ -10,9 +11,13 @@ one batch (forward and backward, or e-prop's forward pass with its traces, the t
 segment as the experiments run it; online: an update every 250 steps) plus an Adam step;
 the median of ``--repeats`` after one warm-up. snnTorch's step is an ``RLeaky`` recurrent layer
 (all-to-all recurrence, subtractive reset) and a leaky readout in a plain time loop, BPTT by
-autograd, as its tutorials write it. Our rows run once per backend: ``torch`` (the step functions
-in a Python loop; BPTT by autograd) and ``numba`` (the compiled time loop of ``kernels``; BPTT's
-backward as its adjoint recursion). The figures in docs/rules/eprop.md come from here.
+autograd, as its tutorials write it. SpikingJelly's is its ``LIFNode`` (tau 20, subtractive
+reset) with a recurrent ``Linear`` in the same loop. (Its ``LinearRecurrentContainer`` in
+multi-step mode slices a sequence that requires grad step by step, which makes the backward pass
+quadratic in T: about 60 s per step here, so the loop is written out.) Our rows run once per
+backend: ``torch`` (the step functions in a Python loop; BPTT by autograd), ``numba`` (the
+compiled time loop of ``kernels``; BPTT's backward as its adjoint recursion) and ``triton`` (the
+fused GPU kernels; pass ``--device cuda``). The figures in docs/rules/eprop.md come from here.
 """
 
 from __future__ import annotations
@@ -91,6 +96,36 @@ def snntorch_step(size: dict):
     return step
 
 
+def spikingjelly_step(size: dict):
+    from spikingjelly.activation_based import functional, neuron
+
+    torch.manual_seed(0)
+    fc_in = torch.nn.Linear(size["n_in"], size["n_rec"])
+    fc_rec = torch.nn.Linear(size["n_rec"], size["n_rec"], bias=False)
+    lif = neuron.LIFNode(tau=20.0, decay_input=False, v_reset=None)
+    readout = torch.nn.Linear(size["n_rec"], size["n_out"])
+    params = [*fc_in.parameters(), *fc_rec.parameters(), *readout.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.rand(size["steps"], size["batch"], size["n_in"], generator=gen) < 0.02).float()
+    target = torch.randn(size["steps"], size["batch"], size["n_out"], generator=gen)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        functional.reset_net(lif)
+        spk = torch.zeros(size["batch"], size["n_rec"])
+        y = torch.zeros(size["batch"], size["n_out"])
+        loss = 0.0
+        for t in range(size["steps"]):
+            spk = lif(fc_in(x[t]) + fc_rec(spk))
+            y = 0.95 * y + readout(spk)
+            loss = loss + 0.5 * (y - target[t]).pow(2).sum() / size["batch"]
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def median_seconds(step, repeats: int) -> float:
     step()  # warm-up
     times = []
@@ -118,11 +153,17 @@ def main() -> None:
         for rule in ("bptt", "eprop", "eprop-online"):
             seconds = median_seconds(ours(rule, size, backend), args.repeats)
             print(f"| neuroplastic {rule} ({backend}) | {seconds:.3f} |", flush=True)
-    try:
-        seconds = median_seconds(snntorch_step(size), args.repeats)
-        print(f"| snnTorch RLeaky BPTT | {seconds:.3f} |")
-    except ImportError:
-        print("| snnTorch RLeaky BPTT | not installed (pip install snntorch in a bench venv) |")
+    peers = {
+        "snnTorch RLeaky BPTT": (snntorch_step, "snntorch"),
+        "SpikingJelly LIFNode BPTT": (spikingjelly_step, "spikingjelly"),
+    }
+    for label, (build, package) in peers.items():
+        try:
+            seconds = median_seconds(build(size), args.repeats)
+        except ImportError:
+            print(f"| {label} | not installed (pip install {package} in a bench venv) |")
+            continue
+        print(f"| {label} | {seconds:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

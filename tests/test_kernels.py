@@ -71,14 +71,21 @@ def test_the_compiled_leaky_sums_equal_the_loops():
         assert torch.allclose(got, expected, rtol=1e-14)
 
 
-def test_the_backend_is_chosen_by_device_and_asked_for_clearly():
+def test_the_backend_is_chosen_by_device_and_asked_for_clearly(monkeypatch):
+    import neuroplastic.kernels as kernels
+
     assert resolve_backend("auto", "cpu") == "numba"
-    assert resolve_backend("auto", "cuda:0") == "torch"
     assert resolve_backend("torch", "cpu") == "torch"
     with pytest.raises(ValueError, match="runs on the CPU"):
         resolve_backend("numba", "cuda:0")
     with pytest.raises(ValueError, match="backend must be one of"):
-        resolve_backend("triton", "cpu")
+        resolve_backend("cupy", "cpu")
+    monkeypatch.setattr(kernels, "triton_available", lambda: False)
+    assert kernels.resolve_backend("auto", "cuda:0") == "torch"
+    with pytest.raises(ValueError, match=r"neuroplastic\[triton\]"):
+        kernels.resolve_backend("triton", "cuda:0")
+    with pytest.raises(ValueError, match=r"neuroplastic\[triton\]"):
+        RecurrentLIF(2, 3, 1, backend="triton")
 
 
 def test_without_numba_auto_falls_back_and_asking_for_it_says_how_to_install(monkeypatch):

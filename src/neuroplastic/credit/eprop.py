@@ -44,7 +44,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from neuroplastic.kernels import as_array, resolve_backend
+from neuroplastic.kernels import as_array, check_backend, resolve_backend
 from neuroplastic.models.rsnn import RecurrentLIF
 from neuroplastic.neurons.lif import LIFParameters, LIFState, pseudo_derivative_of
 
@@ -205,6 +205,10 @@ def adaptation_weights(w: Tensor, c: Tensor, backend: str = "torch") -> tuple[Te
 
         at_steps, before = numba_rsnn.reverse_leaky_sum_shifted(as_array(w), as_array(c.to(w)))
         return torch.from_numpy(at_steps), torch.from_numpy(before)
+    if backend == "triton":
+        from neuroplastic.kernels import triton_rsnn
+
+        return triton_rsnn.scan(w, c, reverse=True, shifted=True)
     at_steps = torch.empty_like(w)
     acc = torch.zeros_like(w[0])
     for r in reversed(range(w.shape[0])):
@@ -216,24 +220,16 @@ def adaptation_weights(w: Tensor, c: Tensor, backend: str = "torch") -> tuple[Te
 def reverse_leaky_sum(signal: Tensor, factor: float, backend: str = "torch") -> Tensor:
     """``out^r = signal^r + factor out^{r+1}`` backwards over the first axis (``out`` 0 after the
     last step)."""
-    if backend == "numba":
-        from neuroplastic.kernels import numba_rsnn
+    if backend in ("numba", "triton"):
+        from neuroplastic.kernels.rsnn_functions import leaky_sum
 
-        return torch.from_numpy(
-            numba_rsnn.reverse_constant_leaky_sum(as_array(signal), float(factor))
-        )
+        return leaky_sum(signal, float(factor), None, backend, reverse=True)
     out = torch.empty_like(signal)
     acc = torch.zeros_like(signal[0])
     for r in reversed(range(signal.shape[0])):
         acc = signal[r] + factor * acc
         out[r] = acc
     return out
-
-
-def _leaky_sum(signal: Tensor, decay: float, initial: Tensor) -> Tensor:
-    from neuroplastic.kernels import numba_rsnn
-
-    return torch.from_numpy(numba_rsnn.leaky_sum(as_array(signal), decay, as_array(initial)))
 
 
 Forward = tuple[tuple[Tensor, ...], LIFState, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]
@@ -243,11 +239,11 @@ def segment_forward(
     model: RecurrentLIF, x: Tensor, state: LIFState, y: Tensor, traces: Traces
 ) -> Forward:
     """The network over a segment ``x`` ``(batch, k, n_in)``, keeping per-neuron quantities:
-    ``((psi, eps_v, zbar, y, onebar, spike count) per step, state, y, (eps_in, eps_rec, zbar,
+    ``((psi, eps_v, z, y, onebar, spike count) per step, state, y, (eps_in, eps_rec, zbar,
     onebar) at the end)``, the per-step ones ``(k, batch, ·)`` (``onebar`` ``(k,)``)."""
     alpha, kappa = model.alpha, model.kappa
     eps_in, eps_rec, zbar, onebar = traces.eps_in, traces.eps_rec, traces.zbar, traces.onebar
-    history: dict[str, list[Tensor]] = {n: [] for n in ("psi", "eps_v", "zbar", "y", "onebar")}
+    history: dict[str, list[Tensor]] = {n: [] for n in ("psi", "eps_v", "z", "y", "onebar")}
     spike_count = torch.zeros_like(zbar[0])
     for s in range(x.shape[1]):
         before = state
@@ -259,47 +255,67 @@ def segment_forward(
         spike_count += z.sum(0)
         history["psi"].append(pseudo_derivative_of(before, state, model.neuron, model.dampening))
         history["eps_v"].append(torch.cat([eps_in, eps_rec], 1))
-        history["zbar"].append(zbar)
+        history["z"].append(z)
         history["y"].append(y)
         history["onebar"].append(onebar)
     steps = tuple(torch.stack(history[n]) for n in history)
     return (*steps, spike_count), state, y, (eps_in, eps_rec, zbar, onebar)
 
 
-def segment_forward_numba(
-    model: RecurrentLIF, x: Tensor, state: LIFState, y: Tensor, traces: Traces
+def segment_forward_compiled(
+    model: RecurrentLIF, x: Tensor, state: LIFState, y: Tensor, traces: Traces, backend: str
 ) -> Forward:
-    """:func:`segment_forward` by the compiled time loop (``kernels.numba_rsnn``): the input
-    currents as one matrix product, the recurrence inside the kernel, the traces and the readout
-    as leaky sums over the spikes it returns."""
-    from neuroplastic.kernels import numba_rsnn
+    """:func:`segment_forward` by a compiled time loop (``kernels.numba_rsnn`` on the CPU,
+    ``kernels.triton_rsnn`` on a GPU): the input currents as one matrix product, the recurrence
+    inside the kernel, the traces and the readout as leaky sums over the spikes it returns."""
+    from neuroplastic.kernels.rsnn_functions import leaky_sum
 
-    numba_rsnn.follow_torch_threads()
     inputs = x.transpose(0, 1)  # (k, batch, n_in)
     current = inputs @ model.w_in.detach().T
     z_start = state.z
-    v, z, a, refractory = (as_array(t).copy() for t in state)
-    spikes, psi = numba_rsnn.lif_segment(
-        as_array(current), as_array(model.recurrent_weights().detach().T), v, z, a, refractory,
-        model.alpha, model.v_th, float(model.refractory), as_array(model.beta.to(x.dtype)),
-        model.rho, model.dampening,
-    )  # fmt: skip
-    spikes, psi = torch.from_numpy(spikes), torch.from_numpy(psi)
-    state = LIFState(*(torch.from_numpy(t) for t in (v, z, a, refractory)))
-    eps_v = torch.from_numpy(numba_rsnn.presynaptic_traces(
-        as_array(x), as_array(spikes), as_array(z_start), as_array(traces.eps_in),
-        as_array(traces.eps_rec), model.alpha,
-    ))  # fmt: skip
-    zbars = _leaky_sum(spikes, model.kappa, traces.zbar)
-    ys = _leaky_sum(spikes @ model.w_out.detach().T + model.b_out.detach(), model.kappa, y)
-    steps = torch.arange(1, spikes.shape[0] + 1, dtype=x.dtype)
+    constants = (model.alpha, model.v_th, float(model.refractory))
+    later = (model.beta.to(x.dtype), model.rho, model.dampening)
+    w_rec = model.recurrent_weights().detach()
+    if backend == "triton":
+        from neuroplastic.kernels import triton_rsnn
+
+        v, z, a, refractory = (t.clone() for t in state)
+        spikes, psi = triton_rsnn.lif_segment(
+            current, w_rec, v, z, a, refractory, *constants, *later
+        )
+        state = LIFState(v, z, a, refractory)
+        presynaptic = torch.cat([inputs, torch.cat([z_start[None], spikes[:-1]])], 2)
+        initial = torch.cat([traces.eps_in, traces.eps_rec], 1)
+        eps_v = triton_rsnn.scan(presynaptic, model.alpha, initial)[0]
+    else:
+        from neuroplastic.kernels import numba_rsnn
+
+        numba_rsnn.follow_torch_threads()
+        v, z, a, refractory = (as_array(t).copy() for t in state)
+        spikes, psi = numba_rsnn.lif_segment(
+            as_array(current), as_array(w_rec.T), v, z, a, refractory, *constants,
+            as_array(later[0]), *later[1:],
+        )  # fmt: skip
+        spikes, psi = torch.from_numpy(spikes), torch.from_numpy(psi)
+        state = LIFState(*(torch.from_numpy(t) for t in (v, z, a, refractory)))
+        eps_v = torch.from_numpy(numba_rsnn.presynaptic_traces(
+            as_array(x), as_array(spikes), as_array(z_start), as_array(traces.eps_in),
+            as_array(traces.eps_rec), model.alpha,
+        ))  # fmt: skip
+    drive = spikes @ model.w_out.detach().T + model.b_out.detach()
+    ys = leaky_sum(drive, model.kappa, y, backend)
+    steps = torch.arange(1, spikes.shape[0] + 1, dtype=x.dtype, device=x.device)
     powers = model.kappa**steps  # onebar^t = kappa^(t+1) onebar^(t0-1) + sum of kappa powers
     onebars = powers * traces.onebar + (
         (1 - powers) / (1 - model.kappa) if model.kappa < 1 else steps
     )
     n_in = model.n_in
-    ends = (eps_v[-1, :, :n_in], eps_v[-1, :, n_in:], zbars[-1], onebars[-1])
-    return (psi, eps_v, zbars, ys, onebars, spikes.sum((0, 1))), state, ys[-1], ends
+    # zbar at the segment's end: kappa^k zbar^{t0-1} + sum_r kappa^{t1-1-r} z^r, one product
+    zbar = powers[-1] * traces.zbar + torch.einsum(
+        "k,kbj->bj", model.kappa ** (steps.flip(0) - 1), spikes
+    )
+    ends = (eps_v[-1, :, :n_in], eps_v[-1, :, n_in:], zbar, onebars[-1])
+    return (psi, eps_v, spikes, ys, onebars, spikes.sum((0, 1))), state, ys[-1], ends
 
 
 class StepwiseEProp:
@@ -433,7 +449,7 @@ class EProp:
             )
         if segment < 1:
             raise ValueError(f"segment must be >= 1 step, got {segment}")
-        resolve_backend(backend, "cpu")  # an unknown name, or Numba missing, fails here
+        check_backend(backend)
         self.implementation, self.segment, self.backend = implementation, segment, backend
         self.model, self.feedback, self.loss = model, feedback, loss
         self.regularisation, self.target_rate = regularisation, target_rate
@@ -665,12 +681,17 @@ def segment_step(
     the spike count only).
     """
     k, kappa = x.shape[1], model.kappa
-    forward = segment_forward_numba if backend == "numba" else segment_forward
-    history, state, y, (eps_in, eps_rec, zbar, onebar) = forward(model, x, state, y, traces)
-    psi, eps_v, zbars, ys, onebars, spike_count = history
+    if backend == "torch":
+        forward = segment_forward(model, x, state, y, traces)
+    else:
+        forward = segment_forward_compiled(model, x, state, y, traces, backend)
+    history, state, y, (eps_in, eps_rec, zbar, onebar) = forward
+    psi, eps_v, spikes, ys, onebars, spike_count = history
     error, segment_loss = output_error(ys, targets, weights, loss)  # (k, batch, n_out)
-    signal = error @ feedback.T  # (k, batch, n_rec)
-    filtered = reverse_leaky_sum(signal, kappa, backend)  # Lf
+    # Lf = the learning signal filtered backwards; filtering is linear, so the n_out-wide error
+    # is filtered and then fed back, rather than the n_rec-wide signal
+    error_filtered = reverse_leaky_sum(error, kappa, backend)
+    filtered = error_filtered @ feedback.T  # (k, batch, n_rec)
 
     n_in, n_ad = model.n_in, model.n_adaptive
     ad, beta = slice(model.n_rec - n_ad, None), model.beta[model.n_rec - n_ad :]
@@ -716,7 +737,9 @@ def segment_step(
     grads = {
         "w_in": totals[0][:, :n_in],
         "w_rec": totals[0][:, n_in:],
-        "w_out": summed_outer(error, zbars),
+        # sum_s e^s zbar^s, unrolled like the input weights' sum: kappa Ef^{t0} zbar^{t0-1} + ...
+        "w_out": summed_outer(error_filtered, spikes)
+        + kappa * error_filtered[0].T @ traces.zbar,
         "b_out": torch.einsum("kbo,k->o", error, onebars),
     }
     rates = None

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from neuroplastic.kernels import resolve_backend
+from neuroplastic.kernels import check_backend, resolve_backend
 from neuroplastic.neurons.lif import LIFParameters, LIFState, decay, initial_state, lif_step
 from neuroplastic.neurons.surrogate import bellec2020_pseudo_derivative
 
@@ -35,7 +35,9 @@ class RecurrentLIF(nn.Module):
     ``neurons.lif``); e-prop's traces ignore the reset's derivative either way. ``backend``: how
     :meth:`forward` runs its time loop, ``torch`` (the step functions, differentiated by autograd),
     ``numba`` (``kernels.rsnn_functions``: the loop compiled, BPTT's backward as its adjoint
-    recursion; CPU only, tested equal), or ``auto`` (Numba on the CPU when installed).
+    recursion; CPU only, tested equal), ``triton`` (the same as fused GPU kernels, tested equal
+    in Triton's interpreter), or ``auto`` (Numba on the CPU, Triton on a CUDA GPU, when
+    installed).
     """
 
     def __init__(
@@ -58,7 +60,7 @@ class RecurrentLIF(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        resolve_backend(backend, "cpu")  # an unknown name, or Numba missing, fails here
+        check_backend(backend)
         self.backend = backend
         if not 0 <= n_adaptive <= n_rec:
             raise ValueError(f"n_adaptive must lie in 0..n_rec={n_rec}, got {n_adaptive}")
@@ -104,15 +106,16 @@ class RecurrentLIF(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Inputs ``(batch, T, n_in)`` -> readouts ``(batch, T, n_out)`` and spikes
         ``(batch, T, n_rec)``; differentiable through time (BPTT)."""
-        if resolve_backend(self.backend, x.device) == "numba":
+        backend = resolve_backend(self.backend, x.device)
+        if backend != "torch":
             from neuroplastic.kernels.rsnn_functions import LeakySum, RecurrentSpikes
 
             current = x.transpose(0, 1) @ self.w_in.T  # (T, batch, n_rec)
             spikes = RecurrentSpikes.apply(
                 current, self.recurrent_weights(), self.beta, self.alpha, self.v_th,
-                self.refractory, self.rho, self.dampening, self.detach_reset,
+                self.refractory, self.rho, self.dampening, self.detach_reset, backend,
             )  # fmt: skip
-            y = LeakySum.apply(spikes @ self.w_out.T + self.b_out, self.kappa)
+            y = LeakySum.apply(spikes @ self.w_out.T + self.b_out, self.kappa, backend)
             return y.transpose(0, 1), spikes.transpose(0, 1)
         batch, steps, _ = x.shape
         state = self.initial_state(batch)

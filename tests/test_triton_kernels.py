@@ -1,0 +1,138 @@
+"""The fused Triton kernels (``kernels.triton_rsnn``) against the PyTorch reference: in Triton's
+interpreter on the CPU (small sizes), on the GPU where there is one. Sizes are deliberately not
+powers of two, so the padding and masking are exercised."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from neuroplastic.credit.eprop import EProp, adaptation_weights, reverse_leaky_sum  # noqa: E402
+from neuroplastic.kernels import resolve_backend, triton_rsnn  # noqa: E402
+from neuroplastic.models.rsnn import RecurrentLIF  # noqa: E402
+from neuroplastic.neurons.lif import pseudo_derivative_of  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def reference_loop(model, x):
+    """Spikes, pseudo-derivatives and final state of the step functions, ``(T, batch, n)``."""
+    batch, steps, _ = x.shape
+    state, y = model.initial_state(batch), torch.zeros(batch, model.n_out, dtype=x.dtype)
+    spikes, psis = [], []
+    with torch.no_grad():
+        for t in range(steps):
+            before = state
+            z, state, y = model.step(x[:, t], state, y)
+            spikes.append(z)
+            psis.append(pseudo_derivative_of(before, state, model.neuron, model.dampening))
+    return torch.stack(spikes), torch.stack(psis), state
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_fused_time_loop_equals_the_step_functions(dtype):
+    """LIF and ALIF neurons with refractoriness, batch 19 over two programs, 23 neurons in a
+    block of 32: the same spikes, and pseudo-derivatives and state to rounding."""
+    gen = torch.Generator().manual_seed(0)
+    model = RecurrentLIF(7, 23, 2, n_adaptive=9, tau_a=50.0, refractory=3, v_th=0.4,
+                         generator=gen, backend="torch").to(dtype)  # fmt: skip
+    x = (torch.rand(19, 60, 7, generator=gen) < 0.25).to(dtype)
+    expected_spikes, expected_psi, expected_state = reference_loop(model, x)
+    assert expected_spikes.sum() > 100 and (expected_state.refractory > 0).any()
+
+    current = (x.transpose(0, 1) @ model.w_in.detach().T).to(DEVICE)
+    state = [t.to(DEVICE) for t in model.initial_state(19)]
+    spikes, psi = triton_rsnn.lif_segment(
+        current, model.recurrent_weights().detach().to(DEVICE), *state, model.alpha,
+        model.v_th, float(model.refractory), model.beta.to(DEVICE), model.rho, model.dampening,
+    )  # fmt: skip
+    assert torch.equal(spikes.cpu(), expected_spikes)
+    tolerance = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"atol": 1e-5}
+    assert torch.allclose(psi.cpu(), expected_psi, **tolerance)
+    for got, expected in zip(state, expected_state, strict=True):
+        assert torch.allclose(got.cpu(), expected, **tolerance)
+
+
+@pytest.mark.parametrize("detach_reset", [True, False])
+def test_the_fused_bptt_equals_autograd_through_the_steps(detach_reset):
+    """The fused forward and adjoint kernels behind ``RecurrentLIF(backend="triton")`` against
+    autograd through the step functions, float64: outputs, and every weight's gradient."""
+    gen = torch.Generator().manual_seed(2)
+    options = {"n_adaptive": 6, "tau_a": 40.0, "beta": 0.3, "refractory": 2, "v_th": 0.4,
+               "tau_out": 15.0, "detach_reset": detach_reset}  # fmt: skip
+    reference = RecurrentLIF(10, 17, 3, generator=gen, backend="torch", **options).double()
+    fused = RecurrentLIF(10, 17, 3, backend="triton", **options).double().to(DEVICE)
+    fused.load_state_dict(reference.state_dict())
+    x = (torch.rand(5, 50, 10, generator=gen, dtype=torch.float64) < 0.3).double()
+    target = torch.randn(5, 50, 3, generator=gen, dtype=torch.float64)
+    results = []
+    for model in (reference, fused):
+        device = next(model.parameters()).device
+        y, z = model(x.to(device))
+        loss = (y - target.to(device)).pow(2).sum() + 0.7 * (z.mean((0, 1)) - 0.05).pow(2).sum()
+        loss.backward()
+        grads = {n: p.grad.cpu() for n, p in model.named_parameters()}
+        results.append((y.detach().cpu(), z.detach().cpu(), grads))
+    (y_ref, z_ref, expected), (y, z, grads) = results
+    assert z_ref.sum() > 30
+    assert torch.equal(z, z_ref)
+    assert torch.allclose(y, y_ref, rtol=1e-12)
+    for name, value in expected.items():
+        assert value.abs().sum() > 0, name
+        assert torch.allclose(grads[name], value, rtol=1e-10, atol=1e-12), name
+
+
+def test_the_scan_kernel_equals_the_loops():
+    """Forwards from an initial value, backwards, and backwards one step late with a factor per
+    element: the three linear recursions the e-prop and readout paths use."""
+    gen = torch.Generator().manual_seed(1)
+    signal = torch.randn(30, 3, 7, generator=gen, dtype=torch.float64)
+    factor = torch.rand(30, 3, 7, generator=gen, dtype=torch.float64)
+    initial = torch.randn(3, 7, generator=gen, dtype=torch.float64)
+    expected, acc = [], initial
+    for t in range(30):
+        acc = 0.9 * acc + signal[t]
+        expected.append(acc)
+    forward, last = triton_rsnn.scan(signal.to(DEVICE), 0.9, initial.to(DEVICE))
+    assert torch.allclose(forward.cpu(), torch.stack(expected), rtol=1e-14)
+    assert torch.allclose(last.cpu(), expected[-1], rtol=1e-14)
+    backward = reverse_leaky_sum(signal.to(DEVICE), 0.8, "triton").cpu()
+    assert torch.allclose(backward, reverse_leaky_sum(signal, 0.8, "torch"), rtol=1e-14)
+    fused = adaptation_weights(signal.to(DEVICE), factor.to(DEVICE), "triton")
+    for got, want in zip(fused, adaptation_weights(signal, factor, "torch"), strict=True):
+        assert torch.allclose(got.cpu(), want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("segment", [1, 9, 500])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_eprop_with_the_fused_kernels_equals_the_reference_loop(segment, loss):
+    """e-prop's segmented path on the fused kernels against the reference loop (every trace
+    advanced every step): recurrence, ALIF, refractoriness, the rate penalty, float64."""
+    gen = torch.Generator().manual_seed(3)
+    model = RecurrentLIF(6, 11, 2, n_adaptive=4, tau_a=30.0, refractory=2, v_th=0.3,
+                         generator=gen).double()  # fmt: skip
+    x = (torch.rand(3, 40, 6, generator=gen) < 0.3).double()
+    target = torch.randn(3, 40, 2, generator=gen, dtype=torch.float64)
+    if loss == "cross_entropy":
+        target = torch.tensor([1, 0, 1])
+    options = {"loss": loss, "regularisation": 0.3, "target_rate": 0.05}
+    expected, expected_loss = EProp(model, implementation="reference", **options).gradients(
+        x, target
+    )
+    fused_model = model.to(DEVICE)
+    rule = EProp(fused_model, segment=segment, backend="triton", **options)
+    grads, fused_loss = rule.gradients(x.to(DEVICE), target.to(DEVICE))
+    assert fused_loss.item() == pytest.approx(expected_loss.item(), rel=1e-12)
+    for name, value in expected.items():
+        assert value.abs().sum() > 0, name
+        assert torch.allclose(grads[name].cpu(), value.cpu(), rtol=1e-10, atol=1e-13), name
+
+
+def test_triton_is_chosen_on_a_gpu_and_refused_on_a_cpu_without_the_interpreter(monkeypatch):
+    assert resolve_backend("auto", "cuda:0") == "triton"
+    assert resolve_backend("triton", "cuda:0") == "triton"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="runs on a CUDA GPU"):
+        resolve_backend("triton", "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_backend("triton", "cpu") == "triton"
