@@ -29,10 +29,12 @@ def reference_loop(model, x):
     return torch.stack(spikes), torch.stack(psis), state
 
 
+@pytest.mark.parametrize("tile", [None, 16])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_the_fused_time_loop_equals_the_step_functions(dtype):
+def test_the_fused_time_loop_equals_the_step_functions(dtype, tile):
     """LIF and ALIF neurons with refractoriness, batch 19 over two programs, 23 neurons in a
-    block of 32: the same spikes, and pseudo-derivatives and state to rounding."""
+    block of 32 (``tile`` None: resident in registers) or in two tiles of 16 (the wide-network
+    kernel): the same spikes, and pseudo-derivatives and state to rounding."""
     gen = torch.Generator().manual_seed(0)
     model = RecurrentLIF(7, 23, 2, n_adaptive=9, tau_a=50.0, refractory=3, v_th=0.4,
                          generator=gen, backend="torch").to(dtype)  # fmt: skip
@@ -45,6 +47,7 @@ def test_the_fused_time_loop_equals_the_step_functions(dtype):
     spikes, psi = triton_rsnn.lif_segment(
         current, model.recurrent_weights().detach().to(DEVICE), *state, model.alpha,
         model.v_th, float(model.refractory), model.beta.to(DEVICE), model.rho, model.dampening,
+        tile=tile,
     )  # fmt: skip
     assert torch.equal(spikes.cpu(), expected_spikes)
     tolerance = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"atol": 1e-5}
@@ -80,6 +83,29 @@ def test_the_fused_bptt_equals_autograd_through_the_steps(detach_reset):
     for name, value in expected.items():
         assert value.abs().sum() > 0, name
         assert torch.allclose(grads[name], value, rtol=1e-10, atol=1e-12), name
+
+
+@pytest.mark.parametrize("detach_reset", [True, False])
+def test_the_wide_adjoint_kernel_equals_the_recursion_in_torch(detach_reset):
+    """The adjoint over tiles of 16 (23 neurons) and resident, against the recursion written in
+    PyTorch that the Numba path uses, float64, with adaptation and refractory zeros in psi."""
+    from neuroplastic.kernels.rsnn_functions import _adjoint_in_torch
+
+    gen = torch.Generator().manual_seed(4)
+    grad_spikes = torch.randn(30, 19, 23, generator=gen, dtype=torch.float64)
+    psi = torch.rand(30, 19, 23, generator=gen, dtype=torch.float64) * (
+        torch.rand(30, 19, 23, generator=gen) < 0.7
+    )
+    w_rec = torch.randn(23, 23, generator=gen, dtype=torch.float64) / 5
+    beta = torch.cat([torch.zeros(13), torch.full((10,), 0.4)]).double()
+    constants = (0.9, 0.5, 0.97, detach_reset)
+    expected = _adjoint_in_torch(grad_spikes, psi, w_rec, beta, *constants)
+    for tile in (16, None):
+        got = triton_rsnn.lif_adjoint(
+            grad_spikes.to(DEVICE), psi.to(DEVICE), w_rec.to(DEVICE), beta.to(DEVICE),
+            *constants, tile=tile,
+        )  # fmt: skip
+        assert torch.allclose(got.cpu(), expected, rtol=1e-12, atol=1e-13), tile
 
 
 def test_the_scan_kernel_equals_the_loops():

@@ -7,7 +7,9 @@ few thousand multiply-adds, far less than the cost of launching the ~30 kernels 
 step needs, so every SNN library written as a Python time loop is bound by launches, not
 arithmetic. The input projection ``W_in x^t`` has no recurrence and stays one matrix product
 before the loop; everything recurrent runs inside one program per block of batch rows, which
-keeps ``W_rec`` (and the neurons' state) in registers for all ``T`` steps.
+keeps ``W_rec`` (and the neurons' state) in registers for all ``T`` steps. Networks wider than
+``RESIDENT_WIDTH`` cannot hold ``W_rec`` on chip; their kernels stream it in tiles every step
+(from the L2 cache) and keep the state in global memory, still one launch for the whole loop.
 
 Equations (those of ``neurons.lif`` and ``kernels.numba_rsnn``)::
 
@@ -33,6 +35,11 @@ import triton.language as tl
 
 ROWS_PER_PROGRAM = 16
 """Batch rows per program: the smallest side ``tl.dot`` accepts."""
+RESIDENT_WIDTH = 128
+"""Up to this many neurons (padded to a power of two) ``W_rec`` and the state stay in
+registers for the whole loop: 64 KiB of float32 weights per program."""
+TILE_WIDTH = 64
+"""Block width of the wide-network kernels, which stream ``W_rec`` from the L2 cache."""
 
 
 def _width(n: int) -> int:
@@ -115,6 +122,109 @@ def _lif_adjoint_kernel(
 
 
 @triton.jit
+def _lif_forward_tiled_kernel(
+    current, w_rec_t, beta_ptr, v_ptr, a_ptr, refractory_ptr, z_history, psi_ptr,
+    constants, steps, batch, n, ROWS: tl.constexpr, TILE: tl.constexpr,
+):  # fmt: skip
+    """The wide-network form of ``_lif_forward_kernel``: ``W_rec`` is streamed tile by tile
+    each step (from the L2 cache) and the state lives in global memory. ``z_history``
+    ``(k + 1, batch, n)`` holds the spikes before the segment in its first plane, so step ``t``
+    reads plane ``t`` and writes plane ``t + 1``."""
+    alpha, v_th, n_refractory = tl.load(constants), tl.load(constants + 1), tl.load(constants + 2)
+    rho, dampening = tl.load(constants + 3), tl.load(constants + 4)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < batch
+    plane = batch * n
+    for t in range(steps):
+        for j0 in range(0, n, TILE):
+            cols = j0 + tl.arange(0, TILE)
+            col_ok = cols < n
+            mask = row_ok[:, None] & col_ok[None, :]
+            at = rows[:, None] * n + cols[None, :]
+            recurrent = tl.zeros((ROWS, TILE), dtype=w_rec_t.dtype.element_ty)
+            for i0 in range(0, n, TILE):
+                pre = i0 + tl.arange(0, TILE)
+                pre_ok = pre < n
+                z_pre = tl.load(
+                    z_history + t * plane + rows[:, None] * n + pre[None, :],
+                    mask=row_ok[:, None] & pre_ok[None, :], other=0.0,
+                )  # fmt: skip
+                w = tl.load(
+                    w_rec_t + pre[:, None] * n + cols[None, :],
+                    mask=pre_ok[:, None] & col_ok[None, :], other=0.0,
+                )  # fmt: skip
+                recurrent += tl.dot(z_pre, w, input_precision="ieee")
+            z = tl.load(z_history + t * plane + at, mask=mask, other=0.0)
+            v = tl.load(v_ptr + at, mask=mask, other=0.0)
+            a = tl.load(a_ptr + at, mask=mask, other=0.0)
+            refractory = tl.load(refractory_ptr + at, mask=mask, other=0.0)
+            beta = tl.load(beta_ptr + cols, mask=col_ok, other=0.0)[None, :]
+            drive = tl.load(current + t * plane + at, mask=mask, other=0.0)
+            zero, one = tl.zeros_like(v), tl.full(v.shape, 1.0, v.dtype)
+            a = rho * a + z
+            v = alpha * v + (drive + recurrent) - z * v_th
+            distance = (v - (v_th + beta * a)) / v_th
+            ready = refractory <= zero
+            z = tl.where((distance > zero) & ready, one, zero)
+            psi = tl.where(
+                ready, (dampening * tl.maximum(zero, one - tl.abs(distance))) / v_th, zero
+            )
+            refractory = tl.where(z > zero, n_refractory, tl.maximum(refractory - one, zero))
+            tl.store(z_history + (t + 1) * plane + at, z, mask=mask)
+            tl.store(psi_ptr + t * plane + at, psi, mask=mask)
+            tl.store(v_ptr + at, v, mask=mask)
+            tl.store(a_ptr + at, a, mask=mask)
+            tl.store(refractory_ptr + at, refractory, mask=mask)
+        tl.debug_barrier()  # this step's spikes, written by all threads, before the next reads
+
+
+@triton.jit
+def _lif_adjoint_tiled_kernel(
+    grad_spikes, psi_ptr, w_rec, beta_ptr, gv_history, ga_ptr, constants, steps, batch, n,
+    ADAPTIVE: tl.constexpr, DETACH_RESET: tl.constexpr, ROWS: tl.constexpr, TILE: tl.constexpr,
+):  # fmt: skip
+    """The wide-network form of ``_lif_adjoint_kernel``: ``gv_history`` ``(k + 1, batch, n)``,
+    zero in its last plane, receives ``gv^t`` in plane ``t``; ``ga`` ``(batch, n)`` is scratch
+    (each element only ever needs its own previous value)."""
+    alpha, v_th, rho = tl.load(constants), tl.load(constants + 1), tl.load(constants + 3)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < batch
+    plane = batch * n
+    for step in range(steps):
+        t = steps - 1 - step
+        for j0 in range(0, n, TILE):
+            cols = j0 + tl.arange(0, TILE)
+            col_ok = cols < n
+            mask = row_ok[:, None] & col_ok[None, :]
+            at = rows[:, None] * n + cols[None, :]
+            gz = tl.load(grad_spikes + t * plane + at, mask=mask, other=0.0)
+            for i0 in range(0, n, TILE):
+                post = i0 + tl.arange(0, TILE)
+                post_ok = post < n
+                gv_post = tl.load(
+                    gv_history + (t + 1) * plane + rows[:, None] * n + post[None, :],
+                    mask=row_ok[:, None] & post_ok[None, :], other=0.0,
+                )  # fmt: skip
+                w = tl.load(
+                    w_rec + post[:, None] * n + cols[None, :],
+                    mask=post_ok[:, None] & col_ok[None, :], other=0.0,
+                )  # fmt: skip
+                gz += tl.dot(gv_post, w, input_precision="ieee")
+            gv = tl.load(gv_history + (t + 1) * plane + at, mask=mask, other=0.0)
+            if ADAPTIVE:
+                ga = tl.load(ga_ptr + at, mask=mask, other=0.0)
+                gz += ga
+            if not DETACH_RESET:
+                gz -= v_th * gv
+            through = tl.load(psi_ptr + t * plane + at, mask=mask, other=0.0) * gz
+            tl.store(gv_history + t * plane + at, through + alpha * gv, mask=mask)
+            if ADAPTIVE:
+                beta = tl.load(beta_ptr + cols, mask=col_ok, other=0.0)[None, :]
+                tl.store(ga_ptr + at, rho * ga - beta * through, mask=mask)
+        tl.debug_barrier()
+
+
+@triton.jit
 def _scan_kernel(
     signal, factor_ptr, initial, out, last, steps, columns,
     REVERSE: tl.constexpr, SHIFTED: tl.constexpr, FACTOR_PER_STEP: tl.constexpr,
@@ -152,38 +262,60 @@ def _grid(batch: int) -> tuple[int]:
 def lif_segment(
     current: torch.Tensor, w_rec: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
     a: torch.Tensor, refractory: torch.Tensor, alpha: float, v_th: float, n_refractory: float,
-    beta: torch.Tensor, rho: float, dampening: float,
+    beta: torch.Tensor, rho: float, dampening: float, tile: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Advance the network over ``k`` steps: ``current`` ``(k, batch, n)`` the input currents,
     ``w_rec`` ``(n, n)`` (post, pre), the state ``v, z, a, refractory`` ``(batch, n)`` updated in
-    place. Returns spikes and pseudo-derivatives ``(k, batch, n)``."""
+    place. Returns spikes and pseudo-derivatives ``(k, batch, n)``. Up to
+    ``RESIDENT_WIDTH`` neurons the weights and state stay in registers; wider networks (or a
+    given ``tile``) stream ``W_rec`` in ``tile``-wide blocks."""
     k, batch, n = current.shape
     current = current.contiguous()
-    spikes, psi = torch.empty_like(current), torch.empty_like(current)
     constants = _constants(current, alpha, v_th, n_refractory, rho, dampening)
-    _lif_forward_kernel[_grid(batch)](
-        current, w_rec.T.contiguous(), beta.to(current).contiguous(), v, z, a, refractory,
-        spikes, psi, constants, k, batch, n, ROWS=ROWS_PER_PROGRAM, WIDTH=_width(n),
+    beta = beta.to(current).contiguous()
+    psi = torch.empty_like(current)
+    if tile is None and _width(n) <= RESIDENT_WIDTH:
+        spikes = torch.empty_like(current)
+        _lif_forward_kernel[_grid(batch)](
+            current, w_rec.T.contiguous(), beta, v, z, a, refractory, spikes, psi, constants,
+            k, batch, n, ROWS=ROWS_PER_PROGRAM, WIDTH=_width(n),
+        )  # fmt: skip
+        return spikes, psi
+    z_history = torch.empty((k + 1, batch, n), dtype=current.dtype, device=current.device)
+    z_history[0] = z
+    _lif_forward_tiled_kernel[_grid(batch)](
+        current, w_rec.T.contiguous(), beta, v, a, refractory, z_history, psi, constants,
+        k, batch, n, ROWS=ROWS_PER_PROGRAM, TILE=tile or TILE_WIDTH,
     )  # fmt: skip
-    return spikes, psi
+    z.copy_(z_history[-1])
+    return z_history[1:], psi
 
 
 def lif_adjoint(
     grad_spikes: torch.Tensor, psi: torch.Tensor, w_rec: torch.Tensor, beta: torch.Tensor,
-    alpha: float, v_th: float, rho: float, detach_reset: bool,
+    alpha: float, v_th: float, rho: float, detach_reset: bool, tile: int | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The BPTT adjoint of :func:`lif_segment` from rest: ``dL/dI^t`` ``(k, batch, n)`` from
     ``dL/dz^t`` (the spikes' direct gradients) and the stored pseudo-derivatives."""
     k, batch, n = grad_spikes.shape
-    grad_current = torch.empty_like(psi)
     beta = beta.to(psi).contiguous()
-    _lif_adjoint_kernel[_grid(batch)](
-        grad_spikes.contiguous(), psi.contiguous(), w_rec.contiguous(), beta, grad_current,
-        _constants(psi, alpha, v_th, 0.0, rho, 0.0), k, batch, n,
-        ADAPTIVE=bool((beta != 0).any()), DETACH_RESET=bool(detach_reset),
-        ROWS=ROWS_PER_PROGRAM, WIDTH=_width(n),
+    constants = _constants(psi, alpha, v_th, 0.0, rho, 0.0)
+    flags = {"ADAPTIVE": bool((beta != 0).any()), "DETACH_RESET": bool(detach_reset)}
+    grad_spikes, psi, w_rec = grad_spikes.contiguous(), psi.contiguous(), w_rec.contiguous()
+    if tile is None and _width(n) <= RESIDENT_WIDTH:
+        grad_current = torch.empty_like(psi)
+        _lif_adjoint_kernel[_grid(batch)](
+            grad_spikes, psi, w_rec, beta, grad_current, constants, k, batch, n, **flags,
+            ROWS=ROWS_PER_PROGRAM, WIDTH=_width(n),
+        )  # fmt: skip
+        return grad_current
+    gv_history = torch.zeros((k + 1, batch, n), dtype=psi.dtype, device=psi.device)
+    ga = torch.zeros((batch, n), dtype=psi.dtype, device=psi.device)
+    _lif_adjoint_tiled_kernel[_grid(batch)](
+        grad_spikes, psi, w_rec, beta, gv_history, ga, constants, k, batch, n, **flags,
+        ROWS=ROWS_PER_PROGRAM, TILE=tile or TILE_WIDTH,
     )  # fmt: skip
-    return grad_current
+    return gv_history[:-1]
 
 
 def scan(
