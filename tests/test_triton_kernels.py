@@ -108,6 +108,26 @@ def test_the_wide_adjoint_kernel_equals_the_recursion_in_torch(detach_reset):
         assert torch.allclose(got.cpu(), expected, rtol=1e-12, atol=1e-13), tile
 
 
+@pytest.mark.parametrize("tile", [None, 16])
+def test_without_recurrent_weights_the_kernels_run_a_feed_forward_layer(tile):
+    """``w_rec`` None: the same spikes and adjoint as a zero recurrent matrix."""
+    gen = torch.Generator().manual_seed(5)
+    current = (torch.randn(25, 19, 23, generator=gen, dtype=torch.float64) * 0.5).to(DEVICE)
+    beta = torch.zeros(23, dtype=torch.float64, device=DEVICE)
+    constants = (0.9, 0.5, 2.0, beta, 0.97, 0.3)
+    results = []
+    for w_rec in (None, torch.zeros(23, 23, dtype=torch.float64, device=DEVICE)):
+        state = [torch.zeros(19, 23, dtype=torch.float64, device=DEVICE) for _ in range(4)]
+        spikes, psi = triton_rsnn.lif_segment(current, w_rec, *state, *constants, tile=tile)
+        grad = triton_rsnn.lif_adjoint(
+            torch.ones_like(psi), psi, w_rec, beta, 0.9, 0.5, 0.97, True, tile=tile
+        )
+        results.append((spikes, psi, grad))
+    assert results[0][0].sum() > 50
+    for got, expected in zip(*results, strict=True):
+        assert torch.allclose(got, expected, rtol=1e-14, atol=0)
+
+
 def test_the_scan_kernel_equals_the_loops():
     """Forwards from an initial value, backwards, and backwards one step late with a factor per
     element: the three linear recursions the e-prop and readout paths use."""

@@ -49,7 +49,8 @@ def _width(n: int) -> int:
 @triton.jit
 def _lif_forward_kernel(
     current, w_rec_t, beta_ptr, v_ptr, z_ptr, a_ptr, refractory_ptr, spikes_ptr, psi_ptr,
-    constants, steps, batch, n, ROWS: tl.constexpr, WIDTH: tl.constexpr,
+    constants, steps, batch, n,
+    RECURRENT: tl.constexpr, ROWS: tl.constexpr, WIDTH: tl.constexpr,
 ):  # fmt: skip
     alpha, v_th, n_refractory = tl.load(constants), tl.load(constants + 1), tl.load(constants + 2)
     rho, dampening = tl.load(constants + 3), tl.load(constants + 4)
@@ -58,10 +59,11 @@ def _lif_forward_kernel(
     neuron = cols < n
     mask = (rows < batch)[:, None] & neuron[None, :]
     at = rows[:, None] * n + cols[None, :]  # (ROWS, WIDTH) offsets into a (batch, n) plane
-    w = tl.load(  # w[i, j]: what a spike of neuron i adds to neuron j
-        w_rec_t + cols[:, None] * n + cols[None, :],
-        mask=neuron[:, None] & neuron[None, :], other=0.0,
-    )  # fmt: skip
+    if RECURRENT:
+        w = tl.load(  # w[i, j]: what a spike of neuron i adds to neuron j
+            w_rec_t + cols[:, None] * n + cols[None, :],
+            mask=neuron[:, None] & neuron[None, :], other=0.0,
+        )  # fmt: skip
     beta = tl.load(beta_ptr + cols, mask=neuron, other=0.0)[None, :]
     v = tl.load(v_ptr + at, mask=mask, other=0.0)
     z = tl.load(z_ptr + at, mask=mask, other=0.0)
@@ -71,9 +73,10 @@ def _lif_forward_kernel(
     zero, one = tl.zeros_like(v), tl.full(v.shape, 1.0, v.dtype)
     for t in range(steps):
         drive = tl.load(current + t * plane + at, mask=mask, other=0.0)
-        recurrent = tl.dot(z, w, input_precision="ieee")
+        if RECURRENT:
+            drive += tl.dot(z, w, input_precision="ieee")
         a = rho * a + z
-        v = alpha * v + (drive + recurrent) - z * v_th
+        v = alpha * v + drive - z * v_th
         distance = (v - (v_th + beta * a)) / v_th
         ready = refractory <= zero
         z = tl.where((distance > 0.0) & ready, one, zero)
@@ -90,7 +93,8 @@ def _lif_forward_kernel(
 @triton.jit
 def _lif_adjoint_kernel(
     grad_spikes, psi_ptr, w_rec, beta_ptr, grad_current, constants, steps, batch, n,
-    ADAPTIVE: tl.constexpr, DETACH_RESET: tl.constexpr, ROWS: tl.constexpr, WIDTH: tl.constexpr,
+    RECURRENT: tl.constexpr, ADAPTIVE: tl.constexpr, DETACH_RESET: tl.constexpr,
+    ROWS: tl.constexpr, WIDTH: tl.constexpr,
 ):  # fmt: skip
     alpha, v_th, rho = tl.load(constants), tl.load(constants + 1), tl.load(constants + 3)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -98,18 +102,20 @@ def _lif_adjoint_kernel(
     neuron = cols < n
     mask = (rows < batch)[:, None] & neuron[None, :]
     at = rows[:, None] * n + cols[None, :]
-    w = tl.load(  # w[j, i] = W_rec[j, i]: gv @ w sends the adjoint back to the presynaptic side
-        w_rec + cols[:, None] * n + cols[None, :],
-        mask=neuron[:, None] & neuron[None, :], other=0.0,
-    )  # fmt: skip
+    if RECURRENT:
+        w = tl.load(  # w[j, i] = W_rec[j, i]: gv @ w sends the adjoint to the presynaptic side
+            w_rec + cols[:, None] * n + cols[None, :],
+            mask=neuron[:, None] & neuron[None, :], other=0.0,
+        )  # fmt: skip
     beta = tl.load(beta_ptr + cols, mask=neuron, other=0.0)[None, :]
     plane = batch * n
-    gv = tl.zeros((ROWS, WIDTH), dtype=w.dtype)
-    ga = tl.zeros((ROWS, WIDTH), dtype=w.dtype)
+    gv = tl.zeros((ROWS, WIDTH), dtype=beta.dtype)
+    ga = tl.zeros((ROWS, WIDTH), dtype=beta.dtype)
     for step in range(steps):
         t = steps - 1 - step
         gz = tl.load(grad_spikes + t * plane + at, mask=mask, other=0.0)
-        gz += tl.dot(gv, w, input_precision="ieee")
+        if RECURRENT:
+            gz += tl.dot(gv, w, input_precision="ieee")
         if ADAPTIVE:
             gz += ga
         if not DETACH_RESET:
@@ -124,7 +130,8 @@ def _lif_adjoint_kernel(
 @triton.jit
 def _lif_forward_tiled_kernel(
     current, w_rec_t, beta_ptr, v_ptr, a_ptr, refractory_ptr, z_history, psi_ptr,
-    constants, steps, batch, n, ROWS: tl.constexpr, TILE: tl.constexpr,
+    constants, steps, batch, n,
+    RECURRENT: tl.constexpr, ROWS: tl.constexpr, TILE: tl.constexpr,
 ):  # fmt: skip
     """The wide-network form of ``_lif_forward_kernel``: ``W_rec`` is streamed tile by tile
     each step (from the L2 cache) and the state lives in global memory. ``z_history``
@@ -141,28 +148,30 @@ def _lif_forward_tiled_kernel(
             col_ok = cols < n
             mask = row_ok[:, None] & col_ok[None, :]
             at = rows[:, None] * n + cols[None, :]
-            recurrent = tl.zeros((ROWS, TILE), dtype=w_rec_t.dtype.element_ty)
-            for i0 in range(0, n, TILE):
-                pre = i0 + tl.arange(0, TILE)
-                pre_ok = pre < n
-                z_pre = tl.load(
-                    z_history + t * plane + rows[:, None] * n + pre[None, :],
-                    mask=row_ok[:, None] & pre_ok[None, :], other=0.0,
-                )  # fmt: skip
-                w = tl.load(
-                    w_rec_t + pre[:, None] * n + cols[None, :],
-                    mask=pre_ok[:, None] & col_ok[None, :], other=0.0,
-                )  # fmt: skip
-                recurrent += tl.dot(z_pre, w, input_precision="ieee")
+            drive = tl.load(current + t * plane + at, mask=mask, other=0.0)
+            if RECURRENT:
+                recurrent = tl.zeros((ROWS, TILE), dtype=drive.dtype)
+                for i0 in range(0, n, TILE):
+                    pre = i0 + tl.arange(0, TILE)
+                    pre_ok = pre < n
+                    z_pre = tl.load(
+                        z_history + t * plane + rows[:, None] * n + pre[None, :],
+                        mask=row_ok[:, None] & pre_ok[None, :], other=0.0,
+                    )  # fmt: skip
+                    w = tl.load(
+                        w_rec_t + pre[:, None] * n + cols[None, :],
+                        mask=pre_ok[:, None] & col_ok[None, :], other=0.0,
+                    )  # fmt: skip
+                    recurrent += tl.dot(z_pre, w, input_precision="ieee")
+                drive += recurrent
             z = tl.load(z_history + t * plane + at, mask=mask, other=0.0)
             v = tl.load(v_ptr + at, mask=mask, other=0.0)
             a = tl.load(a_ptr + at, mask=mask, other=0.0)
             refractory = tl.load(refractory_ptr + at, mask=mask, other=0.0)
             beta = tl.load(beta_ptr + cols, mask=col_ok, other=0.0)[None, :]
-            drive = tl.load(current + t * plane + at, mask=mask, other=0.0)
             zero, one = tl.zeros_like(v), tl.full(v.shape, 1.0, v.dtype)
             a = rho * a + z
-            v = alpha * v + (drive + recurrent) - z * v_th
+            v = alpha * v + drive - z * v_th
             distance = (v - (v_th + beta * a)) / v_th
             ready = refractory <= zero
             z = tl.where((distance > zero) & ready, one, zero)
@@ -181,7 +190,8 @@ def _lif_forward_tiled_kernel(
 @triton.jit
 def _lif_adjoint_tiled_kernel(
     grad_spikes, psi_ptr, w_rec, beta_ptr, gv_history, ga_ptr, constants, steps, batch, n,
-    ADAPTIVE: tl.constexpr, DETACH_RESET: tl.constexpr, ROWS: tl.constexpr, TILE: tl.constexpr,
+    RECURRENT: tl.constexpr, ADAPTIVE: tl.constexpr, DETACH_RESET: tl.constexpr,
+    ROWS: tl.constexpr, TILE: tl.constexpr,
 ):  # fmt: skip
     """The wide-network form of ``_lif_adjoint_kernel``: ``gv_history`` ``(k + 1, batch, n)``,
     zero in its last plane, receives ``gv^t`` in plane ``t``; ``ga`` ``(batch, n)`` is scratch
@@ -198,18 +208,19 @@ def _lif_adjoint_tiled_kernel(
             mask = row_ok[:, None] & col_ok[None, :]
             at = rows[:, None] * n + cols[None, :]
             gz = tl.load(grad_spikes + t * plane + at, mask=mask, other=0.0)
-            for i0 in range(0, n, TILE):
-                post = i0 + tl.arange(0, TILE)
-                post_ok = post < n
-                gv_post = tl.load(
-                    gv_history + (t + 1) * plane + rows[:, None] * n + post[None, :],
-                    mask=row_ok[:, None] & post_ok[None, :], other=0.0,
-                )  # fmt: skip
-                w = tl.load(
-                    w_rec + post[:, None] * n + cols[None, :],
-                    mask=post_ok[:, None] & col_ok[None, :], other=0.0,
-                )  # fmt: skip
-                gz += tl.dot(gv_post, w, input_precision="ieee")
+            if RECURRENT:
+                for i0 in range(0, n, TILE):
+                    post = i0 + tl.arange(0, TILE)
+                    post_ok = post < n
+                    gv_post = tl.load(
+                        gv_history + (t + 1) * plane + rows[:, None] * n + post[None, :],
+                        mask=row_ok[:, None] & post_ok[None, :], other=0.0,
+                    )  # fmt: skip
+                    w = tl.load(
+                        w_rec + post[:, None] * n + cols[None, :],
+                        mask=post_ok[:, None] & col_ok[None, :], other=0.0,
+                    )  # fmt: skip
+                    gz += tl.dot(gv_post, w, input_precision="ieee")
             gv = tl.load(gv_history + (t + 1) * plane + at, mask=mask, other=0.0)
             if ADAPTIVE:
                 ga = tl.load(ga_ptr + at, mask=mask, other=0.0)
@@ -260,13 +271,14 @@ def _grid(batch: int) -> tuple[int]:
 
 
 def lif_segment(
-    current: torch.Tensor, w_rec: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
+    current: torch.Tensor, w_rec: torch.Tensor | None, v: torch.Tensor, z: torch.Tensor,
     a: torch.Tensor, refractory: torch.Tensor, alpha: float, v_th: float, n_refractory: float,
     beta: torch.Tensor, rho: float, dampening: float, tile: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Advance the network over ``k`` steps: ``current`` ``(k, batch, n)`` the input currents,
     ``w_rec`` ``(n, n)`` (post, pre), the state ``v, z, a, refractory`` ``(batch, n)`` updated in
-    place. Returns spikes and pseudo-derivatives ``(k, batch, n)``. Up to
+    place; ``w_rec`` None: no recurrence (a feed-forward layer of LIF neurons). Returns spikes and
+    pseudo-derivatives ``(k, batch, n)``. Up to
     ``RESIDENT_WIDTH`` neurons the weights and state stay in registers; wider networks (or a
     given ``tile``) stream ``W_rec`` in ``tile``-wide blocks."""
     k, batch, n = current.shape
@@ -274,25 +286,27 @@ def lif_segment(
     constants = _constants(current, alpha, v_th, n_refractory, rho, dampening)
     beta = beta.to(current).contiguous()
     psi = torch.empty_like(current)
+    recurrent = w_rec is not None
+    w_rec_t = w_rec.T.contiguous() if recurrent else current  # not read without recurrence
     if tile is None and _width(n) <= RESIDENT_WIDTH:
         spikes = torch.empty_like(current)
         _lif_forward_kernel[_grid(batch)](
-            current, w_rec.T.contiguous(), beta, v, z, a, refractory, spikes, psi, constants,
-            k, batch, n, ROWS=ROWS_PER_PROGRAM, WIDTH=_width(n),
+            current, w_rec_t, beta, v, z, a, refractory, spikes, psi, constants,
+            k, batch, n, RECURRENT=recurrent, ROWS=ROWS_PER_PROGRAM, WIDTH=_width(n),
         )  # fmt: skip
         return spikes, psi
     z_history = torch.empty((k + 1, batch, n), dtype=current.dtype, device=current.device)
     z_history[0] = z
     _lif_forward_tiled_kernel[_grid(batch)](
-        current, w_rec.T.contiguous(), beta, v, a, refractory, z_history, psi, constants,
-        k, batch, n, ROWS=ROWS_PER_PROGRAM, TILE=tile or TILE_WIDTH,
+        current, w_rec_t, beta, v, a, refractory, z_history, psi, constants,
+        k, batch, n, RECURRENT=recurrent, ROWS=ROWS_PER_PROGRAM, TILE=tile or TILE_WIDTH,
     )  # fmt: skip
     z.copy_(z_history[-1])
     return z_history[1:], psi
 
 
 def lif_adjoint(
-    grad_spikes: torch.Tensor, psi: torch.Tensor, w_rec: torch.Tensor, beta: torch.Tensor,
+    grad_spikes: torch.Tensor, psi: torch.Tensor, w_rec: torch.Tensor | None, beta: torch.Tensor,
     alpha: float, v_th: float, rho: float, detach_reset: bool, tile: int | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The BPTT adjoint of :func:`lif_segment` from rest: ``dL/dI^t`` ``(k, batch, n)`` from
@@ -300,8 +314,10 @@ def lif_adjoint(
     k, batch, n = grad_spikes.shape
     beta = beta.to(psi).contiguous()
     constants = _constants(psi, alpha, v_th, 0.0, rho, 0.0)
-    flags = {"ADAPTIVE": bool((beta != 0).any()), "DETACH_RESET": bool(detach_reset)}
-    grad_spikes, psi, w_rec = grad_spikes.contiguous(), psi.contiguous(), w_rec.contiguous()
+    flags = {"RECURRENT": w_rec is not None, "ADAPTIVE": bool((beta != 0).any()),
+             "DETACH_RESET": bool(detach_reset)}  # fmt: skip
+    grad_spikes, psi = grad_spikes.contiguous(), psi.contiguous()
+    w_rec = psi if w_rec is None else w_rec.contiguous()  # not read without recurrence
     if tile is None and _width(n) <= RESIDENT_WIDTH:
         grad_current = torch.empty_like(psi)
         _lif_adjoint_kernel[_grid(batch)](
