@@ -55,7 +55,7 @@ def _lif_forward_kernel(
     alpha, v_th, n_refractory = tl.load(constants), tl.load(constants + 1), tl.load(constants + 2)
     rho, dampening = tl.load(constants + 3), tl.load(constants + 4)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, WIDTH)
+    cols = tl.program_id(1) * WIDTH + tl.arange(0, WIDTH)  # one block of neurons if RECURRENT
     neuron = cols < n
     mask = (rows < batch)[:, None] & neuron[None, :]
     at = rows[:, None] * n + cols[None, :]  # (ROWS, WIDTH) offsets into a (batch, n) plane
@@ -98,7 +98,7 @@ def _lif_adjoint_kernel(
 ):  # fmt: skip
     alpha, v_th, rho = tl.load(constants), tl.load(constants + 1), tl.load(constants + 3)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, WIDTH)
+    cols = tl.program_id(1) * WIDTH + tl.arange(0, WIDTH)  # one block of neurons if RECURRENT
     neuron = cols < n
     mask = (rows < batch)[:, None] & neuron[None, :]
     at = rows[:, None] * n + cols[None, :]
@@ -266,8 +266,16 @@ def _constants(like: torch.Tensor, *values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device)
 
 
-def _grid(batch: int) -> tuple[int]:
-    return (triton.cdiv(batch, ROWS_PER_PROGRAM),)
+def _grid(batch: int, n: int = 1, width: int = 1) -> tuple[int, int]:
+    return (triton.cdiv(batch, ROWS_PER_PROGRAM), triton.cdiv(n, width))
+
+
+def _resident_width(n: int, recurrent: bool, tile: int | None) -> int | None:
+    """The block width of the register-resident kernels, or None where the network is too
+    wide for them. Without recurrence neurons are independent: any width, blocks side by side."""
+    if not recurrent:
+        return tile or min(_width(n), RESIDENT_WIDTH)
+    return _width(n) if tile is None and _width(n) <= RESIDENT_WIDTH else None
 
 
 def lif_segment(
@@ -277,8 +285,8 @@ def lif_segment(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Advance the network over ``k`` steps: ``current`` ``(k, batch, n)`` the input currents,
     ``w_rec`` ``(n, n)`` (post, pre), the state ``v, z, a, refractory`` ``(batch, n)`` updated in
-    place; ``w_rec`` None: no recurrence (a feed-forward layer of LIF neurons). Returns spikes and
-    pseudo-derivatives ``(k, batch, n)``. Up to
+    place; ``w_rec`` None: no recurrence (a feed-forward layer of LIF neurons, whose blocks of
+    neurons run side by side). Returns spikes and pseudo-derivatives ``(k, batch, n)``. Up to
     ``RESIDENT_WIDTH`` neurons the weights and state stay in registers; wider networks (or a
     given ``tile``) stream ``W_rec`` in ``tile``-wide blocks."""
     k, batch, n = current.shape
@@ -288,11 +296,12 @@ def lif_segment(
     psi = torch.empty_like(current)
     recurrent = w_rec is not None
     w_rec_t = w_rec.T.contiguous() if recurrent else current  # not read without recurrence
-    if tile is None and _width(n) <= RESIDENT_WIDTH:
+    width = _resident_width(n, recurrent, tile)
+    if width is not None:
         spikes = torch.empty_like(current)
-        _lif_forward_kernel[_grid(batch)](
+        _lif_forward_kernel[_grid(batch, n, width)](
             current, w_rec_t, beta, v, z, a, refractory, spikes, psi, constants,
-            k, batch, n, RECURRENT=recurrent, ROWS=ROWS_PER_PROGRAM, WIDTH=_width(n),
+            k, batch, n, RECURRENT=recurrent, ROWS=ROWS_PER_PROGRAM, WIDTH=width,
         )  # fmt: skip
         return spikes, psi
     z_history = torch.empty((k + 1, batch, n), dtype=current.dtype, device=current.device)
@@ -318,11 +327,12 @@ def lif_adjoint(
              "DETACH_RESET": bool(detach_reset)}  # fmt: skip
     grad_spikes, psi = grad_spikes.contiguous(), psi.contiguous()
     w_rec = psi if w_rec is None else w_rec.contiguous()  # not read without recurrence
-    if tile is None and _width(n) <= RESIDENT_WIDTH:
+    width = _resident_width(n, flags["RECURRENT"], tile)
+    if width is not None:
         grad_current = torch.empty_like(psi)
-        _lif_adjoint_kernel[_grid(batch)](
+        _lif_adjoint_kernel[_grid(batch, n, width)](
             grad_spikes, psi, w_rec, beta, grad_current, constants, k, batch, n, **flags,
-            ROWS=ROWS_PER_PROGRAM, WIDTH=_width(n),
+            ROWS=ROWS_PER_PROGRAM, WIDTH=width,
         )  # fmt: skip
         return grad_current
     gv_history = torch.zeros((k + 1, batch, n), dtype=psi.dtype, device=psi.device)
