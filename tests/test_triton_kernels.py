@@ -182,3 +182,28 @@ def test_triton_is_chosen_on_a_gpu_and_refused_on_a_cpu_without_the_interpreter(
         resolve_backend("triton", "cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert resolve_backend("triton", "cpu") == "triton"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="full sizes need a GPU")
+@pytest.mark.parametrize("n_rec, n_adaptive", [(100, 50), (600, 0)])
+def test_at_full_size_on_a_gpu_the_fused_bptt_equals_the_step_functions(n_rec, n_adaptive):
+    """The evidence-accumulation size (resident kernels) and a 600-neuron network (streamed
+    tiles), T 2250 / 1000, float64 on the GPU: the same spikes and gradients as autograd
+    through the step functions on the same GPU."""
+    steps = 2250 if n_rec == 100 else 1000
+    gen = torch.Generator().manual_seed(6)
+    options = {"n_adaptive": n_adaptive, "refractory": 5, "detach_reset": False}
+    reference = RecurrentLIF(40, n_rec, 2, generator=gen, backend="torch", **options)
+    reference = reference.double().cuda()
+    fused = RecurrentLIF(40, n_rec, 2, backend="triton", **options).double().cuda()
+    fused.load_state_dict(reference.state_dict())
+    x = (torch.rand(64, steps, 40, generator=gen) < 0.02).double().cuda()
+    results = []
+    for model in (reference, fused):
+        y, z = model(x)
+        (y.pow(2).sum() + (z.mean((0, 1)) - 0.01).pow(2).sum()).backward()
+        results.append((z.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (z_ref, expected), (z, grads) = results
+    assert torch.equal(z, z_ref) and z_ref.sum() > 1000
+    for name, value in expected.items():
+        assert torch.allclose(grads[name], value, rtol=1e-9, atol=1e-11), name

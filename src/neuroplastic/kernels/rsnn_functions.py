@@ -29,7 +29,7 @@ def _adjoint_in_torch(grad_spikes, psi, w_rec, beta, alpha, v_th, rho, detach_re
     gv = torch.zeros_like(grad_spikes[0])
     ga = torch.zeros_like(gv)
     for t in reversed(range(grad_spikes.shape[0])):
-        gz = grad_spikes[t] + gv @ w_rec
+        gz = grad_spikes[t] if w_rec is None else grad_spikes[t] + gv @ w_rec
         if adaptive:
             gz = gz + ga
         if not detach_reset:
@@ -45,7 +45,7 @@ def _adjoint_in_torch(grad_spikes, psi, w_rec, beta, alpha, v_th, rho, detach_re
 class RecurrentSpikes(torch.autograd.Function):
     """``(current (k, batch, n), w_rec (n, n), beta (n,), neuron constants, backend) -> spikes
     (k, batch, n)`` from rest; differentiable in ``current`` and ``w_rec``. ``backend``:
-    ``numba`` or ``triton``."""
+    ``numba`` or ``triton``. ``w_rec`` None: a feed-forward layer (no recurrence)."""
 
     @staticmethod
     def forward(
@@ -65,8 +65,9 @@ class RecurrentSpikes(torch.autograd.Function):
 
             state = [torch.zeros(batch, n, dtype=current.dtype).numpy() for _ in range(4)]
             numba_rsnn.follow_torch_threads()
+            w_rec_t = torch.zeros(n, n, dtype=current.dtype) if w_rec is None else w_rec.T
             spikes, psi = numba_rsnn.lif_segment(
-                as_array(current), as_array(w_rec.T), *state, alpha, v_th, float(refractory),
+                as_array(current), as_array(w_rec_t), *state, alpha, v_th, float(refractory),
                 as_array(beta), rho, dampening,
             )  # fmt: skip
             spikes, psi = torch.from_numpy(spikes), torch.from_numpy(psi)
@@ -85,8 +86,10 @@ class RecurrentSpikes(torch.autograd.Function):
         else:
             adjoint = _adjoint_in_torch
         grad_current = adjoint(grad_spikes, psi, w_rec, beta, alpha, v_th, rho, detach_reset)
-        previous = torch.cat([torch.zeros_like(spikes[:1]), spikes[:-1]])  # z^{t-1}, from rest
-        grad_w_rec = grad_current.flatten(0, 1).T @ previous.flatten(0, 1)
+        grad_w_rec = None
+        if w_rec is not None and ctx.needs_input_grad[1]:
+            previous = torch.cat([torch.zeros_like(spikes[:1]), spikes[:-1]])  # z^{t-1}
+            grad_w_rec = grad_current.flatten(0, 1).T @ previous.flatten(0, 1)
         return grad_current, grad_w_rec, None, None, None, None, None, None, None, None
 
 
