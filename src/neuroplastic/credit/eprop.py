@@ -691,11 +691,9 @@ def segment_step(
     # Lf = the learning signal filtered backwards; filtering is linear, so the n_out-wide error
     # is filtered and then fed back, rather than the n_rec-wide signal
     error_filtered = reverse_leaky_sum(error, kappa, backend)
-    filtered = error_filtered @ feedback.T  # (k, batch, n_rec)
 
     n_in, n_ad = model.n_in, model.n_adaptive
     ad, beta = slice(model.n_rec - n_ad, None), model.beta[model.n_rec - n_ad :]
-    c = model.rho - beta * psi[:, :, ad]  # (k, batch, n_ad): the eps_a recursion's factor
     c_before = model.rho - beta * traces.psi[:, ad]
     eps_v_before = torch.cat([traces.eps_in, traces.eps_rec], 1)  # (batch, n_in + n_rec)
     eps_a_before = torch.cat([traces.eps_a_in, traces.eps_a_rec], 2)  # (batch, n_ad, n_pre)
@@ -704,6 +702,7 @@ def segment_step(
     def coefficients(weight: Tensor | None) -> tuple[Tensor, Tensor]:
         """For ``sum_r W^r e^r`` (``weight`` W, None: only the ALIF rows' ``eps_a`` at the
         segment's last step): the factor of ``eps_v^r`` per step, and ``G^{t0-1}``."""
+        c = model.rho - beta * psi[:, :, ad]  # (k, batch, n_ad): the eps_a recursion's factor
         if weight is None:  # eps_a^{t1-1}: the unrolled recursion with w = 1[r = t1-1]
             w = torch.zeros_like(c)
             w[-1] = 1.0
@@ -720,13 +719,24 @@ def segment_step(
         return g0 * traces.psi[:, ad], c_before * g0
 
     folded = rate_terms and rate_factor is not None
-    task, g_task = coefficients(filtered + rate_factor(spike_count) if folded else filtered)
+    offset = rate_factor(spike_count) if folded else torch.zeros_like(spike_count)
+    if backend == "numba":  # one sweep, no segment-long intermediates
+        from neuroplastic.kernels import numba_rsnn
+
+        arrays = numba_rsnn.task_coefficients(
+            as_array(error_filtered), as_array(feedback), as_array(offset), as_array(psi),
+            as_array(beta.to(psi)), model.rho,
+        )  # fmt: skip
+        task, g_task = (torch.from_numpy(a) for a in arrays)
+    else:
+        task, g_task = coefficients(error_filtered @ feedback.T + offset)
     posts = [task]
     if rate_terms and not folded:
-        rate, g_rate = coefficients(torch.ones_like(filtered))
+        rate, g_rate = coefficients(torch.ones_like(psi))
         posts.append(rate)
     summed = [summed_outer(post, eps_v) for post in posts]  # (n_rec, n_pre) each
-    with_ebar = summed[0] + torch.einsum("bj,bji->ji", kappa * filtered[0], ebar_before)
+    signal_first = kappa * error_filtered[0] @ feedback.T  # kappa Lf^{t0}
+    with_ebar = summed[0] + torch.einsum("bj,bji->ji", signal_first, ebar_before)
     totals = [with_ebar] + summed[1:]
     for total, g0 in zip(totals, [g_task] + ([g_rate] if len(posts) > 1 else []), strict=True):
         if n_ad:
@@ -751,7 +761,7 @@ def segment_step(
         return grads, segment_loss, state, y, traces, rates
 
     decay = kappa ** torch.arange(k - 1, -1, -1, dtype=x.dtype, device=x.device)[:, None, None]
-    ebar_coef, g_ebar = coefficients(decay.expand_as(filtered))
+    ebar_coef, g_ebar = coefficients(decay.expand_as(psi))
     a_coef, g_a = coefficients(None)
     carried = outer_per_example(torch.cat([ebar_coef, a_coef], 2), eps_v)  # (batch, rows, n_pre)
     ebar = kappa**k * ebar_before + carried[:, : model.n_rec]

@@ -145,3 +145,37 @@ def reverse_constant_leaky_sum(signal, factor):  # pragma: no cover - compiled
                 acc[j] = signal[r, b, j] + f * acc[j]
                 out[r, b, j] = acc[j]
     return out
+
+
+@njit(parallel=True, cache=True)
+def task_coefficients(error_filtered, feedback, offset, psi, beta, rho):  # pragma: no cover
+    """e-prop's factor of ``eps_v^r`` for the task gradient over a segment, in one backward
+    sweep (``credit.eprop.segment_step``'s ``coefficients`` for ``W = Lf + offset``), without
+    the segment-long intermediates: ``Lf^r = Ef^r B^T`` (``error_filtered`` ``(k, batch,
+    n_out)``, ``feedback`` B ``(n, n_out)``), ``w^r = (Lf^r + offset) psi^r``, and for the ALIF
+    neurons (the last ``len(beta)``) ``coef = w - G psi`` with ``G`` the backward recursion
+    ``G^{r-1} = beta w^r + (rho - beta psi^r) G^r`` from ``G^{t1-1} = 0``. Returns
+    ``(coef (k, batch, n), G^{t0-1} (batch, n_ad))``."""
+    k, batch, n = psi.shape
+    n_out = feedback.shape[1]
+    n_ad = beta.shape[0]
+    first = n - n_ad
+    coef = np.empty_like(psi)
+    before = np.empty((batch, n_ad), dtype=psi.dtype)
+    r_ = psi.dtype.type(rho)
+    for b in prange(batch):
+        g = np.zeros(n_ad, dtype=psi.dtype)
+        for t in range(k - 1, -1, -1):
+            for j in range(n):
+                signal = offset[j]
+                for o in range(n_out):
+                    signal += error_filtered[t, b, o] * feedback[j, o]
+                w = signal * psi[t, b, j]
+                if j >= first:
+                    i = j - first
+                    coef[t, b, j] = w - g[i] * psi[t, b, j]
+                    g[i] = w * beta[i] + (r_ - beta[i] * psi[t, b, j]) * g[i]
+                else:
+                    coef[t, b, j] = w
+        before[b] = g
+    return coef, before
