@@ -1,0 +1,9 @@
+"""Local plasticity rules: synaptic changes from the activity on either side of a synapse (and,
+where the rule says so, a reward). Each is a pure step function with explicit state, equations
+in its module's docstring; ``rules`` wraps them in the project's contract (write minus the change
+into ``param.grad``, so any optimiser, or plain SGD with lr 1, applies it)."""
+
+from neuroplastic.plasticity.rules import STDP
+from neuroplastic.plasticity.stdp import STDPParameters, STDPState, initial_state, stdp_step
+
+__all__ = ["STDP", "STDPParameters", "STDPState", "initial_state", "stdp_step"]

@@ -1,0 +1,74 @@
+"""Windowed all-pairs STDP (``plasticity.stdp``) against spike pairs counted by hand."""
+
+import math
+
+import pytest
+import torch
+
+from neuroplastic.plasticity import STDP, STDPParameters, initial_state, stdp_step
+
+PARAMS = STDPParameters(potentiation=0.04, depression=-0.04, tau=80.0, window=120)
+
+
+def total_change(pre_times, post_times, steps, params=PARAMS):
+    """Run one synapse through ``steps`` steps with spikes at the given times."""
+    state = initial_state((), 1, 1, params, dtype=torch.float64)
+    total = torch.zeros(1, 1, dtype=torch.float64)
+    for t in range(steps):
+        pre = torch.tensor([float(t in pre_times)], dtype=torch.float64)
+        post = torch.tensor([float(t in post_times)], dtype=torch.float64)
+        change, state = stdp_step(pre, post, state, params)
+        total += change
+    return total.item()
+
+
+def test_one_pair_each_way():
+    assert total_change({10}, {30}, 40) == pytest.approx(0.04 * math.exp(-20 / 80), rel=1e-12)
+    assert total_change({30}, {10}, 40) == pytest.approx(-0.04 * math.exp(-20 / 80), rel=1e-12)
+
+
+def test_the_window_is_inclusive_and_same_step_spikes_form_no_pair():
+    assert total_change({0}, {120}, 130) == pytest.approx(0.04 * math.exp(-120 / 80), rel=1e-12)
+    assert total_change({0}, {121}, 130) == pytest.approx(0.0, abs=1e-15)
+    assert total_change({5}, {5}, 10) == 0.0
+
+
+def test_all_pairs_count():
+    """Two pre spikes before one post spike, then a pre spike after it."""
+    expected = 0.04 * (math.exp(-20 / 80) + math.exp(-10 / 80)) - 0.04 * math.exp(-5 / 80)
+    assert total_change({10, 20, 35}, {30}, 50) == pytest.approx(expected, rel=1e-12)
+
+
+def test_random_trains_match_every_pair_counted_by_brute_force():
+    """Batched (2 replicas), 5 pre and 3 post neurons, 400 steps (the ring buffer wraps)."""
+    gen = torch.Generator().manual_seed(0)
+    pre = (torch.rand(400, 2, 5, generator=gen) < 0.05).double()
+    post = (torch.rand(400, 2, 3, generator=gen) < 0.05).double()
+    state = initial_state((2,), 5, 3, PARAMS, dtype=torch.float64)
+    total = torch.zeros(2, 3, 5, dtype=torch.float64)
+    for t in range(400):
+        change, state = stdp_step(pre[t], post[t], state, PARAMS)
+        total += change
+    expected = torch.zeros_like(total)
+    for b, j, i in torch.cartesian_prod(torch.arange(2), torch.arange(3), torch.arange(5)):
+        for t_post in post[:, b, j].nonzero().flatten().tolist():
+            for t_pre in pre[:, b, i].nonzero().flatten().tolist():
+                delay = t_post - t_pre
+                if 0 < delay <= 120:
+                    expected[b, j, i] += 0.04 * math.exp(-delay / 80)
+                elif -120 <= delay < 0:
+                    expected[b, j, i] += -0.04 * math.exp(delay / 80)
+    assert expected.abs().sum() > 0.5
+    assert torch.allclose(total, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_the_rule_writes_minus_the_change_into_grad():
+    weight = torch.nn.Parameter(torch.zeros(1, 1, dtype=torch.float64))
+    rule = STDP(weight, PARAMS)
+    for t in range(40):
+        rule.step(torch.tensor([[float(t == 10)]]), torch.tensor([[float(t == 30)]]))
+    rule.write()
+    torch.optim.SGD([weight], lr=1.0).step()
+    assert weight.item() == pytest.approx(0.04 * math.exp(-20 / 80), rel=1e-12)
+    with pytest.raises(ValueError, match="n_pre=1 and n_post=1"):
+        rule.step(torch.zeros(1, 2), torch.zeros(1, 1))
