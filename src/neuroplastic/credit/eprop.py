@@ -292,16 +292,13 @@ def segment_forward_compiled(
 
         numba_rsnn.follow_torch_threads()
         v, z, a, refractory = (as_array(t).copy() for t in state)
-        spikes, psi = numba_rsnn.lif_segment(
+        eps_in, eps_rec = as_array(traces.eps_in).copy(), as_array(traces.eps_rec).copy()
+        arrays = numba_rsnn.lif_segment_with_traces(
             as_array(current), as_array(w_rec.T), v, z, a, refractory, *constants,
-            as_array(later[0]), *later[1:],
+            as_array(later[0]), *later[1:], as_array(x), eps_in, eps_rec,
         )  # fmt: skip
-        spikes, psi = torch.from_numpy(spikes), torch.from_numpy(psi)
+        spikes, psi, eps_v = (torch.from_numpy(array) for array in arrays)
         state = LIFState(*(torch.from_numpy(t) for t in (v, z, a, refractory)))
-        eps_v = torch.from_numpy(numba_rsnn.presynaptic_traces(
-            as_array(x), as_array(spikes), as_array(z_start), as_array(traces.eps_in),
-            as_array(traces.eps_rec), model.alpha,
-        ))  # fmt: skip
     drive = spikes @ model.w_out.detach().T + model.b_out.detach()
     ys = leaky_sum(drive, model.kappa, y, backend)
     steps = torch.arange(1, spikes.shape[0] + 1, dtype=x.dtype, device=x.device)

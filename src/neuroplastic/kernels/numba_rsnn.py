@@ -31,6 +31,41 @@ def follow_torch_threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
+@njit(cache=True)
+def _recurrent_input(z_b, w_rec_t, recurrent):  # pragma: no cover - compiled
+    """``recurrent = W_rec z``, event-driven: only the neurons that spiked send."""
+    recurrent[:] = 0.0
+    n = recurrent.shape[0]
+    for i in range(n):
+        if z_b[i] != 0.0:
+            w_i = w_rec_t[i]
+            for j in range(n):
+                recurrent[j] += w_i[j]
+
+
+@njit(cache=True)
+def _neurons_step(
+    current_t, recurrent, v_b, z_b, a_b, refractory_b, spikes_t, psi_t, beta,
+    alpha, v_th, n_refractory, rho, gamma,
+):  # pragma: no cover - compiled; fmt: skip
+    """One step of one batch row's neurons (the equations of the module docstring)."""
+    zero, one = alpha * 0, alpha * 0 + 1
+    n = v_b.shape[0]
+    for j in range(n):
+        previous = z_b[j]
+        a_new = rho * a_b[j] + previous
+        v_new = alpha * v_b[j] + (current_t[j] + recurrent[j]) - previous * v_th
+        distance = (v_new - (v_th + beta[j] * a_new)) / v_th
+        ready = refractory_b[j] <= zero
+        spike = one if (distance > zero and ready) else zero
+        psi_t[j] = (gamma * max(zero, one - abs(distance))) / v_th if ready else zero
+        spikes_t[j] = spike
+        v_b[j], a_b[j] = v_new, a_new
+        refractory_b[j] = n_refractory if spike > zero else max(refractory_b[j] - one, zero)
+    for j in range(n):
+        z_b[j] = spikes_t[j]
+
+
 @njit(parallel=True, cache=True, fastmath=False)
 def lif_segment(
     current, w_rec_t, v, z, a, refractory, alpha, v_th, n_refractory, beta, rho, dampening
@@ -43,34 +78,55 @@ def lif_segment(
     dtype = current.dtype.type
     spikes = np.empty_like(current)
     psi = np.empty_like(current)
-    alpha, v_th, rho = dtype(alpha), dtype(v_th), dtype(rho)
-    gamma, zero, one = dtype(dampening), dtype(0.0), dtype(1.0)
-    n_refractory = dtype(n_refractory)
+    alpha, v_th, n_refractory = dtype(alpha), dtype(v_th), dtype(n_refractory)
+    rho, gamma = dtype(rho), dtype(dampening)
     for b in prange(batch):
-        v_b, z_b, a_b, refractory_b = v[b], z[b], a[b], refractory[b]
         recurrent = np.empty(n, dtype=current.dtype)
         for t in range(k):
-            recurrent[:] = zero
-            for i in range(n):  # event-driven: only the neurons that spiked send
-                if z_b[i] != zero:
-                    w_i = w_rec_t[i]
-                    for j in range(n):
-                        recurrent[j] += w_i[j]
-            current_t, spikes_t, psi_t = current[t, b], spikes[t, b], psi[t, b]
-            for j in range(n):
-                previous = z_b[j]
-                a_new = rho * a_b[j] + previous
-                v_new = alpha * v_b[j] + (current_t[j] + recurrent[j]) - previous * v_th
-                distance = (v_new - (v_th + beta[j] * a_new)) / v_th
-                ready = refractory_b[j] <= zero
-                spike = one if (distance > zero and ready) else zero
-                psi_t[j] = (gamma * max(zero, one - abs(distance))) / v_th if ready else zero
-                spikes_t[j] = spike
-                v_b[j], a_b[j] = v_new, a_new
-                refractory_b[j] = n_refractory if spike > zero else max(refractory_b[j] - one, zero)
-            for j in range(n):
-                z_b[j] = spikes_t[j]
+            _recurrent_input(z[b], w_rec_t, recurrent)
+            _neurons_step(
+                current[t, b], recurrent, v[b], z[b], a[b], refractory[b], spikes[t, b],
+                psi[t, b], beta, alpha, v_th, n_refractory, rho, gamma,
+            )  # fmt: skip
     return spikes, psi
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def lif_segment_with_traces(
+    current, w_rec_t, v, z, a, refractory, alpha, v_th, n_refractory, beta, rho, dampening,
+    x, eps_in, eps_rec,
+):  # pragma: no cover - compiled; fmt: skip
+    """:func:`lif_segment` that also writes e-prop's presynaptic traces in the same loop (one pass
+    over the segment instead of two): ``eps_v^t = alpha eps_v^{t-1} + (x^t, z^{t-1})`` from
+    ``x`` ``(batch, k, n_in)`` and the traces ``eps_in``, ``eps_rec`` before the segment
+    (updated in place to the segment's last). Returns spikes, pseudo-derivatives and
+    ``eps_v`` ``(k, batch, n_in + n)``."""
+    k, batch, n = current.shape
+    n_in = x.shape[2]
+    dtype = current.dtype.type
+    spikes = np.empty_like(current)
+    psi = np.empty_like(current)
+    traces = np.empty((k, batch, n_in + n), dtype=current.dtype)
+    alpha, v_th, n_refractory = dtype(alpha), dtype(v_th), dtype(n_refractory)
+    rho, gamma = dtype(rho), dtype(dampening)
+    decay = alpha
+    for b in prange(batch):
+        recurrent = np.empty(n, dtype=current.dtype)
+        trace_in, trace_rec = eps_in[b], eps_rec[b]
+        for t in range(k):
+            z_b = z[b]  # the spikes of t - 1: the recurrent trace's input at t
+            for i in range(n_in):
+                trace_in[i] = decay * trace_in[i] + x[b, t, i]
+                traces[t, b, i] = trace_in[i]
+            for i in range(n):
+                trace_rec[i] = decay * trace_rec[i] + z_b[i]
+                traces[t, b, n_in + i] = trace_rec[i]
+            _recurrent_input(z_b, w_rec_t, recurrent)
+            _neurons_step(
+                current[t, b], recurrent, v[b], z_b, a[b], refractory[b], spikes[t, b],
+                psi[t, b], beta, alpha, v_th, n_refractory, rho, gamma,
+            )  # fmt: skip
+    return spikes, psi, traces
 
 
 @njit(parallel=True, cache=True)
@@ -86,29 +142,6 @@ def leaky_sum(signal, decay, initial):  # pragma: no cover - compiled
             for j in range(m):  # contiguous in memory
                 acc[j] = d * acc[j] + signal[t, b, j]
                 out[t, b, j] = acc[j]
-    return out
-
-
-@njit(parallel=True, cache=True)
-def presynaptic_traces(x, spikes, z_start, eps_in, eps_rec, alpha):  # pragma: no cover
-    """e-prop's membrane traces of a segment, ``eps_v^t = alpha eps_v^{t-1} + s^t`` with
-    ``s^t = (x^t, z^{t-1})``: ``x`` ``(batch, k, n_in)`` the inputs, ``spikes`` ``(k, batch, n)``,
-    ``z_start`` ``(batch, n)`` the spikes before the segment, ``eps_in``, ``eps_rec`` the traces
-    before it. Returns ``(k, batch, n_in + n)``."""
-    batch, k, n_in = x.shape
-    n = spikes.shape[2]
-    out = np.empty((k, batch, n_in + n), dtype=spikes.dtype)
-    a = spikes.dtype.type(alpha)
-    for b in prange(batch):
-        trace_in, trace_rec = eps_in[b].copy(), eps_rec[b].copy()
-        for t in range(k):
-            for i in range(n_in):
-                trace_in[i] = a * trace_in[i] + x[b, t, i]
-                out[t, b, i] = trace_in[i]
-            for i in range(n):
-                previous = z_start[b, i] if t == 0 else spikes[t - 1, b, i]
-                trace_rec[i] = a * trace_rec[i] + previous
-                out[t, b, n_in + i] = trace_rec[i]
     return out
 
 
