@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from neuroplastic.envs.foraging import (
-    EMPTY, HORIZONTAL, MOVES, NEGATIVE_DIAGONAL, SECOND_PIXEL, TASKS, VERTICAL, ForagingEnv,
+    EMPTY,
+    HORIZONTAL,
+    MOVES,
+    NEGATIVE_DIAGONAL,
+    SECOND_PIXEL,
+    TASKS,
+    VERTICAL,
+    ForagingEnv,
     ForagingWorlds,
 )  # fmt: skip
 
@@ -96,3 +103,23 @@ def test_a_seed_fixes_the_world():
         a.step(m)
         b.step(m)
     assert np.array_equal(a.shapes, b.shapes) and np.array_equal(a.agent, b.agent)
+
+
+def test_an_episode_renders_to_a_png_and_a_gif(tmp_path):
+    from PIL import Image
+
+    from neuroplastic.envs.render import save_gif, save_png
+
+    env = ForagingEnv(render_mode="rgb_array")
+    env.reset(seed=0)
+    frames = [env.render()]
+    for action in [4, 4, 6, 6, 7]:
+        env.step(action)
+        frames.append(env.render())
+    assert frames[0].shape == (50, 50, 3) and frames[0].dtype == np.uint8
+    agent = env.world.agent[0]
+    assert tuple(frames[-1][agent[0], agent[1]]) == (255, 255, 255)
+    png = save_png(frames[-1], tmp_path / "world.png", scale=4)
+    assert Image.open(png).size == (200, 200)
+    gif = save_gif(frames, tmp_path / "episode.gif", scale=2)
+    assert Image.open(gif).n_frames == 6
