@@ -12,3 +12,5 @@ for size in evidence pattern-600 speech wide; do
     echo
 done
 python benchmarks/feedforward_lif.py --device cuda --repeats 5
+echo
+python benchmarks/rsnn_memory.py --backend triton --steps 2250 9000 22500 100000

@@ -2,7 +2,7 @@
 evidence-accumulation network (40 inputs, 50 LIF + 50 ALIF, 2 readouts, batch 64).
 
     python benchmarks/rsnn_memory.py [--steps 2250 4500 9000 22500 100000] [--bptt-max 9000]
-                                     [--backend auto|torch|numba]
+                                     [--backend auto|torch|numba|triton]
 
 Each (rule, T) runs in a fresh process, which reports
 - its peak resident memory (``ru_maxrss``) minus the process's resident memory before the step
@@ -11,8 +11,10 @@ Each (rule, T) runs in a fresh process, which reports
 - the learning state in bytes: for BPTT the tensors autograd saved for the backward pass (counted
   through ``saved_tensors_hooks``, each storage once), for e-prop its traces plus the per-neuron
   history of one segment (computed from the shapes).
-e-prop runs segmented with ``--segment`` steps (the default 500), so its memory should not grow
-with T; BPTT's grows linearly. BPTT is skipped beyond ``--bptt-max`` steps (about 0.4 MB of saved
+``--backend triton`` runs on the GPU and reports the peak of ``torch.cuda.max_memory_allocated``
+above what was allocated before the step instead of the resident memory. e-prop runs segmented
+with ``--segment`` steps (the default 500), so its memory should not grow with T; BPTT's grows
+linearly. BPTT is skipped beyond ``--bptt-max`` steps (about 0.4 MB of saved
 tensors per step at this size: 22,500 steps would take about 9 GB). The figures in
 docs/experiments/bellec2020-evidence.md come from here.
 """
@@ -40,12 +42,14 @@ def one(rule: str, steps: int, segment: int, batch: int, backend: str) -> dict:
     from neuroplastic.models.rsnn import RecurrentLIF
 
     torch.set_num_threads(1)
+    device = "cuda" if backend == "triton" else "cpu"
     model = RecurrentLIF(40, 100, 2, n_adaptive=50, refractory=5, detach_reset=rule == "eprop",
                          generator=torch.Generator().manual_seed(0), backend=backend)  # fmt: skip
+    model = model.to(device)
     gen = torch.Generator().manual_seed(1)
-    x = (torch.rand(batch, steps, 40, generator=gen) < 0.02).float()
-    labels = torch.randint(0, 2, (batch,), generator=gen)
-    mask = torch.zeros(steps)
+    x = (torch.rand(batch, steps, 40, generator=gen) < 0.02).float().to(device)
+    labels = torch.randint(0, 2, (batch,), generator=gen).to(device)
+    mask = torch.zeros(steps, device=device)
     mask[-150:] = 1 / 150
     # Warm-up on a 20-step trial: loads the compiled kernels (Numba's code, about 100 MiB, is
     # the library's, not the step's) before the baseline is taken.
@@ -54,8 +58,12 @@ def one(rule: str, steps: int, segment: int, batch: int, backend: str) -> dict:
         model(short)[0].sum().backward()
         model.zero_grad()
     else:
-        EProp(model, backend=backend).gradients(short, torch.zeros(2, 20, 2))
+        EProp(model, backend=backend).gradients(short, torch.zeros(2, 20, 2, device=device))
     before = kib_now()
+    if device == "cuda":  # GPU memory instead: what the step allocates beyond what is held
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() / 1024
     if rule == "bptt":
         saved: dict[int, int] = {}
 
@@ -78,6 +86,8 @@ def one(rule: str, steps: int, segment: int, batch: int, backend: str) -> dict:
         history = min(segment, steps) * batch * (100 + n_pre + 100 + 2) * 4
         state = traces + history
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 1024
     return {"rule": rule, "steps": steps, "added_mib": (peak - before) / 1024,
             "state_mib": state / 2**20}  # fmt: skip
 
@@ -89,7 +99,7 @@ def main() -> None:
     parser.add_argument("--segment", type=int, default=500)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rules", nargs="+", default=["bptt", "eprop"], choices=["bptt", "eprop"])
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "numba"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "numba", "triton"])
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
