@@ -3,7 +3,11 @@ where the rule says so, a reward). Each is a pure step function with explicit st
 in its module's docstring; ``rules`` wraps them in the project's contract (write minus the change
 into ``param.grad``, so any optimiser, or plain SGD with lr 1, applies it)."""
 
-from neuroplastic.plasticity.rules import STDP
+from neuroplastic.plasticity.reward_stdp import RewardSTDPParameters
+from neuroplastic.plasticity.rules import STDP, RewardSTDP
 from neuroplastic.plasticity.stdp import STDPParameters, STDPState, initial_state, stdp_step
 
-__all__ = ["STDP", "STDPParameters", "STDPState", "initial_state", "stdp_step"]
+__all__ = [
+    "STDP", "RewardSTDP", "RewardSTDPParameters", "STDPParameters", "STDPState",
+    "initial_state", "stdp_step",
+]  # fmt: skip

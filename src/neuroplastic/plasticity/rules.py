@@ -8,6 +8,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuroplastic.plasticity.reward_stdp import (
+    GOLDEN2022,
+    RewardSTDPParameters,
+    eligibility_step,
+    reward_change,
+)
+from neuroplastic.plasticity.reward_stdp import initial_state as reward_initial_state
 from neuroplastic.plasticity.stdp import FORAGING, STDPParameters, initial_state, stdp_step
 
 
@@ -49,3 +56,48 @@ class STDP:
         grad = -self.change
         self.weight.grad = grad.clone() if self.weight.grad is None else self.weight.grad + grad
         self.change.zero_()
+
+
+class RewardSTDP:
+    """Reward-modulated STDP with eligibility over movement cycles (``plasticity.reward_stdp``)
+    on ``weight`` ``(n_post, n_pre)``, or ``(replicas, n_post, n_pre)`` with spikes
+    ``(replicas, n)``: one network per replica. ``step(pre, post)`` each time step;
+    ``reward(value)`` at the end of each movement cycle writes minus the change into
+    ``weight.grad`` (a plain SGD step with lr 1 then applies it). Output balancing divides by the
+    presynaptic neurons' outgoing totals at construction."""
+
+    def __init__(
+        self, weight: nn.Parameter, params: RewardSTDPParameters = GOLDEN2022,
+        balance_outputs: bool = True,
+    ):  # fmt: skip
+        if weight.dim() not in (2, 3):
+            raise ValueError(
+                f"RewardSTDP needs a (n_post, n_pre) or (replicas, n_post, n_pre) weight, got "
+                f"{tuple(weight.shape)}"
+            )
+        self.weight, self.params, self.balance_outputs = weight, params, balance_outputs
+        self.initial_outputs = weight.detach().sum(-2).clone()
+        n_post, n_pre = weight.shape[-2:]
+        self.state = reward_initial_state(
+            weight.shape[:-2], n_pre, n_post, params, dtype=weight.dtype, device=weight.device
+        )
+
+    def step(self, pre: torch.Tensor, post: torch.Tensor) -> None:
+        n_post, n_pre = self.weight.shape[-2:]
+        if pre.shape[-1] != n_pre or post.shape[-1] != n_post:
+            raise ValueError(
+                f"spikes must end in n_pre={n_pre} and n_post={n_post}, got {tuple(pre.shape)} "
+                f"and {tuple(post.shape)}"
+            )
+        self.state = eligibility_step(pre.to(self.weight), post.to(self.weight), self.state,
+                                      self.params)  # fmt: skip
+
+    @torch.no_grad()
+    def reward(self, value) -> torch.Tensor:
+        """The reward event ending this movement cycle; returns the change it wrote."""
+        change, self.state = reward_change(
+            self.weight.detach(), value, self.state, self.initial_outputs, self.params,
+            self.balance_outputs,
+        )  # fmt: skip
+        self.weight.grad = -change if self.weight.grad is None else self.weight.grad - change
+        return change

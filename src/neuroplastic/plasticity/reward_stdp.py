@@ -1,0 +1,107 @@
+"""Reward-modulated STDP with eligibility kept for several movement cycles, as in the foraging
+network of Golden et al. (2022, Methods, after Sanda et al. 2017): the pair changes of windowed
+STDP (``plasticity.stdp``) are not applied when they happen, but stored as traces, and every
+reward event scales the traces still stored by the reward and by how long ago they were made.
+
+A pair trace ``tr_k`` (the STDP change of one spike pair, made at step ``t_k``, the later spike
+of the pair) is kept for ``cycles_kept`` movement cycles of ``cycle`` steps. At a reward event at
+step ``t`` with reward ``S`` (once per movement cycle, at its end: every move is rewarded or
+punished in the foraging task), the synapse from presynaptic neuron ``i`` changes as::
+
+    W_ji <- W_ji (1 + (W_i^0 / W_i) S sum_k tr_k / (t - t_k + c))
+
+``c`` (``offset``, one cycle in the paper) keeps the newest traces from dominating; the factor
+``W_i^0 / W_i`` (``balance_outputs``: neuron ``i``'s total outgoing weight at the start over its
+total now) lets neurons with weak outputs grow. The paper writes a product over traces,
+``prod_k (1 + a D_k)``; each ``D_k`` is at most ``0.04 / c`` (below 1e-4 at c = 600 steps), so
+the sum differs from the product by less than one part in 10^7 and is what this module computes.
+The paper also normalises ``D_k`` by a running average of trace activity, in a formula that its
+published text does not render unambiguously; it is left out here.
+
+Because every pair made at step ``t_k`` shares that step, the sum is kept exactly without storing
+traces: at each step the step's STDP change ``dW^t`` is added, weighted by
+``1 / (T_m - t + c)``, to the accumulators of the ``cycles_kept`` reward events ``T_m`` it will
+meet (the ends of this cycle and the next ones), and a reward event consumes its accumulator.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from neuroplastic.plasticity.stdp import FORAGING, STDPParameters, STDPState, stdp_step
+from neuroplastic.plasticity.stdp import initial_state as stdp_initial_state
+
+
+class RewardSTDPParameters(NamedTuple):
+    stdp: STDPParameters = FORAGING
+    """The pair rule whose changes become traces."""
+    cycle: int = 600
+    """Steps per movement cycle (300 ms at 0.5 ms); reward events come at the end of each."""
+    cycles_kept: int = 6
+    """Movement cycles a trace is kept for (it meets this many reward events)."""
+    offset: float = 600.0
+    """``c`` in ``tr / (t - t_k + c)``, in steps (one cycle)."""
+
+
+GOLDEN2022 = RewardSTDPParameters()
+
+
+class RewardSTDPState(NamedTuple):
+    stdp: STDPState
+    pending: Tensor
+    """``(cycles_kept, ..., n_post, n_pre)``: for the reward event at the end of cycle ``m``
+    (slot ``m mod cycles_kept``), the sum of ``tr_k / (T_m - t_k + c)`` over the traces made so
+    far that it will meet."""
+
+
+def initial_state(
+    batch: tuple[int, ...], n_pre: int, n_post: int, params: RewardSTDPParameters = GOLDEN2022,
+    *, dtype: torch.dtype = torch.float32, device=None,
+) -> RewardSTDPState:  # fmt: skip
+    stdp = stdp_initial_state(batch, n_pre, n_post, params.stdp, dtype=dtype, device=device)
+    pending = torch.zeros(params.cycles_kept, *batch, n_post, n_pre, dtype=dtype, device=device)
+    return RewardSTDPState(stdp, pending)
+
+
+def eligibility_step(
+    pre: Tensor, post: Tensor, state: RewardSTDPState, params: RewardSTDPParameters = GOLDEN2022
+) -> RewardSTDPState:
+    """One step of spikes: the step's pair changes join the eligibility of the reward events
+    to come. ``pending`` is updated in place."""
+    t = state.stdp.step
+    change, stdp = stdp_step(pre, post, state.stdp, params.stdp)
+    if change.any():
+        cycle = t // params.cycle
+        for ahead in range(params.cycles_kept):
+            reward_step = (cycle + ahead + 1) * params.cycle - 1  # the cycle's last step
+            weight = 1.0 / (reward_step - t + params.offset)
+            state.pending[(cycle + ahead) % params.cycles_kept] += weight * change
+    return RewardSTDPState(stdp, state.pending)
+
+
+def reward_change(
+    weight: Tensor, reward: Tensor | float, state: RewardSTDPState, initial_outputs: Tensor,
+    params: RewardSTDPParameters = GOLDEN2022, balance_outputs: bool = True,
+) -> tuple[Tensor, RewardSTDPState]:  # fmt: skip
+    """The reward event that ends the cycle just completed (call it after the cycle's last
+    ``eligibility_step``): ``(dW, state)`` with ``dW = W (W_i^0 / W_i) S sum_k ...`` for
+    ``weight`` ``(..., n_post, n_pre)``, ``reward`` a number or one per batch element, and
+    ``initial_outputs`` ``W_i^0`` ``(..., n_pre)``; that slot is then emptied for the cycle
+    ``cycles_kept`` ahead."""
+    steps = state.stdp.step
+    if steps == 0 or steps % params.cycle:
+        raise ValueError(
+            f"a reward event ends a movement cycle of {params.cycle} steps; {steps} steps taken"
+        )
+    slot = (steps // params.cycle - 1) % params.cycles_kept
+    eligibility = state.pending[slot].clone()
+    state.pending[slot].zero_()
+    reward = torch.as_tensor(reward, dtype=weight.dtype, device=weight.device)
+    reward = reward.reshape(*reward.shape, 1, 1)
+    scale = torch.ones_like(weight[..., :1, :])
+    if balance_outputs:
+        scale = (initial_outputs / weight.sum(-2))[..., None, :]
+    return weight * scale * reward * eligibility, state

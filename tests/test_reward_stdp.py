@@ -1,0 +1,99 @@
+"""Reward-modulated STDP with eligibility over movement cycles (``plasticity.reward_stdp``),
+against the paper's sum over stored traces computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from neuroplastic.plasticity import RewardSTDP, RewardSTDPParameters, STDPParameters
+
+STDP = STDPParameters(potentiation=0.04, depression=-0.04, tau=80.0, window=120)
+PARAMS = RewardSTDPParameters(stdp=STDP, cycle=100, cycles_kept=3, offset=100.0)
+
+
+def run(pre_times, post_times, rewards, weight=None, balance=True):
+    """A (2 post x 1 pre) synapse pair, spikes on post neuron 0; a reward at every cycle end.
+    Returns the change each reward event wrote."""
+    w = torch.nn.Parameter(
+        torch.tensor([[0.5], [0.25]], dtype=torch.float64) if weight is None else weight
+    )
+    rule = RewardSTDP(w, PARAMS, balance_outputs=balance)
+    changes = []
+    for cycle, reward in enumerate(rewards):
+        for t in range(cycle * 100, (cycle + 1) * 100):
+            pre = torch.tensor([float(t in pre_times)], dtype=torch.float64)
+            post = torch.tensor([float(t in post_times), 0.0], dtype=torch.float64)
+            rule.step(pre, post)
+        changes.append(rule.reward(reward).clone())
+    return w, changes
+
+
+def test_a_trace_meets_the_next_reward_events_then_is_erased():
+    """One pair (pre 10, post 30) in cycle 0; rewards 1, 2, -1, 5: the trace meets the ends of
+    cycles 0, 1, 2 (steps 99, 199, 299) and no more."""
+    w, changes = run({10}, {30}, [1.0, 2.0, -1.0, 5.0])
+    trace = 0.04 * math.exp(-20 / 80)
+    for cycle, reward in enumerate([1.0, 2.0, -1.0]):
+        t = (cycle + 1) * 100 - 1
+        expected = 0.5 * reward * trace / (t - 30 + 100)  # balance 1: weights unchanged
+        assert changes[cycle][0, 0].item() == pytest.approx(expected, rel=1e-12)
+        assert changes[cycle][1, 0].item() == 0.0  # no pairs on post neuron 1
+    assert changes[3].abs().max().item() == 0.0
+    assert torch.equal(w.grad, -sum(changes))
+
+
+def test_traces_of_different_cycles_add_with_their_own_ages():
+    """Pairs in cycle 0 (pre 10, post 30) and cycle 1 (post 150, pre 170: depression)."""
+    _, changes = run({10, 170}, {30, 150}, [0.0, 1.0, 1.0])
+    potentiation, depression = 0.04 * math.exp(-20 / 80), -0.04 * math.exp(-20 / 80)
+    for cycle in (1, 2):
+        t = (cycle + 1) * 100 - 1
+        expected = 0.5 * (potentiation / (t - 30 + 100) + depression / (t - 170 + 100))
+        assert changes[cycle][0, 0].item() == pytest.approx(expected, rel=1e-12)
+    assert changes[0].abs().max().item() == 0.0  # reward 0
+
+
+def test_output_balancing_scales_by_the_presynaptic_total_at_the_start():
+    w = torch.tensor([[0.5], [0.25]], dtype=torch.float64)
+    rule_weight = torch.nn.Parameter(w.clone())
+    rule = RewardSTDP(rule_weight, PARAMS)
+    with torch.no_grad():
+        rule_weight.mul_(0.5)  # the neuron's outputs have halved since: factor 2
+    for t in range(100):
+        rule.step(torch.tensor([float(t == 10)], dtype=torch.float64),
+                  torch.tensor([float(t == 30), 0.0], dtype=torch.float64))  # fmt: skip
+    change = rule.reward(1.0)
+    expected = 0.25 * 2.0 * 0.04 * math.exp(-20 / 80) / (99 - 30 + 100)
+    assert change[0, 0].item() == pytest.approx(expected, rel=1e-12)
+    _, unbalanced = run({10}, {30}, [1.0], balance=False)
+    assert unbalanced[0][0, 0].item() == pytest.approx(
+        0.5 * 0.04 * math.exp(-20 / 80) / 169, rel=1e-12
+    )
+
+
+def test_a_reward_event_must_end_a_cycle():
+    rule = RewardSTDP(torch.nn.Parameter(torch.ones(2, 1)), PARAMS)
+    rule.step(torch.zeros(1), torch.zeros(2))
+    with pytest.raises(ValueError, match="ends a movement cycle of 100 steps; 1 steps taken"):
+        rule.reward(1.0)
+
+
+def test_replicas_are_independent_networks_with_their_own_rewards():
+    gen = torch.Generator().manual_seed(0)
+    pre = (torch.rand(200, 2, 3, generator=gen) < 0.05).double()
+    post = (torch.rand(200, 2, 4, generator=gen) < 0.05).double()
+    weights = torch.rand(2, 4, 3, generator=gen, dtype=torch.float64) + 0.5
+    rewards = torch.tensor([[1.0, -0.5], [0.3, 2.0]], dtype=torch.float64)  # (cycle, replica)
+    batched = RewardSTDP(torch.nn.Parameter(weights.clone()), PARAMS)
+    alone = [RewardSTDP(torch.nn.Parameter(weights[r].clone()), PARAMS) for r in range(2)]
+    for cycle in range(2):
+        for t in range(cycle * 100, (cycle + 1) * 100):
+            batched.step(pre[t], post[t])
+            for r in range(2):
+                alone[r].step(pre[t, r], post[t, r])
+        change = batched.reward(rewards[cycle])
+        for r in range(2):
+            expected = alone[r].reward(rewards[cycle, r].item())
+            assert torch.allclose(change[r], expected, rtol=1e-12, atol=1e-15)
+    assert batched.weight.grad.abs().sum() > 0
