@@ -3,11 +3,14 @@ where the rule says so, a reward). Each is a pure step function with explicit st
 in its module's docstring; ``rules`` wraps them in the project's contract (write minus the change
 into ``param.grad``, so any optimiser, or plain SGD with lr 1, applies it)."""
 
+from neuroplastic.plasticity.homeostasis import (
+    balanced_inhibition, normalise_inputs, scale_targets,
+)
 from neuroplastic.plasticity.reward_stdp import RewardSTDPParameters
 from neuroplastic.plasticity.rules import STDP, RewardSTDP
 from neuroplastic.plasticity.stdp import STDPParameters, STDPState, initial_state, stdp_step
 
 __all__ = [
     "STDP", "RewardSTDP", "RewardSTDPParameters", "STDPParameters", "STDPState",
-    "initial_state", "stdp_step",
+    "balanced_inhibition", "initial_state", "normalise_inputs", "scale_targets", "stdp_step",
 ]  # fmt: skip
