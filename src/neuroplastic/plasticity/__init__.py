@@ -4,7 +4,9 @@ in its module's docstring; ``rules`` wraps them in the project's contract (write
 into ``param.grad``, so any optimiser, or plain SGD with lr 1, applies it)."""
 
 from neuroplastic.plasticity.homeostasis import (
-    balanced_inhibition, normalise_inputs, scale_targets,
+    balanced_inhibition,
+    normalise_inputs,
+    scale_targets,
 )
 from neuroplastic.plasticity.reward_stdp import RewardSTDPParameters
 from neuroplastic.plasticity.rules import STDP, RewardSTDP
