@@ -272,21 +272,20 @@ def segment_forward_compiled(
 
     inputs = x.transpose(0, 1)  # (k, batch, n_in)
     current = inputs @ model.w_in.detach().T
-    z_start = state.z
-    constants = (model.alpha, model.v_th, float(model.refractory))
-    later = (model.beta.to(x.dtype), model.rho, model.dampening)
     w_rec = model.recurrent_weights().detach()
+    beta = model.beta.to(x.dtype)
+    neuron = (model.alpha, model.v_th, float(model.refractory))  # then beta, rho, dampening
     if backend == "triton":
         from neuroplastic.kernels import triton_rsnn
 
         v, z, a, refractory = (t.clone() for t in state)
         spikes, psi = triton_rsnn.lif_segment(
-            current, w_rec, v, z, a, refractory, *constants, *later
+            current, w_rec, v, z, a, refractory, *neuron, beta, model.rho, model.dampening
         )
-        state = LIFState(v, z, a, refractory)
-        presynaptic = torch.cat([inputs, torch.cat([z_start[None], spikes[:-1]])], 2)
+        presynaptic = torch.cat([inputs, torch.cat([state.z[None], spikes[:-1]])], 2)
         initial = torch.cat([traces.eps_in, traces.eps_rec], 1)
         eps_v = triton_rsnn.scan(presynaptic, model.alpha, initial)[0]
+        state = LIFState(v, z, a, refractory)
     else:
         from neuroplastic.kernels import numba_rsnn
 
@@ -294,8 +293,8 @@ def segment_forward_compiled(
         v, z, a, refractory = (as_array(t).copy() for t in state)
         eps_in, eps_rec = as_array(traces.eps_in).copy(), as_array(traces.eps_rec).copy()
         arrays = numba_rsnn.lif_segment_with_traces(
-            as_array(current), as_array(w_rec.T), v, z, a, refractory, *constants,
-            as_array(later[0]), *later[1:], as_array(x), eps_in, eps_rec,
+            as_array(current), as_array(w_rec.T), v, z, a, refractory, *neuron, as_array(beta),
+            model.rho, model.dampening, as_array(x), eps_in, eps_rec,
         )  # fmt: skip
         spikes, psi, eps_v = (torch.from_numpy(array) for array in arrays)
         state = LIFState(*(torch.from_numpy(t) for t in (v, z, a, refractory)))
