@@ -207,3 +207,25 @@ def test_at_full_size_on_a_gpu_the_fused_bptt_equals_the_step_functions(n_rec, n
     assert torch.equal(z, z_ref) and z_ref.sum() > 1000
     for name, value in expected.items():
         assert torch.allclose(grads[name], value, rtol=1e-9, atol=1e-11), name
+
+
+def test_the_kernels_compile_for_an_h100_without_spilling():
+    """Triton's full pipeline for sm_90, down to ptxas (bundled with Triton), in a process
+    without the interpreter: the kernels type-check and compile for a GPU, and at the chosen
+    warps per program no thread spills more than a few words to its stack."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("triton_compile_check.py")
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 5, result.stdout
+    for line in lines:
+        stack = int(re.search(r"STACK (\d+)", line).group(1))
+        assert stack <= 64, line

@@ -7,9 +7,10 @@ few thousand multiply-adds, far less than the cost of launching the ~30 kernels 
 step needs, so every SNN library written as a Python time loop is bound by launches, not
 arithmetic. The input projection ``W_in x^t`` has no recurrence and stays one matrix product
 before the loop; everything recurrent runs inside one program per block of batch rows, which
-keeps ``W_rec`` (and the neurons' state) in registers for all ``T`` steps. Networks wider than
-``RESIDENT_WIDTH`` cannot hold ``W_rec`` on chip; their kernels stream it in tiles every step
-(from the L2 cache) and keep the state in global memory, still one launch for the whole loop.
+keeps ``W_rec`` on chip (in shared memory, read into registers each step) and the neurons' state
+in registers for all ``T`` steps. Networks wider than ``RESIDENT_WIDTH`` cannot hold ``W_rec`` on
+chip; their kernels stream it in tiles every step (from the L2 cache) and keep the state in
+global memory, still one launch for the whole loop.
 
 Equations (those of ``neurons.lif`` and ``kernels.numba_rsnn``)::
 
@@ -20,7 +21,11 @@ Equations (those of ``neurons.lif`` and ``kernels.numba_rsnn``)::
 
 and the adjoint of ``kernels.rsnn_functions``. Widths and batch sizes need not be powers of two:
 blocks are padded and masked (a padded neuron has no input, no weights and never spikes).
-Matrix products use IEEE float32 (not TF32) so that spikes match the PyTorch reference.
+Matrix products use IEEE float32 (not TF32), and the kernels are compiled without fusing
+multiplies and adds (``enable_fp_fusion=False``), so that the arithmetic is the PyTorch
+reference's, operation for operation (float32 division on the GPU may still differ from IEEE by
+an ulp: spike decisions, a sign, are unaffected; ``psi`` may differ in its last bits).
+Offsets into the ``(T, batch, n)`` arrays are 64-bit, for trials past 2**31 elements.
 
 Without a GPU, Triton runs these kernels on the CPU when ``TRITON_INTERPRET=1`` is set before
 this module is imported: that is how the tests check them against the reference
@@ -29,15 +34,18 @@ this module is imported: that is how the tests check them against the reference
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
 
 ROWS_PER_PROGRAM = 16
-"""Batch rows per program: the smallest side ``tl.dot`` accepts."""
+"""Batch rows per program (a ``tl.dot`` operand's row count)."""
 RESIDENT_WIDTH = 128
-"""Up to this many neurons (padded to a power of two) ``W_rec`` and the state stay in
-registers for the whole loop: 64 KiB of float32 weights per program."""
+"""Up to this many neurons (padded to a power of two) ``W_rec`` stays on chip for the whole
+loop: 64 KiB of float32 weights (128 KiB of float64) in a program's shared memory, which fits
+an H100's or A100's."""
 TILE_WIDTH = 64
 """Block width of the wide-network kernels, which stream ``W_rec`` from the L2 cache."""
 
@@ -72,7 +80,8 @@ def _lif_forward_kernel(
     plane = batch * n
     zero, one = tl.zeros_like(v), tl.full(v.shape, 1.0, v.dtype)
     for t in range(steps):
-        drive = tl.load(current + t * plane + at, mask=mask, other=0.0)
+        t64 = tl.cast(t, tl.int64)  # offsets past 2**31 elements at long trials
+        drive = tl.load(current + t64 * plane + at, mask=mask, other=0.0)
         if RECURRENT:
             drive += tl.dot(z, w, input_precision="ieee")
         a = rho * a + z
@@ -82,8 +91,8 @@ def _lif_forward_kernel(
         z = tl.where((distance > 0.0) & ready, one, zero)
         psi = tl.where(ready, (dampening * tl.maximum(zero, one - tl.abs(distance))) / v_th, zero)
         refractory = tl.where(z > zero, n_refractory, tl.maximum(refractory - one, zero))
-        tl.store(spikes_ptr + t * plane + at, z, mask=mask)
-        tl.store(psi_ptr + t * plane + at, psi, mask=mask)
+        tl.store(spikes_ptr + t64 * plane + at, z, mask=mask)
+        tl.store(psi_ptr + t64 * plane + at, psi, mask=mask)
     tl.store(v_ptr + at, v, mask=mask)
     tl.store(z_ptr + at, z, mask=mask)
     tl.store(a_ptr + at, a, mask=mask)
@@ -113,18 +122,19 @@ def _lif_adjoint_kernel(
     ga = tl.zeros((ROWS, WIDTH), dtype=beta.dtype)
     for step in range(steps):
         t = steps - 1 - step
-        gz = tl.load(grad_spikes + t * plane + at, mask=mask, other=0.0)
+        t64 = tl.cast(t, tl.int64)
+        gz = tl.load(grad_spikes + t64 * plane + at, mask=mask, other=0.0)
         if RECURRENT:
             gz += tl.dot(gv, w, input_precision="ieee")
         if ADAPTIVE:
             gz += ga
         if not DETACH_RESET:
             gz -= v_th * gv
-        through = tl.load(psi_ptr + t * plane + at, mask=mask, other=0.0) * gz
+        through = tl.load(psi_ptr + t64 * plane + at, mask=mask, other=0.0) * gz
         gv = through + alpha * gv
         if ADAPTIVE:
             ga = rho * ga - beta * through
-        tl.store(grad_current + t * plane + at, gv, mask=mask)
+        tl.store(grad_current + t64 * plane + at, gv, mask=mask)
 
 
 @triton.jit
@@ -143,19 +153,20 @@ def _lif_forward_tiled_kernel(
     row_ok = rows < batch
     plane = batch * n
     for t in range(steps):
+        t64 = tl.cast(t, tl.int64)
         for j0 in range(0, n, TILE):
             cols = j0 + tl.arange(0, TILE)
             col_ok = cols < n
             mask = row_ok[:, None] & col_ok[None, :]
             at = rows[:, None] * n + cols[None, :]
-            drive = tl.load(current + t * plane + at, mask=mask, other=0.0)
+            drive = tl.load(current + t64 * plane + at, mask=mask, other=0.0)
             if RECURRENT:
                 recurrent = tl.zeros((ROWS, TILE), dtype=drive.dtype)
                 for i0 in range(0, n, TILE):
                     pre = i0 + tl.arange(0, TILE)
                     pre_ok = pre < n
                     z_pre = tl.load(
-                        z_history + t * plane + rows[:, None] * n + pre[None, :],
+                        z_history + t64 * plane + rows[:, None] * n + pre[None, :],
                         mask=row_ok[:, None] & pre_ok[None, :], other=0.0,
                     )  # fmt: skip
                     w = tl.load(
@@ -164,7 +175,7 @@ def _lif_forward_tiled_kernel(
                     )  # fmt: skip
                     recurrent += tl.dot(z_pre, w, input_precision="ieee")
                 drive += recurrent
-            z = tl.load(z_history + t * plane + at, mask=mask, other=0.0)
+            z = tl.load(z_history + t64 * plane + at, mask=mask, other=0.0)
             v = tl.load(v_ptr + at, mask=mask, other=0.0)
             a = tl.load(a_ptr + at, mask=mask, other=0.0)
             refractory = tl.load(refractory_ptr + at, mask=mask, other=0.0)
@@ -179,8 +190,8 @@ def _lif_forward_tiled_kernel(
                 ready, (dampening * tl.maximum(zero, one - tl.abs(distance))) / v_th, zero
             )
             refractory = tl.where(z > zero, n_refractory, tl.maximum(refractory - one, zero))
-            tl.store(z_history + (t + 1) * plane + at, z, mask=mask)
-            tl.store(psi_ptr + t * plane + at, psi, mask=mask)
+            tl.store(z_history + (t64 + 1) * plane + at, z, mask=mask)
+            tl.store(psi_ptr + t64 * plane + at, psi, mask=mask)
             tl.store(v_ptr + at, v, mask=mask)
             tl.store(a_ptr + at, a, mask=mask)
             tl.store(refractory_ptr + at, refractory, mask=mask)
@@ -202,18 +213,19 @@ def _lif_adjoint_tiled_kernel(
     plane = batch * n
     for step in range(steps):
         t = steps - 1 - step
+        t64 = tl.cast(t, tl.int64)
         for j0 in range(0, n, TILE):
             cols = j0 + tl.arange(0, TILE)
             col_ok = cols < n
             mask = row_ok[:, None] & col_ok[None, :]
             at = rows[:, None] * n + cols[None, :]
-            gz = tl.load(grad_spikes + t * plane + at, mask=mask, other=0.0)
+            gz = tl.load(grad_spikes + t64 * plane + at, mask=mask, other=0.0)
             if RECURRENT:
                 for i0 in range(0, n, TILE):
                     post = i0 + tl.arange(0, TILE)
                     post_ok = post < n
                     gv_post = tl.load(
-                        gv_history + (t + 1) * plane + rows[:, None] * n + post[None, :],
+                        gv_history + (t64 + 1) * plane + rows[:, None] * n + post[None, :],
                         mask=row_ok[:, None] & post_ok[None, :], other=0.0,
                     )  # fmt: skip
                     w = tl.load(
@@ -221,14 +233,14 @@ def _lif_adjoint_tiled_kernel(
                         mask=post_ok[:, None] & col_ok[None, :], other=0.0,
                     )  # fmt: skip
                     gz += tl.dot(gv_post, w, input_precision="ieee")
-            gv = tl.load(gv_history + (t + 1) * plane + at, mask=mask, other=0.0)
+            gv = tl.load(gv_history + (t64 + 1) * plane + at, mask=mask, other=0.0)
             if ADAPTIVE:
                 ga = tl.load(ga_ptr + at, mask=mask, other=0.0)
                 gz += ga
             if not DETACH_RESET:
                 gz -= v_th * gv
-            through = tl.load(psi_ptr + t * plane + at, mask=mask, other=0.0) * gz
-            tl.store(gv_history + t * plane + at, through + alpha * gv, mask=mask)
+            through = tl.load(psi_ptr + t64 * plane + at, mask=mask, other=0.0) * gz
+            tl.store(gv_history + t64 * plane + at, through + alpha * gv, mask=mask)
             if ADAPTIVE:
                 beta = tl.load(beta_ptr + cols, mask=col_ok, other=0.0)[None, :]
                 tl.store(ga_ptr + at, rho * ga - beta * through, mask=mask)
@@ -246,17 +258,18 @@ def _scan_kernel(
     acc = tl.load(initial + cols, mask=mask, other=0.0)
     for step in range(steps):
         t = steps - 1 - step if REVERSE else step
-        s = tl.load(signal + t * columns + cols, mask=mask, other=0.0)
+        t64 = tl.cast(t, tl.int64)
+        s = tl.load(signal + t64 * columns + cols, mask=mask, other=0.0)
         if FACTOR_PER_STEP:
-            f = tl.load(factor_ptr + t * columns + cols, mask=mask, other=0.0)
+            f = tl.load(factor_ptr + t64 * columns + cols, mask=mask, other=0.0)
         else:
             f = tl.load(factor_ptr)
         if SHIFTED:
-            tl.store(out + t * columns + cols, acc, mask=mask)
+            tl.store(out + t64 * columns + cols, acc, mask=mask)
             acc = s + f * acc
         else:
             acc = f * acc + s
-            tl.store(out + t * columns + cols, acc, mask=mask)
+            tl.store(out + t64 * columns + cols, acc, mask=mask)
     tl.store(last + cols, acc, mask=mask)
 
 
@@ -266,12 +279,47 @@ def _constants(like: torch.Tensor, *values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device)
 
 
+def _warps(width: int, dtype: torch.dtype) -> int:
+    """Warps per program for a resident block of ``width`` neurons: enough threads that the
+    per-step product does not spill registers (checked by compiling for sm_90 with ptxas:
+    float32 at 128 spills below 32 warps, float64 at 128 not from 8)."""
+    if width <= 32:
+        return 4
+    if width == 64 or dtype == torch.float64:
+        return 8
+    return 32
+
+
+TILED_WARPS = 8
+"""Warps per program of the tiled kernels (no spills at 64-wide tiles, by the same check)."""
+
+
+def _on_device(tensor: torch.Tensor):
+    """Triton launches on the current CUDA device, not the tensors': make it theirs."""
+    if tensor.is_cuda:
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
+def _check_state(current: torch.Tensor, *state: torch.Tensor) -> None:
+    """The kernels write the state in place through raw pointers: it must match exactly."""
+    k, batch, n = current.shape
+    for tensor in state:
+        if tensor.shape != (batch, n) or tensor.dtype != current.dtype:
+            raise ValueError(
+                f"state tensors must be ({batch}, {n}) {current.dtype}, got "
+                f"{tuple(tensor.shape)} {tensor.dtype}"
+            )
+        if not tensor.is_contiguous() or tensor.device != current.device:
+            raise ValueError("state tensors must be contiguous and on the currents' device")
+
+
 def _grid(batch: int, n: int = 1, width: int = 1) -> tuple[int, int]:
     return (triton.cdiv(batch, ROWS_PER_PROGRAM), triton.cdiv(n, width))
 
 
 def _resident_width(n: int, recurrent: bool, tile: int | None) -> int | None:
-    """The block width of the register-resident kernels, or None where the network is too
+    """The block width of the resident kernels, or None where the network is too
     wide for them. Without recurrence neurons are independent: any width, blocks side by side."""
     if not recurrent:
         return tile or min(_width(n), RESIDENT_WIDTH)
@@ -287,29 +335,36 @@ def lif_segment(
     ``w_rec`` ``(n, n)`` (post, pre), the state ``v, z, a, refractory`` ``(batch, n)`` updated in
     place; ``w_rec`` None: no recurrence (a feed-forward layer of LIF neurons, whose blocks of
     neurons run side by side). Returns spikes and pseudo-derivatives ``(k, batch, n)``. Up to
-    ``RESIDENT_WIDTH`` neurons the weights and state stay in registers; wider networks (or a
-    given ``tile``) stream ``W_rec`` in ``tile``-wide blocks."""
+    ``RESIDENT_WIDTH`` neurons the weights stay on chip; wider networks (or a given ``tile``)
+    stream ``W_rec`` in ``tile``-wide blocks."""
     k, batch, n = current.shape
     current = current.contiguous()
+    _check_state(current, v, z, a, refractory)
     constants = _constants(current, alpha, v_th, n_refractory, rho, dampening)
     beta = beta.to(current).contiguous()
+    if beta.shape != (n,):
+        raise ValueError(f"beta must be ({n},), got {tuple(beta.shape)}")
     psi = torch.empty_like(current)
     recurrent = w_rec is not None
-    w_rec_t = w_rec.T.contiguous() if recurrent else current  # not read without recurrence
+    # not read without recurrence
+    w_rec_t = w_rec.to(current).T.contiguous() if recurrent else current
     width = _resident_width(n, recurrent, tile)
-    if width is not None:
-        spikes = torch.empty_like(current)
-        _lif_forward_kernel[_grid(batch, n, width)](
-            current, w_rec_t, beta, v, z, a, refractory, spikes, psi, constants,
-            k, batch, n, RECURRENT=recurrent, ROWS=ROWS_PER_PROGRAM, WIDTH=width,
+    with _on_device(current):
+        if width is not None:
+            spikes = torch.empty_like(current)
+            _lif_forward_kernel[_grid(batch, n, width)](
+                current, w_rec_t, beta, v, z, a, refractory, spikes, psi, constants,
+                k, batch, n, RECURRENT=recurrent, ROWS=ROWS_PER_PROGRAM, WIDTH=width,
+                num_warps=_warps(width, current.dtype), enable_fp_fusion=False,
+            )  # fmt: skip
+            return spikes, psi
+        z_history = torch.empty((k + 1, batch, n), dtype=current.dtype, device=current.device)
+        z_history[0] = z
+        _lif_forward_tiled_kernel[_grid(batch)](
+            current, w_rec_t, beta, v, a, refractory, z_history, psi, constants,
+            k, batch, n, RECURRENT=recurrent, ROWS=ROWS_PER_PROGRAM, TILE=tile or TILE_WIDTH,
+            num_warps=TILED_WARPS, enable_fp_fusion=False,
         )  # fmt: skip
-        return spikes, psi
-    z_history = torch.empty((k + 1, batch, n), dtype=current.dtype, device=current.device)
-    z_history[0] = z
-    _lif_forward_tiled_kernel[_grid(batch)](
-        current, w_rec_t, beta, v, a, refractory, z_history, psi, constants,
-        k, batch, n, RECURRENT=recurrent, ROWS=ROWS_PER_PROGRAM, TILE=tile or TILE_WIDTH,
-    )  # fmt: skip
     z.copy_(z_history[-1])
     return z_history[1:], psi
 
@@ -325,22 +380,25 @@ def lif_adjoint(
     constants = _constants(psi, alpha, v_th, 0.0, rho, 0.0)
     flags = {"RECURRENT": w_rec is not None, "ADAPTIVE": bool((beta != 0).any()),
              "DETACH_RESET": bool(detach_reset)}  # fmt: skip
-    grad_spikes, psi = grad_spikes.contiguous(), psi.contiguous()
-    w_rec = psi if w_rec is None else w_rec.contiguous()  # not read without recurrence
+    grad_spikes, psi = grad_spikes.to(psi).contiguous(), psi.contiguous()
+    w_rec = psi if w_rec is None else w_rec.to(psi).contiguous()  # not read without recurrence
     width = _resident_width(n, flags["RECURRENT"], tile)
-    if width is not None:
-        grad_current = torch.empty_like(psi)
-        _lif_adjoint_kernel[_grid(batch, n, width)](
-            grad_spikes, psi, w_rec, beta, grad_current, constants, k, batch, n, **flags,
-            ROWS=ROWS_PER_PROGRAM, WIDTH=width,
+    with _on_device(psi):
+        if width is not None:
+            grad_current = torch.empty_like(psi)
+            _lif_adjoint_kernel[_grid(batch, n, width)](
+                grad_spikes, psi, w_rec, beta, grad_current, constants, k, batch, n, **flags,
+                ROWS=ROWS_PER_PROGRAM, WIDTH=width, num_warps=_warps(width, psi.dtype),
+                enable_fp_fusion=False,
+            )  # fmt: skip
+            return grad_current
+        gv_history = torch.zeros((k + 1, batch, n), dtype=psi.dtype, device=psi.device)
+        ga = torch.zeros((batch, n), dtype=psi.dtype, device=psi.device)
+        _lif_adjoint_tiled_kernel[_grid(batch)](
+            grad_spikes, psi, w_rec, beta, gv_history, ga, constants, k, batch, n, **flags,
+            ROWS=ROWS_PER_PROGRAM, TILE=tile or TILE_WIDTH, num_warps=TILED_WARPS,
+            enable_fp_fusion=False,
         )  # fmt: skip
-        return grad_current
-    gv_history = torch.zeros((k + 1, batch, n), dtype=psi.dtype, device=psi.device)
-    ga = torch.zeros((batch, n), dtype=psi.dtype, device=psi.device)
-    _lif_adjoint_tiled_kernel[_grid(batch)](
-        grad_spikes, psi, w_rec, beta, gv_history, ga, constants, k, batch, n, **flags,
-        ROWS=ROWS_PER_PROGRAM, TILE=tile or TILE_WIDTH,
-    )  # fmt: skip
     return gv_history[:-1]
 
 
@@ -361,12 +419,18 @@ def scan(
     columns = signal[0].numel()
     if initial is None:
         initial = signal.new_zeros(signal.shape[1:])
+    if initial.shape != signal.shape[1:]:
+        raise ValueError(f"initial must be {tuple(signal.shape[1:])}, got {tuple(initial.shape)}")
     per_step = isinstance(factor, torch.Tensor)
+    if per_step and factor.shape != signal.shape:
+        raise ValueError(f"factor must be a number or {tuple(signal.shape)}")
     factors = factor.to(signal).contiguous() if per_step else _constants(signal, factor)
     out, last = torch.empty_like(signal), torch.empty_like(signal[0])
     block = min(1024, _width(columns))
-    _scan_kernel[(triton.cdiv(columns, block),)](
-        signal, factors, initial.to(signal).contiguous(), out, last, k, columns,
-        REVERSE=reverse, SHIFTED=shifted, FACTOR_PER_STEP=per_step, BLOCK=block,
-    )  # fmt: skip
+    with _on_device(signal):
+        _scan_kernel[(triton.cdiv(columns, block),)](
+            signal, factors, initial.to(signal).contiguous(), out, last, k, columns,
+            REVERSE=reverse, SHIFTED=shifted, FACTOR_PER_STEP=per_step, BLOCK=block,
+            enable_fp_fusion=False,
+        )  # fmt: skip
     return out, last
