@@ -1,0 +1,182 @@
+"""The foraging agent of Golden et al. (2022) (the sleep-replay sheet, part A;
+docs/experiments/golden2022-foraging.md): a 49-784-8 spiking network that looks at the 7 x 7
+window of ``envs.foraging`` and picks one of 8 moves per movement cycle. Replicas (independent
+networks) are a batch dimension.
+
+What follows the paper:
+- 9 random input synapses per hidden neuron (from the 48 squares around the agent's own: the
+  centre square never holds a particle), and all-to-all hidden-to-output synapses.
+- Each excitatory hidden-to-output synapse is paired with an inhibitory one of minus the mean of
+  that hidden neuron's excitatory outputs (``plasticity.balanced_inhibition``).
+- A movement cycle of ``cycle`` steps. At its first step each input neuron whose square holds a
+  particle fires once. The move is the output with the most spikes in the first ``decision``
+  steps, ties broken at random, and without output spikes the previous move is repeated
+  (:func:`choose_moves`).
+- Exploration: a random move with probability ``exploration`` plus ``exploration_step`` for
+  every cycle since the last meal.
+
+What is ours: LIF neurons (``neurons.lif_step``, reset by subtraction) stand in for the paper's
+map-based ones, as the issue allows, with exponentially decaying synaptic currents (``tau_syn``)
+so that a single input volley spreads over several milliseconds as the map model's conductances
+do. The time constants, threshold and weight scales are this module's choices
+(:class:`ForagerParameters`); the paper does not give the map model's synaptic scales.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from neuroplastic.neurons.lif import LIFParameters, LIFState, initial_state, lif_step
+from neuroplastic.plasticity.homeostasis import balanced_inhibition
+
+
+@dataclass(frozen=True)
+class ForagerParameters:
+    view: int = 7
+    """Side of the input window (49 inputs)."""
+    hidden_side: int = 28
+    """Side of the hidden sheet (784 neurons)."""
+    n_moves: int = 8
+    """Outputs: the 3 x 3 grid without its centre."""
+    inputs_per_hidden: int = 9
+    """Random input synapses per hidden neuron."""
+    cycle: int = 600
+    """Steps per movement cycle (300 ms at 0.5 ms)."""
+    decision: int = 300
+    """Steps at the cycle's start whose output spikes choose the move."""
+    tau_m: float = 20.0
+    """Membrane time constant in steps (10 ms). Ours: the paper's neurons are map-based."""
+    tau_syn: float = 10.0
+    """Synaptic current decay in steps (5 ms). Ours."""
+    v_th: float = 1.0
+    """Firing threshold (LIF units)."""
+    input_weight: float = 0.5
+    """Mean initial input-to-hidden weight (uniform on [0, 2x)). Ours."""
+    output_weight: float = 0.05
+    """Initial hidden-to-output weight, the same for every synapse (the paper: all equal)."""
+    release_noise: float = 0.12
+    """Each synaptic event onto an output is scaled by a draw from U[1 - r, 1 + r] (the paper's
+    R): with all weights equal and inhibition balanced, it is what first makes outputs fire."""
+    exploration: float = 0.01
+    """Probability of a random move."""
+    exploration_step: float = 0.01
+    """Added to it for every movement cycle since the last meal."""
+
+
+class CycleRecord(NamedTuple):
+    counts: Tensor
+    """``(replicas, n_moves)``: output spikes in the decision window."""
+    hidden_spikes: Tensor
+    """``(replicas, n_hidden)``: hidden spikes over the whole cycle."""
+
+
+def choose_moves(
+    counts: Tensor, last_moves: Tensor, hungry_cycles: Tensor, params: ForagerParameters,
+    generator: torch.Generator,
+) -> Tensor:  # fmt: skip
+    """The paper's policy for each replica: the output with the most spikes (ties at random),
+    the previous move if no output spiked, and with probability ``exploration +
+    exploration_step * hungry_cycles`` a uniformly random move instead. ``counts``
+    ``(replicas, n_moves)``; returns ``(replicas,)`` long."""
+    replicas, n_moves = counts.shape
+    noise = torch.rand(replicas, n_moves, generator=generator, device=counts.device)
+    best = counts.max(1, keepdim=True).values
+    tied = counts == best
+    chosen = torch.where(tied, noise, -1.0).argmax(1)  # a uniform draw among the tied
+    chosen = torch.where(best[:, 0] > 0, chosen, last_moves)
+    explore_p = params.exploration + params.exploration_step * hungry_cycles.to(noise.dtype)
+    explore = torch.rand(replicas, generator=generator, device=counts.device) < explore_p
+    random_moves = torch.randint(0, n_moves, (replicas,), generator=generator,
+                                 device=counts.device)  # fmt: skip
+    return torch.where(explore, random_moves, chosen)
+
+
+class Forager:
+    """``replicas`` independent agents. Weights: ``w_in`` ``(replicas, n_hidden, 49)`` (zero off
+    each hidden neuron's 9 synapses, ``in_mask``), ``w_out`` ``(replicas, n_moves, n_hidden)``
+    excitatory; the inhibition is derived from ``w_out`` each cycle. :meth:`run_cycle` simulates
+    one movement cycle; plasticity rules observe it through ``observe(pre, post)`` callbacks."""
+
+    def __init__(
+        self, replicas: int, params: ForagerParameters = ForagerParameters(), seed: int = 0,
+        dtype: torch.dtype = torch.float32, device=None,
+    ):  # fmt: skip
+        self.params, self.replicas = params, replicas
+        gen = torch.Generator().manual_seed(seed)
+        n_in, n_hidden = params.view**2, params.hidden_side**2
+        centre = n_in // 2
+        candidates = torch.tensor([i for i in range(n_in) if i != centre])
+        scores = torch.rand(replicas, n_hidden, len(candidates), generator=gen)
+        chosen = candidates[scores.argsort(-1)[..., : params.inputs_per_hidden]]
+        mask = torch.zeros(replicas, n_hidden, n_in)
+        mask.scatter_(2, chosen, 1.0)
+        self.in_mask = mask.to(dtype=dtype, device=device)
+        weights = torch.rand(replicas, n_hidden, n_in, generator=gen) * 2 * params.input_weight
+        self.w_in = weights.to(dtype=dtype, device=device) * self.in_mask
+        self.w_out = torch.full((replicas, params.n_moves, n_hidden), params.output_weight,
+                                dtype=dtype, device=device)  # fmt: skip
+        self.neuron = LIFParameters(math.exp(-1.0 / params.tau_m), params.v_th)
+        self.synapse = math.exp(-1.0 / params.tau_syn)
+
+    def _noisy(self, weights: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``weights`` with each synaptic event scaled by U[1 - r, 1 + r] (release noise)."""
+        r = self.params.release_noise
+        if not r:
+            return weights
+        draw = torch.rand(weights.shape, generator=generator, dtype=weights.dtype)
+        return weights * (1 + r * (2 * draw.to(weights.device) - 1))
+
+    @property
+    def n_hidden(self) -> int:
+        return self.w_in.shape[1]
+
+    def run_cycle(
+        self, window: Tensor, generator: torch.Generator | None = None, observe_input=None,
+        observe_output=None,
+    ) -> CycleRecord:  # fmt: skip
+        """One movement cycle from rest on the replicas' views ``window``
+        ``(replicas, view, view)``; ``generator`` draws the release noise. ``observe_input(pre,
+        post)`` and ``observe_output(pre, post)``, if given, are called every step with the
+        input/hidden and hidden/output spikes (for plasticity rules)."""
+        p = self.params
+        dtype, device = self.w_in.dtype, self.w_in.device
+        volley = window.reshape(self.replicas, -1).to(dtype=dtype, device=device)
+        silent = torch.zeros_like(volley)
+        hidden = initial_state(self.replicas, self.n_hidden, dtype=dtype, device=device)
+        output = initial_state(self.replicas, p.n_moves, dtype=dtype, device=device)
+        hidden_current = torch.zeros(self.replicas, self.n_hidden, dtype=dtype, device=device)
+        output_current = torch.zeros(self.replicas, p.n_moves, dtype=dtype, device=device)
+        inhibition = balanced_inhibition(self.w_out)
+        counts = torch.zeros(self.replicas, p.n_moves, dtype=dtype, device=device)
+        hidden_total = torch.zeros(self.replicas, self.n_hidden, dtype=dtype, device=device)
+        for t in range(p.cycle):
+            inputs = volley if t == 0 else silent
+            previous_hidden = hidden.z
+            hidden_current = self.synapse * hidden_current + torch.einsum(
+                "rhi,ri->rh", self.w_in, inputs
+            )
+            z_hidden, hidden = _step(hidden_current, hidden, self.neuron)
+            drive = torch.zeros_like(output_current)
+            if previous_hidden.any():
+                weights = self._noisy(self.w_out, generator) + self._noisy(inhibition, generator)
+                drive = torch.einsum("roh,rh->ro", weights, previous_hidden)
+            output_current = self.synapse * output_current + drive
+            z_output, output = _step(output_current, output, self.neuron)
+            if t < p.decision:
+                counts += z_output
+            hidden_total += z_hidden
+            if observe_input is not None:
+                observe_input(inputs, z_hidden)
+            if observe_output is not None:
+                observe_output(z_hidden, z_output)
+        return CycleRecord(counts, hidden_total)
+
+
+def _step(current: Tensor, state: LIFState, params: LIFParameters) -> tuple[Tensor, LIFState]:
+    with torch.no_grad():
+        return lif_step(current, state, params)

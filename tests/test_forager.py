@@ -1,0 +1,62 @@
+"""The foraging agent (``models.forager``): the paper's wiring and move policy, and a first
+check that a view drives the network."""
+
+import torch
+
+from neuroplastic.envs import ForagingWorlds
+from neuroplastic.models.forager import Forager, ForagerParameters, choose_moves
+
+PARAMS = ForagerParameters()
+
+
+def test_each_hidden_neuron_has_nine_inputs_none_from_the_agents_own_square():
+    agent = Forager(3, seed=0)
+    per_neuron = agent.in_mask.sum(-1)
+    assert torch.equal(per_neuron, torch.full_like(per_neuron, 9.0))
+    assert agent.in_mask[..., 24].sum() == 0  # the centre of the 7 x 7 window
+    assert (agent.w_in[agent.in_mask == 0] == 0).all() and (agent.w_in >= 0).all()
+    assert not torch.equal(agent.in_mask[0], agent.in_mask[1])  # replicas differ
+    assert torch.equal(agent.w_out, torch.full_like(agent.w_out, PARAMS.output_weight))
+
+
+def test_the_policy_follows_the_most_active_output_and_breaks_ties_at_random():
+    gen = torch.Generator().manual_seed(0)
+    quiet = ForagerParameters(exploration=0.0, exploration_step=0.0)
+    counts = torch.tensor([[0.0, 3, 1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]])
+    last = torch.tensor([5, 6])
+    moves = choose_moves(counts, last, torch.zeros(2), quiet, gen)
+    assert moves.tolist() == [1, 6]  # the winner; no spikes: the last move again
+    tied = torch.tensor([[2.0, 0, 2, 0, 0, 0, 0, 0]]).repeat(4000, 1)
+    picks = choose_moves(tied, torch.zeros(4000, dtype=torch.long), torch.zeros(4000), quiet, gen)
+    assert set(picks.tolist()) == {0, 2}
+    assert abs((picks == 0).float().mean().item() - 0.5) < 0.03
+
+
+def test_exploration_grows_with_the_cycles_since_the_last_meal():
+    gen = torch.Generator().manual_seed(1)
+    counts = torch.zeros(20000, 8)
+    counts[:, 3] = 5.0  # the network always says 3
+    last = torch.zeros(20000, dtype=torch.long)
+    for hungry, expected in ((0, 0.01), (9, 0.10)):
+        moves = choose_moves(counts, last, torch.full((20000,), float(hungry)), PARAMS, gen)
+        changed = (moves != 3).float().mean().item()  # a random move is 3 one time in 8
+        assert abs(changed - expected * 7 / 8) < 0.01
+
+
+def test_a_view_drives_hidden_and_output_spikes_within_the_cycle():
+    worlds = ForagingWorlds(2, "unsupervised", seed=0)
+    agent = Forager(2, ForagerParameters(cycle=60, decision=30, output_weight=0.5), seed=0)
+    window = torch.zeros(2, 7, 7)
+    window[:, 2, 1:5] = 1.0  # a row of lit squares
+    seen = []
+    gen = torch.Generator().manual_seed(0)
+    record = agent.run_cycle(window, gen, observe_output=lambda pre, post: seen.append(post))
+    assert len(seen) == 60
+    assert record.hidden_spikes.sum() > 0
+    # equal weights and balanced inhibition: only the release noise makes outputs fire
+    assert record.counts.sum() > 0
+    agent.params = ForagerParameters(cycle=60, decision=30, output_weight=0.5, release_noise=0)
+    assert agent.run_cycle(window, gen).counts.sum() == 0
+    blank = agent.run_cycle(torch.zeros(2, 7, 7))
+    assert blank.hidden_spikes.sum() == 0 and blank.counts.sum() == 0  # no input, no activity
+    assert worlds.observe().shape == (2, 7, 7)
