@@ -60,3 +60,18 @@ def test_a_view_drives_hidden_and_output_spikes_within_the_cycle():
     blank = agent.run_cycle(torch.zeros(2, 7, 7))
     assert blank.hidden_spikes.sum() == 0 and blank.counts.sum() == 0  # no input, no activity
     assert worlds.observe().shape == (2, 7, 7)
+
+
+def test_a_cycle_stops_early_only_when_nothing_can_happen_any_more():
+    """Without observers the cycle ends once no neuron can reach threshold: the record is the
+    one of the full 600 steps (release noise included: no events, no draws)."""
+    worlds = ForagingWorlds(3, "unsupervised", seed=2)
+    agent = Forager(3, ForagerParameters(output_weight=0.3), seed=1)
+    window = worlds.observe()
+    fast = agent.run_cycle(window, torch.Generator().manual_seed(5))
+    steps = []
+    full = agent.run_cycle(window, torch.Generator().manual_seed(5),
+                           observe_output=lambda pre, post: steps.append(post))  # fmt: skip
+    assert len(steps) == 600 and full.hidden_spikes.sum() > 0 and full.counts.sum() > 0
+    assert torch.equal(fast.counts, full.counts)
+    assert torch.equal(fast.hidden_spikes, full.hidden_spikes)

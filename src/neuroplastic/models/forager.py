@@ -174,7 +174,26 @@ class Forager:
                 observe_input(inputs, z_hidden)
             if observe_output is not None:
                 observe_output(z_hidden, z_output)
+            elif observe_input is None and t > 0 and self._quiet(hidden, hidden_current,
+                                                                 output, output_current):
+                break  # nothing left to happen this cycle: the rest would be all zeros
         return CycleRecord(counts, hidden_total)
+
+    def _quiet(self, hidden: LIFState, hidden_current: Tensor, output: LIFState,
+               output_current: Tensor) -> bool:  # fmt: skip
+        """Whether no neuron can spike again this cycle without new input. With no spikes the
+        currents only decay, so a potential can rise by at most ``|I| s / (1 - s)`` above
+        ``|v|`` (``s`` the synaptic decay); if that stays under the threshold everywhere, the
+        cycle is over. Exact, not an approximation; used only when no rule observes the cycle
+        (a rule counts its steps)."""
+        if hidden.z.any() or output.z.any():
+            return False
+        s = self.synapse
+        reach = s / (1 - s)
+        for state, current in ((hidden, hidden_current), (output, output_current)):
+            if (state.v.abs() + current.abs() * reach >= self.params.v_th).any():
+                return False
+        return True
 
 
 def _step(current: Tensor, state: LIFState, params: LIFParameters) -> tuple[Tensor, LIFState]:
