@@ -50,7 +50,15 @@ def test_a_view_drives_hidden_and_output_spikes_within_the_cycle():
     window[:, 2, 1:5] = 1.0  # a row of lit squares
     seen = []
     gen = torch.Generator().manual_seed(0)
-    record = agent.run_cycle(window, gen, observe_output=lambda pre, post: seen.append(post))
+
+    class Recorder:
+        def step(self, pre, post):
+            seen.append(post)
+
+        def skip(self, steps):
+            seen.extend([None] * steps)
+
+    record = agent.run_cycle(window, gen, output_rule=Recorder())
     assert len(seen) == 60
     assert record.hidden_spikes.sum() > 0
     # equal weights and balanced inhibition: only the release noise makes outputs fire
@@ -62,16 +70,33 @@ def test_a_view_drives_hidden_and_output_spikes_within_the_cycle():
     assert worlds.observe().shape == (2, 7, 7)
 
 
-def test_a_cycle_stops_early_only_when_nothing_can_happen_any_more():
-    """Without observers the cycle ends once no neuron can reach threshold: the record is the
-    one of the full 600 steps (release noise included: no events, no draws)."""
+def test_skipping_a_cycles_quiet_rest_changes_nothing():
+    """Once no neuron can reach threshold the cycle's rest is skipped; the records, and the
+    state of a reward-modulated STDP rule told to skip, equal stepping through all 600 steps."""
+    from neuroplastic.plasticity import RewardSTDP
+
     worlds = ForagingWorlds(3, "unsupervised", seed=2)
     agent = Forager(3, ForagerParameters(output_weight=0.3), seed=1)
     window = worlds.observe()
-    fast = agent.run_cycle(window, torch.Generator().manual_seed(5))
-    steps = []
-    full = agent.run_cycle(window, torch.Generator().manual_seed(5),
-                           observe_output=lambda pre, post: steps.append(post))  # fmt: skip
-    assert len(steps) == 600 and full.hidden_spikes.sum() > 0 and full.counts.sum() > 0
+
+    class Stepping(RewardSTDP):  # never skips: steps through the quiet rest with zeros
+        def skip(self, steps):
+            zeros_pre = torch.zeros(3, agent.n_hidden)
+            zeros_post = torch.zeros(3, 8)
+            for _ in range(steps):
+                self.step(zeros_pre, zeros_post)
+
+    results = []
+    for cls in (RewardSTDP, Stepping):
+        weight = torch.nn.Parameter(agent.w_out.clone())
+        rule = cls(weight)
+        record = agent.run_cycle(window, torch.Generator().manual_seed(5), output_rule=rule)
+        change = rule.reward(torch.ones(3))
+        results.append((record, change, rule.state.stdp.step))
+    (fast, fast_change, fast_steps), (full, full_change, full_steps) = results
+    assert fast_steps == full_steps == 600
+    assert full.hidden_spikes.sum() > 0 and full.counts.sum() > 0
     assert torch.equal(fast.counts, full.counts)
     assert torch.equal(fast.hidden_spikes, full.hidden_spikes)
+    assert fast_change.abs().sum() > 0
+    assert torch.allclose(fast_change, full_change, rtol=1e-5, atol=1e-12)

@@ -72,3 +72,32 @@ def test_the_rule_writes_minus_the_change_into_grad():
     assert weight.item() == pytest.approx(0.04 * math.exp(-20 / 80), rel=1e-12)
     with pytest.raises(ValueError, match="n_pre=1 and n_post=1"):
         rule.step(torch.zeros(1, 2), torch.zeros(1, 1))
+
+
+@pytest.mark.parametrize("gap", [5, 121, 300])
+def test_skipping_silent_steps_equals_stepping_through_them(gap):
+    """Spikes, a silent gap (inside and beyond the window), then spikes again."""
+    from neuroplastic.plasticity.stdp import skip_silent
+
+    gen = torch.Generator().manual_seed(1)
+    before = (torch.rand(50, 2, 4, generator=gen) < 0.1).double()
+    after = (torch.rand(50, 2, 4, generator=gen) < 0.1).double()
+    totals = []
+    for skipping in (False, True):
+        state = initial_state((2,), 4, 4, PARAMS, dtype=torch.float64)
+        total = torch.zeros(2, 4, 4, dtype=torch.float64)
+        for s in before:
+            change, state = stdp_step(s, s.flip(-1), state, PARAMS)
+            total += change
+        if skipping:
+            state = skip_silent(state, gap, PARAMS)
+        else:
+            zeros = torch.zeros(2, 4, dtype=torch.float64)
+            for _ in range(gap):
+                change, state = stdp_step(zeros, zeros, state, PARAMS)
+                total += change
+        for s in after:
+            change, state = stdp_step(s, s.flip(-1), state, PARAMS)
+            total += change
+        totals.append(total)
+    assert torch.allclose(totals[0], totals[1], rtol=1e-12, atol=1e-15)

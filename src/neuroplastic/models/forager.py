@@ -100,7 +100,7 @@ class Forager:
     """``replicas`` independent agents. Weights: ``w_in`` ``(replicas, n_hidden, 49)`` (zero off
     each hidden neuron's 9 synapses, ``in_mask``), ``w_out`` ``(replicas, n_moves, n_hidden)``
     excitatory; the inhibition is derived from ``w_out`` each cycle. :meth:`run_cycle` simulates
-    one movement cycle; plasticity rules observe it through ``observe(pre, post)`` callbacks."""
+    one movement cycle; plasticity rules see it through ``step(pre, post)`` and ``skip(steps)``."""
 
     def __init__(
         self, replicas: int, params: ForagerParameters = ForagerParameters(), seed: int = 0,
@@ -136,13 +136,15 @@ class Forager:
         return self.w_in.shape[1]
 
     def run_cycle(
-        self, window: Tensor, generator: torch.Generator | None = None, observe_input=None,
-        observe_output=None,
+        self, window: Tensor, generator: torch.Generator | None = None, input_rule=None,
+        output_rule=None,
     ) -> CycleRecord:  # fmt: skip
         """One movement cycle from rest on the replicas' views ``window``
-        ``(replicas, view, view)``; ``generator`` draws the release noise. ``observe_input(pre,
-        post)`` and ``observe_output(pre, post)``, if given, are called every step with the
-        input/hidden and hidden/output spikes (for plasticity rules)."""
+        ``(replicas, view, view)``; ``generator`` draws the release noise. ``input_rule`` and
+        ``output_rule`` (plasticity rules, e.g. ``plasticity.STDP``, ``RewardSTDP``), if given,
+        see every step's input/hidden and hidden/output spikes through ``step(pre, post)``.
+        Once no neuron can reach threshold again the cycle's quiet rest is skipped, the rules
+        told through ``skip(steps)`` (tested equal to stepping through it)."""
         p = self.params
         dtype, device = self.w_in.dtype, self.w_in.device
         volley = window.reshape(self.replicas, -1).to(dtype=dtype, device=device)
@@ -170,12 +172,14 @@ class Forager:
             if t < p.decision:
                 counts += z_output
             hidden_total += z_hidden
-            if observe_input is not None:
-                observe_input(inputs, z_hidden)
-            if observe_output is not None:
-                observe_output(z_hidden, z_output)
-            elif observe_input is None and t > 0 and self._quiet(hidden, hidden_current,
-                                                                 output, output_current):
+            for rule, pre, post in ((input_rule, inputs, z_hidden),
+                                    (output_rule, z_hidden, z_output)):  # fmt: skip
+                if rule is not None:
+                    rule.step(pre, post)
+            if t > 0 and self._quiet(hidden, hidden_current, output, output_current):
+                for rule in (input_rule, output_rule):
+                    if rule is not None:
+                        rule.skip(p.cycle - 1 - t)
                 break  # nothing left to happen this cycle: the rest would be all zeros
         return CycleRecord(counts, hidden_total)
 
@@ -184,8 +188,7 @@ class Forager:
         """Whether no neuron can spike again this cycle without new input. With no spikes the
         currents only decay, so a potential can rise by at most ``|I| s / (1 - s)`` above
         ``|v|`` (``s`` the synaptic decay); if that stays under the threshold everywhere, the
-        cycle is over. Exact, not an approximation; used only when no rule observes the cycle
-        (a rule counts its steps)."""
+        cycle is over. Exact, not an approximation."""
         if hidden.z.any() or output.z.any():
             return False
         s = self.synapse

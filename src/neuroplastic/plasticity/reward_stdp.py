@@ -31,7 +31,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from neuroplastic.plasticity.stdp import FORAGING, STDPParameters, STDPState, stdp_step
+from neuroplastic.plasticity.stdp import (
+    FORAGING,
+    STDPParameters,
+    STDPState,
+    skip_silent,
+    stdp_step,
+)
 from neuroplastic.plasticity.stdp import initial_state as stdp_initial_state
 
 
@@ -80,6 +86,13 @@ def eligibility_step(
             weight = 1.0 / (reward_step - t + params.offset)
             state.pending[(cycle + ahead) % params.cycles_kept] += weight * change
     return RewardSTDPState(stdp, state.pending)
+
+
+def skip_silent_steps(
+    state: RewardSTDPState, steps: int, params: RewardSTDPParameters = GOLDEN2022
+) -> RewardSTDPState:
+    """``steps`` steps without spikes: no trace is made, only the STDP traces advance."""
+    return RewardSTDPState(skip_silent(state.stdp, steps, params.stdp), state.pending)
 
 
 def reward_change(

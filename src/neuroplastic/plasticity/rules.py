@@ -13,9 +13,16 @@ from neuroplastic.plasticity.reward_stdp import (
     RewardSTDPParameters,
     eligibility_step,
     reward_change,
+    skip_silent_steps,
 )
 from neuroplastic.plasticity.reward_stdp import initial_state as reward_initial_state
-from neuroplastic.plasticity.stdp import FORAGING, STDPParameters, initial_state, stdp_step
+from neuroplastic.plasticity.stdp import (
+    FORAGING,
+    STDPParameters,
+    initial_state,
+    skip_silent,
+    stdp_step,
+)
 
 
 class STDP:
@@ -50,6 +57,11 @@ class STDP:
         change, self.state = stdp_step(pre.to(self.weight), post.to(self.weight), self.state,
                                        self.params)  # fmt: skip
         self.change += change.reshape(-1, n_post, n_pre).sum(0)
+
+    def skip(self, steps: int) -> None:
+        """``steps`` steps in which neither side spikes."""
+        if self.state is not None:
+            self.state = skip_silent(self.state, steps, self.params)
 
     @torch.no_grad()
     def write(self) -> None:
@@ -91,6 +103,10 @@ class RewardSTDP:
             )
         self.state = eligibility_step(pre.to(self.weight), post.to(self.weight), self.state,
                                       self.params)  # fmt: skip
+
+    def skip(self, steps: int) -> None:
+        """``steps`` steps in which neither side spikes (a quiet end of a movement cycle)."""
+        self.state = skip_silent_steps(self.state, steps, self.params)
 
     @torch.no_grad()
     def reward(self, value) -> torch.Tensor:

@@ -104,3 +104,26 @@ def stdp_step(
     state.pre_history[slot] = pre
     state.post_history[slot] = post
     return change, STDPState(pre_trace, post_trace, state.pre_history, state.post_history, step + 1)
+
+
+def skip_silent(state: STDPState, steps: int, params: STDPParameters = FORAGING) -> STDPState:
+    """``steps`` steps without a spike on either side, at the cost of the traces alone: no pair
+    forms (``dW`` would be zero), the traces decay and old spikes leave the window. Equal to
+    ``steps`` calls of :func:`stdp_step` with zero spikes."""
+    if steps <= 0:
+        return state
+    pre_trace, post_trace, step = state.pre_trace, state.post_trace, state.step
+    slots = params.window + 1
+    if steps > slots:  # everything has left the window
+        state.pre_history.zero_()
+        state.post_history.zero_()
+        return STDPState(torch.zeros_like(pre_trace), torch.zeros_like(post_trace),
+                         state.pre_history, state.post_history, step + steps)  # fmt: skip
+    decay = math.exp(-1.0 / params.tau)
+    for _ in range(steps):
+        pre_trace = _advance(pre_trace, state.pre_history, step, decay, params.window)
+        post_trace = _advance(post_trace, state.post_history, step, decay, params.window)
+        state.pre_history[step % slots] = 0
+        state.post_history[step % slots] = 0
+        step += 1
+    return STDPState(pre_trace, post_trace, state.pre_history, state.post_history, step)
