@@ -101,3 +101,15 @@ def test_skipping_silent_steps_equals_stepping_through_them(gap):
             total += change
         totals.append(total)
     assert torch.allclose(totals[0], totals[1], rtol=1e-12, atol=1e-15)
+
+
+def test_a_replica_weight_keeps_one_change_per_replica():
+    weight = torch.nn.Parameter(torch.zeros(2, 1, 1, dtype=torch.float64))
+    rule = STDP(weight, PARAMS)
+    for t in range(40):  # replica 0: pre then post; replica 1: post then pre
+        pre = torch.tensor([[float(t == 10)], [float(t == 30)]], dtype=torch.float64)
+        post = torch.tensor([[float(t == 30)], [float(t == 10)]], dtype=torch.float64)
+        rule.step(pre, post)
+    rule.write()
+    expected = 0.04 * math.exp(-20 / 80)
+    assert weight.grad.flatten().tolist() == pytest.approx([-expected, expected], rel=1e-12)

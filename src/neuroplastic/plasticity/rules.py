@@ -28,13 +28,17 @@ from neuroplastic.plasticity.stdp import (
 class STDP:
     """Windowed all-pairs STDP (``plasticity.stdp``) on ``weight`` ``(n_post, n_pre)``.
     ``step(pre, post)`` takes one time step's spikes ``(batch, n_pre)``, ``(batch, n_post)``
-    (or unbatched) and accumulates the change, summed over the batch; ``write()`` adds minus the
-    accumulated change to ``weight.grad`` and clears it; ``reset()`` forgets the spike history
-    (a new trial)."""
+    (or unbatched) and accumulates the change, summed over the batch; a 3-d weight ``(replicas,
+    n_post, n_pre)`` with spikes ``(replicas, n)`` keeps one change per replica. ``write()`` adds
+    minus the accumulated change to ``weight.grad`` and clears it; ``reset()`` forgets the spike
+    history (a new trial)."""
 
     def __init__(self, weight: nn.Parameter, params: STDPParameters = FORAGING):
-        if weight.dim() != 2:
-            raise ValueError(f"STDP needs a (n_post, n_pre) weight, got {tuple(weight.shape)}")
+        if weight.dim() not in (2, 3):
+            raise ValueError(
+                f"STDP needs a (n_post, n_pre) or (replicas, n_post, n_pre) weight, got "
+                f"{tuple(weight.shape)}"
+            )
         self.weight, self.params = weight, params
         self.state = None
         self.change = torch.zeros_like(weight)
@@ -43,7 +47,7 @@ class STDP:
         self.state = None
 
     def step(self, pre: torch.Tensor, post: torch.Tensor) -> None:
-        n_post, n_pre = self.weight.shape
+        n_post, n_pre = self.weight.shape[-2:]
         if pre.shape[-1] != n_pre or post.shape[-1] != n_post:
             raise ValueError(
                 f"spikes must end in n_pre={n_pre} and n_post={n_post}, got {tuple(pre.shape)} "
@@ -56,7 +60,10 @@ class STDP:
             )  # fmt: skip
         change, self.state = stdp_step(pre.to(self.weight), post.to(self.weight), self.state,
                                        self.params)  # fmt: skip
-        self.change += change.reshape(-1, n_post, n_pre).sum(0)
+        if self.weight.dim() == 3:  # one network per replica
+            self.change += change
+        else:
+            self.change += change.reshape(-1, n_post, n_pre).sum(0)
 
     def skip(self, steps: int) -> None:
         """``steps`` steps in which neither side spikes."""
