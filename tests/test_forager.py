@@ -100,3 +100,21 @@ def test_skipping_a_cycles_quiet_rest_changes_nothing():
     assert torch.equal(fast.hidden_spikes, full.hidden_spikes)
     assert fast_change.abs().sum() > 0
     assert torch.allclose(fast_change, full_change, rtol=1e-5, atol=1e-12)
+
+
+def test_in_sleep_hidden_neurons_fire_at_their_waking_rates_and_drive_the_outputs():
+    from neuroplastic.plasticity import RewardSTDP
+
+    agent = Forager(2, ForagerParameters(output_weight=0.3), seed=0)
+    gen = torch.Generator().manual_seed(3)
+    rates = torch.full((2, agent.n_hidden), 0.01)
+    rates[1, :392] = 0.03  # replica 1: half its neurons three times as active
+    rule = RewardSTDP(torch.nn.Parameter(agent.w_out.clone()))
+    record = agent.sleep_cycle(rates, gen, output_rule=rule)
+    per_step = record.hidden_spikes / 600
+    assert abs(per_step[0].mean().item() - 0.01) < 0.001
+    assert abs(per_step[1, :392].mean().item() - 0.03) < 0.002
+    assert record.counts.sum() > 0 and rule.state.stdp.step == 600
+    assert rule.reward(torch.full((2,), 0.5)).abs().sum() > 0  # sleep's constant reward
+    silent = agent.sleep_cycle(torch.zeros(2, agent.n_hidden), gen)
+    assert silent.hidden_spikes.sum() == 0 and silent.counts.sum() == 0

@@ -183,6 +183,39 @@ class Forager:
                 break  # nothing left to happen this cycle: the rest would be all zeros
         return CycleRecord(counts, hidden_total)
 
+    def sleep_cycle(
+        self, rates: Tensor, generator: torch.Generator | None = None, output_rule=None
+    ) -> CycleRecord:
+        """One movement cycle of sleep (the paper's): no input, no movement, and each hidden
+        neuron fires as a Poisson process at ``rates`` ``(replicas, n_hidden)`` spikes per step
+        (its average rate while awake). The outputs run as when awake, and ``output_rule`` sees
+        hidden and output spikes every step. The caller closes the cycle with the rule's
+        constant sleep reward (``rule.reward(0.5)`` in the paper)."""
+        p = self.params
+        dtype, device = self.w_out.dtype, self.w_out.device
+        rates = rates.to(dtype=dtype, device=device)
+        output = initial_state(self.replicas, p.n_moves, dtype=dtype, device=device)
+        output_current = torch.zeros(self.replicas, p.n_moves, dtype=dtype, device=device)
+        inhibition = balanced_inhibition(self.w_out)
+        counts = torch.zeros(self.replicas, p.n_moves, dtype=dtype, device=device)
+        hidden_total = torch.zeros(self.replicas, self.n_hidden, dtype=dtype, device=device)
+        previous_hidden = torch.zeros_like(hidden_total)
+        for _ in range(p.cycle):
+            draw = torch.rand(rates.shape, generator=generator, dtype=dtype).to(device)
+            z_hidden = (draw < rates).to(dtype)
+            drive = torch.zeros_like(output_current)
+            if previous_hidden.any():
+                weights = self._noisy(self.w_out, generator) + self._noisy(inhibition, generator)
+                drive = torch.einsum("roh,rh->ro", weights, previous_hidden)
+            output_current = self.synapse * output_current + drive
+            z_output, output = _step(output_current, output, self.neuron)
+            counts += z_output
+            hidden_total += z_hidden
+            if output_rule is not None:
+                output_rule.step(z_hidden, z_output)
+            previous_hidden = z_hidden
+        return CycleRecord(counts, hidden_total)
+
     def _quiet(self, hidden: LIFState, hidden_current: Tensor, output: LIFState,
                output_current: Tensor) -> bool:  # fmt: skip
         """Whether no neuron can spike again this cycle without new input. With no spikes the
