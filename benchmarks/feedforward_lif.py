@@ -21,10 +21,9 @@ library offers it.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from rsnn_step import median_seconds  # the same timing as the recurrent benchmark
 
 from neuroplastic.kernels import resolve_backend
 from neuroplastic.kernels.rsnn_functions import RecurrentSpikes
@@ -127,22 +126,6 @@ def norse_step(args):
         spikes.sum().backward()
 
     return step
-
-
-def median_seconds(step, repeats: int, device: str) -> float:
-    def synchronise() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    step()
-    synchronise()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        synchronise()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -123,6 +123,16 @@ class Forager:
         self.neuron = LIFParameters(math.exp(-1.0 / params.tau_m), params.v_th)
         self.synapse = math.exp(-1.0 / params.tau_syn)
 
+    def _output_drive(
+        self, hidden_spikes: Tensor, inhibition: Tensor, generator: torch.Generator | None
+    ) -> Tensor:
+        """The outputs' synaptic input from last step's hidden spikes, excitation and balanced
+        inhibition each with release noise (no draws when no hidden neuron spiked)."""
+        if not hidden_spikes.any():
+            return hidden_spikes.new_zeros(self.replicas, self.params.n_moves)
+        weights = self._noisy(self.w_out, generator) + self._noisy(inhibition, generator)
+        return torch.einsum("roh,rh->ro", weights, hidden_spikes)
+
     def _noisy(self, weights: Tensor, generator: torch.Generator | None) -> Tensor:
         """``weights`` with each synaptic event scaled by U[1 - r, 1 + r] (release noise)."""
         r = self.params.release_noise
@@ -163,11 +173,9 @@ class Forager:
                 "rhi,ri->rh", self.w_in, inputs
             )
             z_hidden, hidden = _step(hidden_current, hidden, self.neuron)
-            drive = torch.zeros_like(output_current)
-            if previous_hidden.any():
-                weights = self._noisy(self.w_out, generator) + self._noisy(inhibition, generator)
-                drive = torch.einsum("roh,rh->ro", weights, previous_hidden)
-            output_current = self.synapse * output_current + drive
+            output_current = self.synapse * output_current + self._output_drive(
+                previous_hidden, inhibition, generator
+            )
             z_output, output = _step(output_current, output, self.neuron)
             if t < p.decision:
                 counts += z_output
@@ -203,11 +211,9 @@ class Forager:
         for _ in range(p.cycle):
             draw = torch.rand(rates.shape, generator=generator, dtype=dtype).to(device)
             z_hidden = (draw < rates).to(dtype)
-            drive = torch.zeros_like(output_current)
-            if previous_hidden.any():
-                weights = self._noisy(self.w_out, generator) + self._noisy(inhibition, generator)
-                drive = torch.einsum("roh,rh->ro", weights, previous_hidden)
-            output_current = self.synapse * output_current + drive
+            output_current = self.synapse * output_current + self._output_drive(
+                previous_hidden, inhibition, generator
+            )
             z_output, output = _step(output_current, output, self.neuron)
             counts += z_output
             hidden_total += z_hidden
