@@ -118,3 +118,95 @@ def test_in_sleep_hidden_neurons_fire_at_their_waking_rates_and_drive_the_output
     assert rule.reward(torch.full((2,), 0.5)).abs().sum() > 0  # sleep's constant reward
     silent = agent.sleep_cycle(torch.zeros(2, agent.n_hidden), gen)
     assert silent.hidden_spikes.sum() == 0 and silent.counts.sum() == 0
+
+
+def test_a_cycle_simulated_layer_by_layer_equals_the_stepped_reference():
+    """Without release noise, ``simulate_cycle`` plus the rules' blocks equals ``run_cycle``
+    with the rules stepped: the records, the active length and both rules' changes."""
+    from neuroplastic.plasticity import STDP, RewardSTDP
+
+    params = ForagerParameters(output_weight=0.3, release_noise=0.0)
+    agent = Forager(3, params, seed=1, dtype=torch.float64)
+    agent.w_out = agent.w_out * (1 + torch.rand(agent.w_out.shape, dtype=torch.float64))
+    worlds = ForagingWorlds(3, "unsupervised", seed=2)
+    outcomes = []
+    for layered in (False, True):
+        input_rule = STDP(torch.nn.Parameter(agent.w_in.clone()))
+        output_rule = RewardSTDP(torch.nn.Parameter(agent.w_out.clone()))
+        if layered:
+            trains = agent.simulate_cycle(worlds.observe())
+            input_rule.block(trains.inputs, trains.hidden)
+            output_rule.block(trains.hidden, trains.output)
+            for rule in (input_rule, output_rule):
+                rule.skip(params.cycle - trains.hidden.shape[0])
+            record = trains
+        else:
+            record = agent.run_cycle(worlds.observe(), input_rule=input_rule,
+                                     output_rule=output_rule)  # fmt: skip
+        input_rule.write()
+        change = output_rule.reward(torch.ones(3))
+        outcomes.append((record, input_rule.weight.grad, change, output_rule.state.stdp.step))
+    (reference, ref_in, ref_out, ref_steps), (layered, in_grad, out_change, steps) = outcomes
+    assert ref_steps == steps == params.cycle
+    assert reference.counts.sum() > 0 and ref_in.abs().sum() > 0 and ref_out.abs().sum() > 0
+    assert torch.equal(layered.counts, reference.counts)
+    assert torch.equal(layered.hidden_spikes, reference.hidden_spikes)
+    torch.testing.assert_close(in_grad, ref_in, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(out_change, ref_out, rtol=1e-10, atol=1e-16)
+
+
+def test_a_sleep_cycle_simulated_at_once_equals_the_stepped_reference():
+    from neuroplastic.plasticity import RewardSTDP
+
+    params = ForagerParameters(output_weight=0.3, release_noise=0.0)
+    agent = Forager(2, params, seed=0, dtype=torch.float64)
+    agent.w_out = agent.w_out * (1 + torch.rand(agent.w_out.shape, dtype=torch.float64))
+    rates = torch.full((2, agent.n_hidden), 0.01)
+    changes, counts = [], []
+    for at_once in (False, True):
+        gen = torch.Generator().manual_seed(3)
+        rule = RewardSTDP(torch.nn.Parameter(agent.w_out.clone()))
+        if at_once:
+            trains = agent.simulate_sleep(agent.sleep_spikes(rates, gen), gen)
+            rule.block(trains.hidden, trains.output)
+            counts.append(trains.counts)
+        else:
+            counts.append(agent.sleep_cycle(rates, gen, output_rule=rule).counts)
+        changes.append(rule.reward(torch.full((2,), 0.5)))
+    assert counts[0].sum() > 0
+    assert torch.equal(counts[1], counts[0])
+    torch.testing.assert_close(changes[1], changes[0], rtol=1e-10, atol=1e-16)
+
+
+def test_release_noise_scales_each_spikes_release_within_its_range():
+    """With noise, each output's drive from one hidden spike lies between (1 - r) and (1 + r)
+    times its excitation, plus the same for its inhibition, and varies between spikes."""
+    params = ForagerParameters(output_weight=0.3, release_noise=0.12)
+    agent = Forager(1, params, seed=0, dtype=torch.float64)
+    agent.w_out = agent.w_out * (1 + torch.rand(agent.w_out.shape, dtype=torch.float64))
+    spikes = torch.zeros(50, 1, agent.n_hidden, dtype=torch.float64)
+    spikes[:, 0, 7] = 1.0  # one neuron, every step
+    drive = agent._drive(spikes, torch.Generator().manual_seed(0))[:, 0]
+    excitation = agent.w_out[0, :, 7]
+    inhibition = -agent.w_out[0, :, 7].mean()
+    low = 0.88 * excitation + 1.12 * inhibition
+    high = 1.12 * excitation + 0.88 * inhibition
+    assert ((drive >= low - 1e-12) & (drive <= high + 1e-12)).all()
+    assert drive.std(0).min() > 0
+
+
+def test_the_agents_neuron_step_is_the_libraries_lif_step():
+    from neuroplastic.models.forager import _step
+    from neuroplastic.neurons.lif import initial_state, lif_step
+
+    agent = Forager(1, PARAMS, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    ours = theirs = initial_state(4, 30)
+    spikes = 0
+    for _ in range(100):
+        current = torch.rand(4, 30, generator=gen) * 0.4
+        z_ours, ours = _step(current, ours, agent.neuron)
+        z_theirs, theirs = lif_step(current, theirs, agent.neuron)
+        assert torch.equal(z_ours, z_theirs) and torch.allclose(ours.v, theirs.v)
+        spikes += z_ours.sum()
+    assert spikes > 0

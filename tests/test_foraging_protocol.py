@@ -3,6 +3,7 @@ phase changes what it should and nothing else."""
 
 import math
 
+import pytest
 import torch
 
 from neuroplastic.envs import ForagingWorlds
@@ -23,29 +24,80 @@ def test_the_unsupervised_phase_shapes_only_the_input_synapses_within_bounds():
     protocol.unsupervised_phase(f, 5)
     assert not torch.equal(f.agent.w_in, w_in)
     assert (f.agent.w_in[f.agent.in_mask == 0] == 0).all()
-    assert f.agent.w_in.min() >= 0 and f.agent.w_in.max() <= f.input_max
+    assert f.agent.w_in.min() >= 0 and f.agent.w_in.max() <= f.agent.params.input_max
     assert torch.equal(f.agent.w_out, w_out)
 
 
 def test_task_and_sleep_phases_move_the_output_synapses_and_keep_each_outputs_total():
     f = foragers(1)
-    rule = protocol.output_rule(f)
-    protocol.task_phase(f, "task1", 6, rule)
-    assert f.worlds.task.name == "task1" and f.waking_cycles == 6
+    rule = protocol.output_rule(f, gain=1000.0)
+    rewarded, punished = protocol.task_phase(f, "task1", 6, rule)
+    assert rewarded.shape == punished.shape == (2,)
+    assert f.worlds.task.name == "task1" and f.waking["task1"][1] == 6
     after_task = f.agent.w_out.clone()
     assert not torch.allclose(after_task, torch.full_like(after_task, SMALL.output_weight))
     assert torch.allclose(after_task.sum(-1), f.targets, rtol=1e-5)
     assert f.waking_rates().sum() > 0
-    protocol.sleep_phase(f, 2, rule)
+    protocol.sleep_phase(f, protocol.Sleep(2), rule)
     assert not torch.equal(f.agent.w_out, after_task)
     assert torch.allclose(f.agent.w_out.sum(-1), f.targets, rtol=1e-5)
 
 
-def test_the_test_phase_learns_nothing_and_counts_meals_by_task():
+def test_the_test_phase_learns_nothing_touches_no_training_state_and_counts_meals():
     f = foragers(2)
     w_in, w_out = f.agent.w_in.clone(), f.agent.w_out.clone()
-    rewarded, punished = protocol.test_phase(f, "task2", 30)
+    positions, random_state = f.worlds.agent.copy(), f.generator.get_state()
+    rewarded, punished = protocol.test_phase(f, "task2", 30, worlds_per_network=3, seed=1)
     assert torch.equal(f.agent.w_in, w_in) and torch.equal(f.agent.w_out, w_out)
-    assert f.worlds.task.name == "task2" and rewarded.shape == (2,)
+    assert (f.worlds.agent == positions).all() and torch.equal(f.generator.get_state(), random_state)
+    assert rewarded.shape == (2,) and (rewarded + punished).sum() > 0
     d = protocol.discriminability(torch.tensor([3.0, 0.0]), torch.tensor([1.0, 0.0]))
     assert d[0].item() == 0.75 and math.isnan(d[1].item())
+
+
+def test_sleep_noise_follows_each_tasks_waking_rate_or_the_population_mean():
+    f = foragers(3)
+    f.record_waking("task1", torch.full((2, f.agent.n_hidden), 80.0))
+    f.record_waking("task2", torch.full((2, f.agent.n_hidden), 0.0))
+    f.record_waking("task2", torch.full((2, f.agent.n_hidden), 40.0))
+    per_step = f.waking_rates() * SMALL.cycle  # spikes per cycle: mean of 80 and 20
+    assert torch.allclose(per_step, torch.full_like(per_step, 50.0))
+    f.waking["task1"][0][0, 0] += 80.0  # one neuron twice as active in task 1
+    waking = protocol.Sleep(noise="waking").rates(f)
+    uniform = protocol.Sleep(noise="uniform").rates(f)
+    assert waking[0, 0] > waking[0, 1] and uniform[0, 0] == uniform[0, 1]
+    assert torch.allclose(uniform.mean(-1), waking.mean(-1))
+
+
+def test_top_synapses_marks_each_networks_strongest_tenth():
+    weight = torch.arange(40.0).reshape(2, 4, 5)
+    weight[1] = weight[1].flip(-1)
+    top = protocol.top_synapses(weight)
+    assert top.sum() == 4 and top[0].flatten()[-2:].all() and top[1, 3, :2].all()
+
+
+def test_a_copy_is_an_independent_branch():
+    f = foragers(4)
+    branch = f.copy()
+    protocol.task_phase(branch, "task1", 3, protocol.output_rule(branch))
+    assert not torch.equal(branch.agent.w_out, f.agent.w_out)
+    assert f.worlds.task.name == "unsupervised" and not f.waking
+
+
+def test_a_network_in_several_worlds_keeps_identical_copies_that_share_their_changes():
+    networks = Forager(2, SMALL, seed=5)
+    f = protocol.Foragers(networks.repeat(3), ForagingWorlds(6, "unsupervised", seed=5),
+                          torch.Generator().manual_seed(5), copies=3)  # fmt: skip
+    protocol.unsupervised_phase(f, 3)
+    rule = protocol.output_rule(f, gain=1000.0)
+    protocol.task_phase(f, "task1", 4, rule)
+    for weights in (f.agent.w_in, f.agent.w_out):
+        copies = weights.reshape(2, 3, *weights.shape[1:])
+        assert torch.equal(copies[:, 0], copies[:, 1]) and torch.equal(copies[:, 0], copies[:, 2])
+    assert not torch.equal(f.networks.w_out[0], f.networks.w_out[1])
+    assert f.networks.replicas == 2
+    change = torch.arange(6.0).reshape(6, 1)
+    assert f.shared(change).flatten().tolist() == [3.0, 3.0, 3.0, 12.0, 12.0, 12.0]
+    with pytest.raises(ValueError, match="whole networks"):
+        protocol.Foragers(networks.repeat(3), ForagingWorlds(6, "task1"), torch.Generator(),
+                          copies=4)  # fmt: skip

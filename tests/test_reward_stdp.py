@@ -97,3 +97,28 @@ def test_replicas_are_independent_networks_with_their_own_rewards():
             expected = alone[r].reward(rewards[cycle, r].item())
             assert torch.allclose(change[r], expected, rtol=1e-12, atol=1e-15)
     assert batched.weight.grad.abs().sum() > 0
+
+
+def test_a_block_of_steps_equals_stepping_through_it():
+    """Random trains over 5 cycles of 100 steps, fed in blocks that cross the cycles' ends
+    (kept 3 cycles): every reward event writes what stepping writes."""
+    gen = torch.Generator().manual_seed(0)
+    pre = (torch.rand(500, 2, 6, generator=gen) < 0.05).double()
+    post = (torch.rand(500, 2, 4, generator=gen) < 0.05).double()
+    weight = torch.rand(2, 4, 6, generator=gen, dtype=torch.float64) + 0.5
+    changes = {}
+    for by_block in (False, True):
+        rule = RewardSTDP(torch.nn.Parameter(weight.clone()), PARAMS)
+        written = []
+        for cycle in range(5):
+            steps = range(cycle * 100, (cycle + 1) * 100)
+            if by_block:  # two uneven blocks per cycle
+                rule.block(pre[steps.start : steps.start + 37], post[steps.start : steps.start + 37])
+                rule.block(pre[steps.start + 37 : steps.stop], post[steps.start + 37 : steps.stop])
+            else:
+                for t in steps:
+                    rule.step(pre[t], post[t])
+            written.append(rule.reward(torch.tensor([1.0, -0.5], dtype=torch.float64)).clone())
+        changes[by_block] = torch.stack(written)
+    assert changes[False].abs().sum() > 0
+    torch.testing.assert_close(changes[True], changes[False], rtol=1e-10, atol=1e-15)

@@ -113,3 +113,56 @@ def test_a_replica_weight_keeps_one_change_per_replica():
     rule.write()
     expected = 0.04 * math.exp(-20 / 80)
     assert weight.grad.flatten().tolist() == pytest.approx([-expected, expected], rel=1e-12)
+
+
+@pytest.mark.parametrize("n_pre,n_post", [(7, 3), (3, 9)])  # the kernel on either side
+def test_a_block_equals_stepping_through_it_and_mixes_with_steps(n_pre, n_post):
+    """Steps, then a weighted block, a plain block and steps again: every change, the traces
+    and the ring equal stepping through all 700 steps (pairs span the blocks' edges)."""
+    from neuroplastic.plasticity.stdp import stdp_block
+
+    gen = torch.Generator().manual_seed(1)
+    pre = (torch.rand(700, 2, n_pre, generator=gen) < 0.05).double()
+    post = (torch.rand(700, 2, n_post, generator=gen) < 0.05).double()
+    reference = initial_state((2,), n_pre, n_post, PARAMS, dtype=torch.float64)
+    changes = []
+    for t in range(700):
+        change, reference = stdp_step(pre[t], post[t], reference, PARAMS)
+        changes.append(change)
+    changes = torch.stack(changes)
+    state = initial_state((2,), n_pre, n_post, PARAMS, dtype=torch.float64)
+    for t in range(250):
+        _, state = stdp_step(pre[t], post[t], state, PARAMS)
+    weights = torch.rand(2, 300, generator=gen, dtype=torch.float64)
+    weighted, state = stdp_block(pre[250:550], post[250:550], state, PARAMS, weights)
+    expected = torch.einsum("at,t...->a...", weights, changes[250:550])
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(weighted, expected, rtol=1e-12, atol=1e-14)
+    plain, state = stdp_block(pre[550:600], post[550:600], state, PARAMS)
+    torch.testing.assert_close(plain, changes[550:600].sum(0), rtol=1e-12, atol=1e-14)
+    for t in range(600, 700):
+        change, state = stdp_step(pre[t], post[t], state, PARAMS)
+        torch.testing.assert_close(change, changes[t], rtol=1e-12, atol=1e-14)
+    assert state.step == reference.step == 700
+    torch.testing.assert_close(state.pre_trace, reference.pre_trace)
+    assert torch.equal(state.post_history, reference.post_history)
+
+
+def test_the_rule_takes_a_block_as_its_steps():
+    gen = torch.Generator().manual_seed(2)
+    pre = (torch.rand(300, 4, 5, generator=gen) < 0.1).double()
+    post = (torch.rand(300, 4, 3, generator=gen) < 0.1).double()
+    grads = []
+    for by_block in (False, True):
+        weight = torch.nn.Parameter(torch.zeros(3, 5, dtype=torch.float64))
+        rule = STDP(weight, PARAMS)
+        if by_block:
+            rule.block(pre[:200], post[:200])
+            rule.block(pre[200:], post[200:])
+        else:
+            for t in range(300):
+                rule.step(pre[t], post[t])
+        rule.write()
+        grads.append(weight.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-14)

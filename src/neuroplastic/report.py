@@ -123,6 +123,7 @@ def plot_curves(
     Returns None if the runs have no curves.
     """
     keys = list(dict.fromkeys(key for r in group.records for key in r.curves))
+    keys = [key for key in keys if panel_of(key) is not None]  # None: not a plotted curve
     if not keys:
         return None
     panels: dict[str, list[Key]] = {}
@@ -338,6 +339,7 @@ def experiment_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     verdict = verdict_with_edges(experiment, records, trials)
     extra_tables = experiment.tables(records) if experiment.tables is not None else []
+    pictures = experiment.figures(records, out_dir) if experiment.figures is not None else []
     header = ["method", "metric", "mean ± 95 % CI", "n"]
     sections: list[tuple[str, list[list[str]], Path | None, list[int], str]] = []
     tunings: dict[str, tuple[list[list[str]], Path | None]] = {}
@@ -374,6 +376,8 @@ def experiment_report(
             parts.append("No finished runs in the store.")
         for table in extra_tables:
             parts.append(f"## {table.title}\n\n" + markdown_table(table.header, table.rows))
+        for title, picture in pictures:
+            parts.append(f"## {title}\n\n![{title}]({picture.name})")
         for label, rows, plot, ids, digest in sections:
             parts.append(f"## {label}\n\nRuns {', '.join(map(str, ids))}.\n")
             parts.append(markdown_table(header, rows))
@@ -396,6 +400,9 @@ def experiment_report(
         for table in extra_tables:
             parts.append(f"<h2>{html.escape(table.title)}</h2>")
             parts.append(html_table(table.header, table.rows))
+        for title, picture in pictures:
+            parts.append(f"<h2>{html.escape(title)}</h2>")
+            parts.append(f'<img src="{html.escape(picture.name)}" alt="{html.escape(title)}">')
         for label, rows, plot, ids, digest in sections:
             parts.append(f"<h2>{html.escape(label)}</h2><p>Runs {', '.join(map(str, ids))}.</p>")
             parts.append(html_table(header, rows))

@@ -13,6 +13,7 @@ from neuroplastic.experiments import (
     bellec2020_store_recall,
     credit_lenet,
     credit_mnist,
+    golden2022_foraging,
     guerguiev2017_mnist,
     kanter2020_mnist,
     kanter2020_perceptron,
@@ -34,6 +35,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         bellec2020_evidence,
         bellec2020_pattern,
         bellec2020_store_recall,
+        golden2022_foraging,
     )
 }
 

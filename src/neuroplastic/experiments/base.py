@@ -160,11 +160,15 @@ class Experiment:
     """Maps a config to its ``--quick`` version: shorter training, never another dataset."""
     command: str
     """The command whose runs the verdict reads, as written in the README."""
-    plot_panel: Callable[[Key], tuple[str, str]] | None = None
-    """Optional: maps a curve's key to (panel title, line label) so related curves share a panel;
-    by default each metric (with its coordinates) is a panel and each method a line."""
+    plot_panel: Callable[[Key], tuple[str, str] | None] | None = None
+    """Optional: maps a curve's key to (panel title, line label) so related curves share a panel,
+    or to None for a stored series that is not a curve to plot (e.g. an episode's moves); by
+    default each metric (with its coordinates) is a panel and each method a line."""
     tables: Callable[[Sequence[RunRecord]], list[ReportTable]] | None = None
     """Optional: extra tables for the report (e.g. methods against sizes), from finished runs."""
+    figures: Callable[[Sequence[RunRecord], Path], list[tuple[str, Path]]] | None = None
+    """Optional: extra pictures for the report (a world, an animation, an analysis), drawn
+    from finished runs into the given folder: ``[(title, path), ...]``."""
     run_batch: (
         Callable[[Any, Sequence[int], RunContext], Sequence[RunResult | NeuroplasticError]] | None
     ) = None

@@ -3,21 +3,31 @@ of an explicit :class:`Foragers` state: replicas of the agent (``models.forager`
 each (``envs.foraging``), and the plasticity attached as the paper describes.
 
 - :func:`unsupervised_phase`: all four shapes, input-to-hidden STDP applied after every cycle
-  (weights kept in ``[0, input_max]`` and on each hidden neuron's 9 synapses), no reward.
+  (weights kept in ``[0, params.input_max]`` and on each hidden neuron's 9 synapses), no reward.
 - :func:`task_phase`: one task's world, hidden-to-output reward-modulated STDP with the cycle's
-  reward (``plasticity.RewardSTDP``), then heterosynaptic normalisation of each output's inputs
-  to its target total.
-- :func:`sleep_phase`: sleep cycles (``Forager.sleep_cycle``) at each hidden neuron's waking
-  rate, the same rule with the constant sleep reward, the same normalisation.
-- :func:`test_phase`: no plasticity; counts of rewarded and punished particles eaten.
+  reward (``plasticity.RewardSTDP``), then synaptic scaling of each output's target total
+  (:class:`Scaling`) and heterosynaptic normalisation of its inputs to that target.
+- :func:`sleep_phase`: sleep cycles at each hidden neuron's waking rate, the same rule with the
+  constant sleep reward, the same normalisation. A :class:`Sleep` holds what a sleep phase is
+  (its length, reward, noise source), so other experiments can reuse it.
+- :func:`test_phase`: no plasticity, in fresh worlds (several per network: the network is
+  frozen, so its worlds can run side by side); counts of rewarded and punished particles eaten.
   Discriminability = rewarded / (rewarded + punished).
 
-The agents keep moving between phases (the world is swapped, the agent is not reset). Synaptic
-scaling of the targets is not applied yet: the paper gives neither its target rate nor its step.
+A network may forage in several worlds at once during training (``copies``): its replicas in
+the batch are identical copies, each in its own world, and the synapses take the sum of the
+copies' changes, so each simulated cycle gives ``copies`` cycles of experience (data
+parallelism, as many agents sharing one brain). With one copy this is the paper's single agent.
+
+Cycles are simulated layer by layer (``Forager.simulate_cycle``), the rules fed the whole
+cycle's trains at once (``rule.block``): equal to stepping them (tested in the model's and the
+rules' tests).
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -25,32 +35,56 @@ from torch import Tensor
 
 from neuroplastic.envs.foraging import TASKS, ForagingWorlds
 from neuroplastic.models.forager import Forager, choose_moves
-from neuroplastic.plasticity import STDP, RewardSTDP, RewardSTDPParameters, normalise_inputs
+from neuroplastic.plasticity import (
+    STDP,
+    RewardSTDP,
+    RewardSTDPParameters,
+    normalise_inputs,
+    scale_targets,
+)
+from neuroplastic.plasticity.stdp import FORAGING
 
 SLEEP_REWARD = 0.5
 """The constant reward factor of the paper's sleep."""
 
 
+@dataclass(frozen=True)
+class Scaling:
+    """Synaptic scaling of each output's target total input (the paper's homeostasis): once
+    per cycle the target grows by ``step`` (relative) if the output fired fewer than
+    ``target_spikes`` spikes in the cycle, and shrinks by ``step`` if more."""
+
+    target_spikes: float = 1.0
+    step: float = 0.0
+
+
 @dataclass
 class Foragers:
-    """Replicated agents, their worlds and what the phases carry from one to the next."""
+    """Replicated agents, their worlds and what the phases carry from one to the next.
+    ``agent`` holds ``copies`` consecutive identical replicas per network (see the module
+    docstring); ``worlds`` one world per replica."""
 
     agent: Forager
     worlds: ForagingWorlds
     generator: torch.Generator
-    input_max: float = 2.0
+    copies: int = 1
     last_moves: Tensor = field(init=False)
     hungry: Tensor = field(init=False)
     targets: Tensor = field(init=False)
-    waking_spikes: Tensor = field(init=False)
-    waking_cycles: int = 0
+    waking: dict[str, tuple[Tensor, int]] = field(init=False)
+    """Per training task: (hidden spikes summed over its cycles, cycles)."""
 
     def __post_init__(self) -> None:
         replicas = self.agent.replicas
+        if replicas % self.copies or self.worlds.n_worlds != replicas:
+            raise ValueError(
+                f"{replicas} replicas must be whole networks of {self.copies} copies, one world "
+                f"each (got {self.worlds.n_worlds} worlds)"
+            )
         self.last_moves = torch.zeros(replicas, dtype=torch.long)
         self.hungry = torch.zeros(replicas)
         self.targets = self.agent.w_out.sum(-1).clone()  # each output's total input
-        self.waking_spikes = torch.zeros(replicas, self.agent.n_hidden)
+        self.waking = {}
 
     def move(self, counts: Tensor) -> tuple[Tensor, Tensor]:
         """Choose and make the moves; returns the rewards and the shapes eaten."""
@@ -61,17 +95,47 @@ class Foragers:
         self.last_moves = moves
         return rewards, eaten
 
+    @property
+    def networks(self) -> Forager:
+        """One replica per network (the first of its copies)."""
+        return self.agent.select(slice(None, None, self.copies))
+
+    def shared(self, change: Tensor) -> Tensor:
+        """Per replica, the sum of ``change`` over its network's copies (a network's synapses
+        take all its copies' changes)."""
+        if self.copies == 1:
+            return change
+        grouped = change.reshape(-1, self.copies, *change.shape[1:])
+        return grouped.sum(1, keepdim=True).expand_as(grouped).reshape(change.shape)
+
+    def record_waking(self, task: str, hidden_spikes: Tensor) -> None:
+        spikes, cycles = self.waking.get(task, (torch.zeros_like(hidden_spikes), 0))
+        self.waking[task] = (spikes + hidden_spikes, cycles + 1)
+
     def waking_rates(self) -> Tensor:
-        """Each hidden neuron's mean spikes per step over the waking cycles so far."""
-        return self.waking_spikes / max(1, self.waking_cycles * self.agent.params.cycle)
+        """Each hidden neuron's spikes per step while awake: its mean rate in each task trained
+        so far, averaged over those tasks (the paper's sleep noise: the mean of the task-1 and
+        task-2 rates)."""
+        if not self.waking:
+            raise ValueError("no waking cycles yet: sleep needs the waking rates")
+        cycle = self.agent.params.cycle
+        rates = [spikes / (cycles * cycle) for spikes, cycles in self.waking.values()]
+        return self.shared(torch.stack(rates).mean(0)) / self.copies
+
+    def copy(self) -> Foragers:
+        """An independent copy (networks, worlds, random streams): a branch point."""
+        return copy.deepcopy(self)
 
 
-def output_rule(foragers: Foragers) -> RewardSTDP:
+def output_rule(foragers: Foragers, gain: float = 1.0) -> RewardSTDP:
     """The hidden-to-output rule, on a copy of the agents' weights, with the agent's cycle
-    length (and the paper's offset of one cycle). Keep one for the whole schedule: its output
-    balancing refers to the weights it was made with."""
+    length (and the paper's offset of one cycle), its pair changes ``gain`` times the paper's
+    (a compressed schedule). Keep one for the whole schedule: its output balancing refers to
+    the weights it was made with."""
     cycle = foragers.agent.params.cycle
-    params = RewardSTDPParameters(cycle=cycle, offset=float(cycle))
+    stdp = FORAGING._replace(potentiation=gain * FORAGING.potentiation,
+                             depression=gain * FORAGING.depression)  # fmt: skip
+    params = RewardSTDPParameters(stdp=stdp, cycle=cycle, offset=float(cycle))
     return RewardSTDP(torch.nn.Parameter(foragers.agent.w_out.clone()), params)
 
 
@@ -80,71 +144,145 @@ def _switch(foragers: Foragers, task: str) -> None:
         foragers.worlds.reset(task=task)
 
 
-def unsupervised_phase(foragers: Foragers, cycles: int) -> None:
+def unsupervised_phase(foragers: Foragers, cycles: int, tick: Callable[[], None] = lambda: None
+                       ) -> None:  # fmt: skip
     _switch(foragers, "unsupervised")
     agent = foragers.agent
     weight = torch.nn.Parameter(agent.w_in.clone())
     rule = STDP(weight)
     for _ in range(cycles):
-        record = agent.run_cycle(foragers.worlds.observe(), foragers.generator, input_rule=rule)
+        record = agent.simulate_cycle(foragers.worlds.observe(), foragers.generator)
+        rule.block(record.inputs, record.hidden)
+        rule.skip(agent.params.cycle - record.hidden.shape[0])
         rule.write()
         with torch.no_grad():
-            weight -= weight.grad
-            weight.clamp_(0.0, foragers.input_max).mul_(agent.in_mask)
+            weight -= foragers.shared(weight.grad)
+            weight.clamp_(0.0, agent.params.input_max).mul_(agent.in_mask)
             weight.grad = None
         agent.w_in = weight.detach().clone()
         rule.reset()
         foragers.move(record.counts)
+        tick()
 
 
 def _apply(foragers: Foragers, weight: torch.nn.Parameter) -> None:
     """Take the rule's step, keep weights positive, normalise each output's inputs."""
     with torch.no_grad():
-        weight -= weight.grad
+        weight -= foragers.shared(weight.grad)
         weight.clamp_(min=1e-9)
         weight.copy_(normalise_inputs(weight, foragers.targets))
         weight.grad = None
     foragers.agent.w_out = weight.detach().clone()
 
 
-def task_phase(foragers: Foragers, task: str, cycles: int, rule: RewardSTDP) -> None:
-    """``cycles`` of training on ``task`` with ``rule`` (its weight is ``agent.w_out``)."""
+def task_phase(
+    foragers: Foragers, task: str, cycles: int, rule: RewardSTDP,
+    scaling: Scaling = Scaling(), tick: Callable[[], None] = lambda: None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``cycles`` of training on ``task`` with ``rule`` (its weight is ``agent.w_out``);
+    returns the (rewarded, punished) particles eaten per network while training (over its
+    copies)."""
     _switch(foragers, task)
-    for _ in range(cycles):
-        record = foragers.agent.run_cycle(foragers.worlds.observe(), foragers.generator,
-                                          output_rule=rule)  # fmt: skip
-        rewards, _ = foragers.move(record.counts)
-        rule.reward(rewards)
-        _apply(foragers, rule.weight)
-        foragers.waking_spikes += record.hidden_spikes
-        foragers.waking_cycles += 1
-
-
-def sleep_phase(foragers: Foragers, cycles: int, rule: RewardSTDP) -> None:
-    """``cycles`` of sleep at the waking rates measured so far."""
-    rates = foragers.waking_rates()
-    for _ in range(cycles):
-        foragers.agent.sleep_cycle(rates, foragers.generator, output_rule=rule)
-        rule.reward(torch.full((foragers.agent.replicas,), SLEEP_REWARD))
-        _apply(foragers, rule.weight)
-
-
-def test_phase(foragers: Foragers, task: str, cycles: int) -> tuple[Tensor, Tensor]:
-    """``cycles`` without plasticity on ``task``: (rewarded, punished) particles eaten per
-    replica."""
-    _switch(foragers, task)
+    agent = foragers.agent
     spec = TASKS[task]
-    rewarded = torch.zeros(foragers.agent.replicas)
-    punished = torch.zeros(foragers.agent.replicas)
+    rewarded = torch.zeros(agent.replicas)
+    punished = torch.zeros(agent.replicas)
     for _ in range(cycles):
-        record = foragers.agent.run_cycle(foragers.worlds.observe(), foragers.generator)
-        _, eaten = foragers.move(record.counts)
+        record = agent.simulate_cycle(foragers.worlds.observe(), foragers.generator)
+        rule.block(record.hidden, record.output)
+        rule.skip(agent.params.cycle - record.hidden.shape[0])
+        rewards, eaten = foragers.move(record.counts)
         rewarded += torch.isin(eaten, torch.tensor(spec.rewarded)).float()
         punished += torch.isin(eaten, torch.tensor(spec.punished)).float()
-    return rewarded, punished
+        rule.reward(rewards)
+        if scaling.step:
+            fired = foragers.shared(record.output.sum(0).to(foragers.targets.dtype))
+            fired = fired / foragers.copies
+            foragers.targets = scale_targets(foragers.targets, fired, scaling.target_spikes,
+                                             scaling.step)  # fmt: skip
+        _apply(foragers, rule.weight)
+        foragers.record_waking(task, record.hidden_spikes)
+        tick()
+    per_network = (-1, foragers.copies)
+    return rewarded.reshape(per_network).sum(1), punished.reshape(per_network).sum(1)
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """A sleep phase: ``cycles`` cycles without input or movement, each hidden neuron driven by
+    its own Poisson train (``noise``: ``"waking"`` at its mean waking rate, the paper's;
+    ``"uniform"`` at the population's mean rate, its control), the hidden-to-output rule
+    applied with the constant ``reward`` at each cycle's end."""
+
+    cycles: int = 100
+    reward: float = SLEEP_REWARD
+    noise: str = "waking"
+
+    def __post_init__(self) -> None:
+        if self.noise not in ("waking", "uniform"):
+            raise ValueError(f"sleep noise must be 'waking' or 'uniform', got {self.noise!r}")
+
+    def rates(self, foragers: Foragers) -> Tensor:
+        rates = foragers.waking_rates()
+        if self.noise == "uniform":
+            rates = rates.mean(-1, keepdim=True).expand_as(rates)
+        return rates
+
+
+def sleep_phase(foragers: Foragers, sleep: Sleep, rule: RewardSTDP,
+                tick: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+    """One sleep phase at the waking rates measured so far."""
+    agent = foragers.agent
+    rates = sleep.rates(foragers)
+    reward = torch.full((agent.replicas,), sleep.reward)
+    for _ in range(sleep.cycles):
+        record = agent.simulate_sleep(agent.sleep_spikes(rates, foragers.generator),
+                                      foragers.generator)  # fmt: skip
+        rule.block(record.hidden, record.output)
+        rule.reward(reward)
+        _apply(foragers, rule.weight)
+        tick()
+
+
+def test_phase(
+    foragers: Foragers, task: str, cycles: int, worlds_per_network: int = 1, seed: int = 0,
+    tick: Callable[[], None] = lambda: None, moves: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``cycles`` without plasticity on ``task`` in ``worlds_per_network`` fresh worlds per
+    network (placed from ``seed``); returns (rewarded, punished) particles eaten per network,
+    summed over its worlds. The training worlds and random streams are left untouched.
+    ``moves`` ``(cycles, networks)``, if given, receives the first world's moves per network."""
+    networks = foragers.networks
+    agent = networks.repeat(worlds_per_network)
+    worlds = ForagingWorlds(agent.replicas, task, seed=seed)
+    probe = Foragers(agent, worlds, torch.Generator().manual_seed(seed % 2**63))
+    spec = TASKS[task]
+    rewarded = torch.zeros(agent.replicas)
+    punished = torch.zeros(agent.replicas)
+    for cycle in range(cycles):
+        record = agent.simulate_cycle(worlds.observe(), probe.generator)
+        _, eaten = probe.move(record.counts)
+        if moves is not None:
+            moves[cycle] = probe.last_moves.reshape(-1, worlds_per_network)[:, 0]
+        rewarded += torch.isin(eaten, torch.tensor(spec.rewarded)).float()
+        punished += torch.isin(eaten, torch.tensor(spec.punished)).float()
+        tick()
+    per_network = (networks.replicas, worlds_per_network)
+    return rewarded.reshape(per_network).sum(1), punished.reshape(per_network).sum(1)
 
 
 def discriminability(rewarded: Tensor, punished: Tensor) -> Tensor:
     """rewarded / (rewarded + punished) per replica; NaN where nothing was eaten."""
     total = rewarded + punished
     return torch.where(total > 0, rewarded / total.clamp(min=1), torch.nan)
+
+
+def top_synapses(weight: Tensor, fraction: float = 0.1) -> Tensor:
+    """A boolean mask of each network's strongest ``fraction`` of synapses (the paper's
+    task-relevant synapses: the top 10 % of hidden-to-output weights after a task).
+    ``weight`` ``(replicas, ...)``."""
+    flat = weight.flatten(1)
+    k = max(1, round(fraction * flat.shape[1]))
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask.scatter_(1, flat.topk(k, dim=1).indices, True)
+    return mask.reshape(weight.shape)

@@ -24,6 +24,7 @@ do. The time constants, threshold and weight scales are this module's choices
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -33,6 +34,11 @@ from torch import Tensor
 
 from neuroplastic.neurons.lif import LIFParameters, LIFState, initial_state, lif_step
 from neuroplastic.plasticity.homeostasis import balanced_inhibition
+
+
+QUIET_CHECK_EVERY = 8
+"""``simulate_cycle`` checks whether the network has fallen quiet every this many steps (a check
+costs a synchronising reduction; stopping a few silent steps late changes nothing)."""
 
 
 @dataclass(frozen=True)
@@ -55,10 +61,16 @@ class ForagerParameters:
     """Synaptic current decay in steps (5 ms). Ours."""
     v_th: float = 1.0
     """Firing threshold (LIF units)."""
-    input_weight: float = 0.5
-    """Mean initial input-to-hidden weight (uniform on [0, 2x)). Ours."""
-    output_weight: float = 0.05
-    """Initial hidden-to-output weight, the same for every synapse (the paper: all equal)."""
+    input_weight: float = 0.085
+    """Mean initial input-to-hidden weight (uniform on [0, 2x)). Ours: one lit input alone peaks
+    at about 5.4 w under the threshold's 1 (w below ``input_max``), so a hidden neuron needs two
+    or more lit inputs: it detects a conjunction of pixels, which is what tells the shapes
+    apart."""
+    input_max: float = 0.17
+    """Upper bound of the input-to-hidden weights under unsupervised STDP. Ours (see above)."""
+    output_weight: float = 0.3
+    """Initial hidden-to-output weight, the same for every synapse (the paper: all equal; the
+    value is ours, chosen so that release noise makes an output fire in most early cycles)."""
     release_noise: float = 0.12
     """Each synaptic event onto an output is scaled by a draw from U[1 - r, 1 + r] (the paper's
     R): with all weights equal and inhibition balanced, it is what first makes outputs fire."""
@@ -73,6 +85,21 @@ class CycleRecord(NamedTuple):
     """``(replicas, n_moves)``: output spikes in the decision window."""
     hidden_spikes: Tensor
     """``(replicas, n_hidden)``: hidden spikes over the whole cycle."""
+
+
+class CycleTrains(NamedTuple):
+    """A cycle simulated as a whole (:meth:`Forager.simulate_cycle`): its record and the spike
+    trains of its active part, the ``T`` steps until the network fell quiet (nothing happens in
+    the rest of the cycle)."""
+
+    counts: Tensor
+    hidden_spikes: Tensor
+    inputs: Tensor
+    """``(T, replicas, 49)``: the input volley at step 0, then nothing."""
+    hidden: Tensor
+    """``(T, replicas, n_hidden)``."""
+    output: Tensor
+    """``(T, replicas, n_moves)``."""
 
 
 def choose_moves(
@@ -141,6 +168,28 @@ class Forager:
         draw = torch.rand(weights.shape, generator=generator, dtype=weights.dtype)
         return weights * (1 + r * (2 * draw.to(weights.device) - 1))
 
+    def repeat(self, copies: int) -> Forager:
+        """A forager of ``replicas * copies`` replicas, each network ``copies`` times in a row
+        (replica ``r`` becomes ``r * copies`` to ``r * copies + copies - 1``): the same frozen
+        networks, to run in several worlds at once."""
+        clone = copy.copy(self)
+        clone.replicas = self.replicas * copies
+        clone.in_mask = self.in_mask.repeat_interleave(copies, 0)
+        clone.w_in = self.w_in.repeat_interleave(copies, 0)
+        clone.w_out = self.w_out.repeat_interleave(copies, 0)
+        return clone
+
+    def select(self, index: int | slice) -> Forager:
+        """Replica ``index`` alone, or the replicas of a slice (sharing the weights' memory)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        clone = copy.copy(self)
+        clone.in_mask = self.in_mask[index]
+        clone.w_in = self.w_in[index]
+        clone.w_out = self.w_out[index]
+        clone.replicas = clone.w_in.shape[0]
+        return clone
+
     @property
     def n_hidden(self) -> int:
         return self.w_in.shape[1]
@@ -208,9 +257,7 @@ class Forager:
         counts = torch.zeros(self.replicas, p.n_moves, dtype=dtype, device=device)
         hidden_total = torch.zeros(self.replicas, self.n_hidden, dtype=dtype, device=device)
         previous_hidden = torch.zeros_like(hidden_total)
-        for _ in range(p.cycle):
-            draw = torch.rand(rates.shape, generator=generator, dtype=dtype).to(device)
-            z_hidden = (draw < rates).to(dtype)
+        for z_hidden in self.sleep_spikes(rates, generator):
             output_current = self.synapse * output_current + self._output_drive(
                 previous_hidden, inhibition, generator
             )
@@ -221,6 +268,104 @@ class Forager:
                 output_rule.step(z_hidden, z_output)
             previous_hidden = z_hidden
         return CycleRecord(counts, hidden_total)
+
+    def sleep_spikes(self, rates: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A sleep cycle's hidden spikes ``(cycle, replicas, n_hidden)``: independent Bernoulli
+        draws per step at ``rates`` (spikes per step), Poisson trains at the step's resolution."""
+        dtype, device = self.w_out.dtype, self.w_out.device
+        draw = torch.rand(self.params.cycle, *rates.shape, generator=generator, dtype=dtype)
+        return (draw.to(device) < rates.to(dtype=dtype, device=device)).to(dtype)
+
+    def simulate_cycle(self, window: Tensor, generator: torch.Generator | None = None
+                       ) -> CycleTrains:  # fmt: skip
+        """:meth:`run_cycle` without rules, computed layer by layer: the hidden layer until it
+        falls quiet, the outputs' synaptic input from all hidden spikes at once (release noise
+        drawn per spike), then the outputs. Rules take the trains afterwards (``rule.block``,
+        then ``rule.skip`` for the cycle's quiet rest). Without release noise it equals
+        :meth:`run_cycle` exactly (tested); with it, in distribution (the draws come in another
+        order)."""
+        p = self.params
+        dtype, device = self.w_in.dtype, self.w_in.device
+        volley = window.reshape(self.replicas, -1).to(dtype=dtype, device=device)
+        hidden = initial_state(self.replicas, self.n_hidden, dtype=dtype, device=device)
+        current = torch.einsum("rhi,ri->rh", self.w_in, volley)
+        trains = []
+        for t in range(p.cycle):
+            if t:
+                current = self.synapse * current
+            z_hidden, hidden = _step(current, hidden, self.neuron)
+            trains.append(z_hidden)
+            if t % QUIET_CHECK_EVERY == QUIET_CHECK_EVERY - 1 and self._layer_quiet(hidden,
+                                                                                  current):
+                break
+        hidden_trains = torch.stack(trains)
+        counts, output_trains = self._outputs(hidden_trains, generator, len(trains) - 1,
+                                              p.decision)  # fmt: skip
+        steps = output_trains.shape[0]
+        if steps > hidden_trains.shape[0]:
+            pad = hidden_trains.new_zeros(steps - hidden_trains.shape[0], *hidden_trains.shape[1:])
+            hidden_trains = torch.cat([hidden_trains, pad])
+        inputs = volley.new_zeros(steps, *volley.shape)
+        inputs[0] = volley
+        return CycleTrains(counts, hidden_trains.sum(0), inputs, hidden_trains, output_trains)
+
+    def simulate_sleep(self, hidden_trains: Tensor, generator: torch.Generator | None = None
+                       ) -> CycleTrains:  # fmt: skip
+        """:meth:`sleep_cycle` on given hidden spikes ``(cycle, replicas, n_hidden)``
+        (:meth:`sleep_spikes`), computed as :meth:`simulate_cycle` computes its outputs; all
+        ``cycle`` steps are returned. Equal to :meth:`sleep_cycle` without release noise."""
+        counts, output_trains = self._outputs(hidden_trains, generator, None, self.params.cycle)
+        inputs = hidden_trains.new_zeros(0)
+        return CycleTrains(counts, hidden_trains.sum(0), inputs, hidden_trains, output_trains)
+
+    def _outputs(self, hidden_trains: Tensor, generator: torch.Generator | None,
+                 hidden_quiet_at: int | None, counted: int) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """Output spikes driven by ``hidden_trains`` (each step's hidden spikes reach the outputs
+        the next step): ``(counts over the first counted steps, trains)``. With
+        ``hidden_quiet_at`` the loop stops once, from there on, the outputs are quiet too (checked
+        every ``QUIET_CHECK_EVERY`` steps; :meth:`run_cycle` stops at the first quiet step,
+        and the steps in between are silent); otherwise it runs the whole cycle."""
+        p = self.params
+        dtype, device = self.w_out.dtype, self.w_out.device
+        drive = self._drive(hidden_trains, generator)
+        output = initial_state(self.replicas, p.n_moves, dtype=dtype, device=device)
+        current = torch.zeros(self.replicas, p.n_moves, dtype=dtype, device=device)
+        trains = []
+        for t in range(p.cycle):
+            current = self.synapse * current
+            if 0 < t <= drive.shape[0]:
+                current = current + drive[t - 1]
+            z_output, output = _step(current, output, self.neuron)
+            trains.append(z_output)
+            if (hidden_quiet_at is not None and t >= hidden_quiet_at
+                    and t % QUIET_CHECK_EVERY == QUIET_CHECK_EVERY - 1
+                    and self._layer_quiet(output, current)):  # fmt: skip
+                break
+        output_trains = torch.stack(trains)
+        return output_trains[:counted].sum(0), output_trains
+
+    def _drive(self, hidden_trains: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``(T, replicas, n_moves)``: the outputs' synaptic input from each step's hidden spikes,
+        excitation plus balanced inhibition, each spike's release scaled by U[1 - r, 1 + r]."""
+        inhibition = balanced_inhibition(self.w_out)
+        r = self.params.release_noise
+        if not r:
+            return torch.einsum("trh,roh->tro", hidden_trains, self.w_out + inhibition)
+        step, replica, neuron = hidden_trains.nonzero(as_tuple=True)
+        excitatory = self.w_out[replica, :, neuron]  # (spikes, n_moves)
+        inhibitory = inhibition[replica, :, neuron]
+        draw = torch.rand(2, *excitatory.shape, generator=generator, dtype=excitatory.dtype)
+        noise = 1 + r * (2 * draw.to(excitatory.device) - 1)
+        events = excitatory * noise[0] + inhibitory * noise[1]
+        drive = hidden_trains.new_zeros(*hidden_trains.shape[:2], self.params.n_moves)
+        return drive.index_put_((step, replica), events, accumulate=True)
+
+    def _layer_quiet(self, state: LIFState, current: Tensor) -> bool:
+        """No spike now, and none possible later without new input (see :meth:`_quiet`)."""
+        if state.z.any():
+            return False
+        reach = self.synapse / (1 - self.synapse)
+        return not bool((state.v.abs() + current.abs() * reach >= self.params.v_th).any())
 
     def _quiet(self, hidden: LIFState, hidden_current: Tensor, output: LIFState,
                output_current: Tensor) -> bool:  # fmt: skip
@@ -239,5 +384,9 @@ class Forager:
 
 
 def _step(current: Tensor, state: LIFState, params: LIFParameters) -> tuple[Tensor, LIFState]:
-    with torch.no_grad():
-        return lif_step(current, state, params)
+    """``neurons.lif_step`` for the forager's plain LIF (no adaptation, no refractory period,
+    no gradient), without the general step's bookkeeping: ``v <- alpha v + I - z v_th``, a
+    spike where ``v > v_th``. Tested equal to ``lif_step``."""
+    v = params.alpha * state.v + current - state.z * params.v_th
+    z = (v > params.v_th).to(v.dtype)
+    return z, LIFState(v, z, state.a, state.refractory)

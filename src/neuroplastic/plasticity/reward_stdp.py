@@ -22,6 +22,8 @@ Because every pair made at step ``t_k`` shares that step, the sum is kept exactl
 traces: at each step the step's STDP change ``dW^t`` is added, weighted by
 ``1 / (T_m - t + c)``, to the accumulators of the ``cycles_kept`` reward events ``T_m`` it will
 meet (the ends of this cycle and the next ones), and a reward event consumes its accumulator.
+:func:`eligibility_block` does the same for a block of steps at once (``stdp.stdp_block`` with
+each accumulator's ages as weights), equal to stepping through it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from neuroplastic.plasticity.stdp import (
     STDPParameters,
     STDPState,
     skip_silent,
+    stdp_block,
     stdp_step,
 )
 from neuroplastic.plasticity.stdp import initial_state as stdp_initial_state
@@ -85,6 +88,26 @@ def eligibility_step(
             reward_step = (cycle + ahead + 1) * params.cycle - 1  # the cycle's last step
             weight = 1.0 / (reward_step - t + params.offset)
             state.pending[(cycle + ahead) % params.cycles_kept] += weight * change
+    return RewardSTDPState(stdp, state.pending)
+
+
+def eligibility_block(
+    pre: Tensor, post: Tensor, state: RewardSTDPState, params: RewardSTDPParameters = GOLDEN2022
+) -> RewardSTDPState:
+    """``T`` steps of spikes at once (``pre`` ``(T, ..., n_pre)``, ``post`` ``(T, ..., n_post)``),
+    equal to ``T`` calls of :func:`eligibility_step`. ``pending`` is updated in place."""
+    steps = pre.shape[0]
+    t = torch.arange(state.stdp.step, state.stdp.step + steps, device=pre.device)
+    cycle = t // params.cycle
+    weights = torch.zeros(params.cycles_kept, steps, dtype=pre.dtype, device=pre.device)
+    for ahead in range(params.cycles_kept):
+        reward_step = (cycle + ahead + 1) * params.cycle - 1
+        slot = (cycle + ahead) % params.cycles_kept
+        weights[slot, torch.arange(steps, device=pre.device)] += 1.0 / (
+            reward_step - t + params.offset
+        ).to(pre.dtype)
+    change, stdp = stdp_block(pre, post, state.stdp, params.stdp, weights)
+    state.pending.add_(change)
     return RewardSTDPState(stdp, state.pending)
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from neuroplastic.plasticity.reward_stdp import (
     GOLDEN2022,
     RewardSTDPParameters,
+    eligibility_block,
     eligibility_step,
     reward_change,
     skip_silent_steps,
@@ -21,8 +22,18 @@ from neuroplastic.plasticity.stdp import (
     STDPParameters,
     initial_state,
     skip_silent,
+    stdp_block,
     stdp_step,
 )
+
+
+def _check_spikes(weight: nn.Parameter, pre: torch.Tensor, post: torch.Tensor) -> None:
+    n_post, n_pre = weight.shape[-2:]
+    if pre.shape[-1] != n_pre or post.shape[-1] != n_post:
+        raise ValueError(
+            f"spikes must end in n_pre={n_pre} and n_post={n_post}, got {tuple(pre.shape)} "
+            f"and {tuple(post.shape)}"
+        )
 
 
 class STDP:
@@ -46,24 +57,37 @@ class STDP:
     def reset(self) -> None:
         self.state = None
 
+    def _check(self, pre: torch.Tensor, post: torch.Tensor) -> None:
+        _check_spikes(self.weight, pre, post)
+
     def step(self, pre: torch.Tensor, post: torch.Tensor) -> None:
-        n_post, n_pre = self.weight.shape[-2:]
-        if pre.shape[-1] != n_pre or post.shape[-1] != n_post:
-            raise ValueError(
-                f"spikes must end in n_pre={n_pre} and n_post={n_post}, got {tuple(pre.shape)} "
-                f"and {tuple(post.shape)}"
-            )
+        self._check(pre, post)
         if self.state is None:
             self.state = initial_state(
-                pre.shape[:-1], n_pre, n_post, self.params,
+                pre.shape[:-1], pre.shape[-1], post.shape[-1], self.params,
                 dtype=self.weight.dtype, device=self.weight.device,
             )  # fmt: skip
         change, self.state = stdp_step(pre.to(self.weight), post.to(self.weight), self.state,
                                        self.params)  # fmt: skip
+        self._accumulate(change)
+
+    def _accumulate(self, change: torch.Tensor) -> None:
         if self.weight.dim() == 3:  # one network per replica
             self.change += change
         else:
-            self.change += change.reshape(-1, n_post, n_pre).sum(0)
+            self.change += change.reshape(-1, *self.weight.shape).sum(0)
+
+    def block(self, pre: torch.Tensor, post: torch.Tensor) -> None:
+        """``T`` steps at once, spikes ``(T, ..., n)``: the same as ``T`` calls of :meth:`step`."""
+        self._check(pre[0], post[0])
+        if self.state is None:
+            self.state = initial_state(
+                pre.shape[1:-1], pre.shape[-1], post.shape[-1], self.params,
+                dtype=self.weight.dtype, device=self.weight.device,
+            )  # fmt: skip
+        change, self.state = stdp_block(pre.to(self.weight), post.to(self.weight), self.state,
+                                        self.params)  # fmt: skip
+        self._accumulate(change)
 
     def skip(self, steps: int) -> None:
         """``steps`` steps in which neither side spikes."""
@@ -102,14 +126,15 @@ class RewardSTDP:
         )
 
     def step(self, pre: torch.Tensor, post: torch.Tensor) -> None:
-        n_post, n_pre = self.weight.shape[-2:]
-        if pre.shape[-1] != n_pre or post.shape[-1] != n_post:
-            raise ValueError(
-                f"spikes must end in n_pre={n_pre} and n_post={n_post}, got {tuple(pre.shape)} "
-                f"and {tuple(post.shape)}"
-            )
+        _check_spikes(self.weight, pre, post)
         self.state = eligibility_step(pre.to(self.weight), post.to(self.weight), self.state,
                                       self.params)  # fmt: skip
+
+    def block(self, pre: torch.Tensor, post: torch.Tensor) -> None:
+        """``T`` steps at once, spikes ``(T, ..., n)``: the same as ``T`` calls of :meth:`step`."""
+        _check_spikes(self.weight, pre[0], post[0])
+        self.state = eligibility_block(pre.to(self.weight), post.to(self.weight), self.state,
+                                       self.params)  # fmt: skip
 
     def skip(self, steps: int) -> None:
         """``steps`` steps in which neither side spikes (a quiet end of a movement cycle)."""

@@ -20,6 +20,17 @@ with the presynaptic trace, and a presynaptic spike with the postsynaptic one::
 
 Leading batch dimensions (examples, replicas) are kept: ``dW`` is per batch element.
 ``tests/test_stdp.py`` checks this against every spike pair counted by hand.
+
+:func:`stdp_block` is the same rule over a block of ``T`` steps at once, for when the spike
+trains of a whole movement cycle are known before the weights change (they are in the foraging
+agent, which learns between cycles). With ``K`` the ``(L, L)`` window kernel (``K[t, s] =
+a^(t-s)`` for ``1 <= t - s <= window``) over the block and the ``window`` steps before it, and
+per-step weights ``w`` (e.g. a reward rule's eligibility ages), the weighted sum of ``dW^t`` is::
+
+    sum_t w_t dW^t = K_plus (K^T (w * Z_post))^T Z_pre + K_minus (w * K Z_post)^T Z_pre
+
+which is evaluated with the kernel on the side with fewer neurons, and only at the steps where
+the other side spikes. It equals :func:`stdp_step` stepped through the block (tested).
 """
 
 from __future__ import annotations
@@ -104,6 +115,85 @@ def stdp_step(
     state.pre_history[slot] = pre
     state.post_history[slot] = post
     return change, STDPState(pre_trace, post_trace, state.pre_history, state.post_history, step + 1)
+
+
+def _window_kernel(length: int, params: STDPParameters, dtype, device) -> Tensor:
+    """``K[t, s] = a^(t - s)`` for ``1 <= t - s <= window``, zero elsewhere: ``K @ Z`` is the
+    windowed trace of the spike trains ``Z`` (time first)."""
+    delay = torch.arange(length, device=device)[:, None] - torch.arange(length, device=device)
+    inside = (delay >= 1) & (delay <= params.window)
+    decay = torch.exp(-delay.to(dtype) / params.tau)
+    return torch.where(inside, decay, torch.zeros((), dtype=dtype, device=device))
+
+
+def _recent(history: Tensor, step: int, window: int) -> Tensor:
+    """The ring's last ``window`` spike vectors in time order (steps ``step - window`` to
+    ``step - 1``; those before step 0 are the ring's initial zeros)."""
+    slots = window + 1
+    order = [(step - window + k) % slots for k in range(window)]
+    return history[order]
+
+
+def stdp_block(
+    pre: Tensor, post: Tensor, state: STDPState, params: STDPParameters = FORAGING,
+    weights: Tensor | None = None,
+) -> tuple[Tensor, STDPState]:  # fmt: skip
+    """``T`` steps at once: spikes ``pre`` ``(T, ..., n_pre)`` and ``post`` ``(T, ..., n_post)``
+    -> ``(sum_t w_t dW^t, state)`` with ``weights`` ``(A, T)`` (``A`` weighted sums, shape
+    ``(A, ..., n_post, n_pre)``) or ``None`` (plain sum, ``(..., n_post, n_pre)``). Pairs with
+    spikes before the block come from the state's histories, so consecutive blocks and
+    :func:`stdp_step` calls mix freely. The state is left as after ``T`` calls of
+    :func:`stdp_step` (histories written in place)."""
+    steps, window = pre.shape[0], params.window
+    if steps == 0:
+        raise ValueError("stdp_block needs at least one step")
+    plain = weights is None
+    if plain:
+        weights = torch.ones(1, steps, dtype=pre.dtype, device=pre.device)
+    if weights.shape != (weights.shape[0], steps):
+        raise ValueError(f"weights must be (A, {steps}), got {tuple(weights.shape)}")
+    if state.pre_history.any() or state.post_history.any():  # spikes before the block
+        prefix = window
+        full_pre = torch.cat([_recent(state.pre_history, state.step, window), pre])
+        full_post = torch.cat([_recent(state.post_history, state.step, window), post])
+    else:  # nothing to pair with before the block (e.g. after a quiet rest)
+        prefix, full_pre, full_post = 0, pre, post
+    length = full_pre.shape[0]
+    kernel = _window_kernel(length, params, pre.dtype, pre.device)
+    w = torch.cat([weights.new_zeros(weights.shape[0], prefix), weights], 1)  # (A, L)
+    w = w.reshape(w.shape[0], length, *([1] * (pre.dim() - 1)))  # broadcast over batch, neurons
+    n_pre, n_post = pre.shape[-1], post.shape[-1]
+    if n_post <= n_pre:  # kernel on the post side, then one product with the pre spikes
+        post_trace = torch.einsum("ts,s...->t...", kernel, full_post)
+        coefficient = params.potentiation * torch.einsum(
+            "st,as...->at...", kernel, w * full_post
+        ) + params.depression * w * post_trace  # (A, L, ..., n_post)
+        active = full_pre.flatten(1).any(1)
+        change = torch.einsum(
+            "at...j,t...i->a...ji", coefficient[:, active], full_pre[active]
+        )
+    else:  # kernel on the pre side
+        pre_trace = torch.einsum("ts,s...->t...", kernel, full_pre)
+        coefficient = params.potentiation * w * pre_trace + params.depression * torch.einsum(
+            "st,as...->at...", kernel, w * full_pre
+        )  # (A, L, ..., n_pre)
+        active = full_post.flatten(1).any(1)
+        change = torch.einsum(
+            "t...j,at...i->a...ji", full_post[active], coefficient[:, active]
+        )
+    # Leave the state as stdp_step would: traces of the last step, the ring holding the block's
+    # last window + 1 steps.
+    decay_back = kernel[length - 1]  # a^(last - s) inside the window before the last step
+    pre_trace = torch.einsum("s,s...->...", decay_back, full_pre)
+    post_trace = torch.einsum("s,s...->...", decay_back, full_post)
+    slots = window + 1
+    end = state.step + steps
+    kept = min(steps, slots)
+    ring = [(end - kept + k) % slots for k in range(kept)]
+    state.pre_history[ring] = pre[steps - kept :]
+    state.post_history[ring] = post[steps - kept :]
+    new_state = STDPState(pre_trace, post_trace, state.pre_history, state.post_history, end)
+    return (change[0] if plain else change), new_state
 
 
 def skip_silent(state: STDPState, steps: int, params: STDPParameters = FORAGING) -> STDPState:

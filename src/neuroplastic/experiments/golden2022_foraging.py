@@ -1,0 +1,443 @@
+"""golden2022-foraging: sleep against forgetting in a spiking forager.
+
+Claim tested (Golden, Delanois, Sanda & Bazhenov 2022, "Sleep prevents catastrophic forgetting
+in spiking neural networks by forming a joint synaptic weight representation", PLOS Comput.
+Biol. 18(11):e1010628; the sleep-replay sheet, part A): a spiking agent trained by
+reward-modulated STDP to forage (task 1) forgets it when trained on task 2; interleaving the
+task-2 training with sleep-like phases of spontaneous activity, with no task-1 data, keeps task
+1 and learns task 2.
+
+The model, what is the paper's and what is ours, and the verdict's criterion (written before
+any run) are in docs/experiments/golden2022-foraging.md; the phases are
+``experiments.foraging_protocol``, the agent ``models.forager``.
+
+Protocol. Per replica batch (the runner's seeds, one network each, simulated together):
+1. an unsupervised period in the world of all four shapes (input-to-hidden STDP, then frozen);
+2. task-1 training (hidden-to-output reward-modulated STDP);
+3. four conditions, each branching from the same networks after step 2 (paired by network):
+   - ``task1-only``: nothing more;
+   - ``task1-then-task2``: task-2 training, ``task_cycles`` long;
+   - ``interleaved``: blocks of ``block_cycles`` of task-1 and of task-2 training, alternating,
+     ``task_cycles`` of each (the paper's reference: both tasks' data);
+   - ``sleep``: blocks of ``block_cycles`` of task-2 training alternating with ``block_cycles``
+     of sleep, ``task_cycles`` of task-2 training in all (the paper's 100/100 schedule);
+4. after each condition, tests of both tasks without plasticity, in fresh worlds,
+   ``test_worlds`` per network at once: discriminability = rewarded / (rewarded + punished).
+
+Schedule. The paper's periods (10^7 cycles unsupervised, 5 x 10^6 per task) are far beyond two
+CPU cores; ours are ``Config``'s, with the reward-modulated pair changes ``plasticity_gain``
+times the paper's so that learning fits them. The gain and the lengths were chosen on
+validation networks (seeds from 1000 up, never the reported seeds 0-9), see the doc.
+
+Replicas. A batch's networks share one random stream (release noise, moves, sleep noise) seeded
+from the batch's seeds, and the runner fixes batches by seed (seeds 0-9 together), so a seed's
+record is reproducible on any executor; alone, a seed simulates another trajectory of the same
+network. ``run`` is ``run_batch`` of one seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuroplastic.envs.foraging import ForagingWorlds
+from neuroplastic.experiments.base import (
+    Experiment,
+    ReportTable,
+    RunContext,
+    RunResult,
+    Verdict,
+    default_runs,
+)
+from neuroplastic.experiments.foraging_protocol import (
+    Foragers,
+    Scaling,
+    Sleep,
+    discriminability,
+    output_rule,
+    sleep_phase,
+    task_phase,
+    test_phase,
+    top_synapses,
+    unsupervised_phase,
+)
+from neuroplastic.models.forager import Forager, ForagerParameters
+from neuroplastic.results import Key
+from neuroplastic.seeding import derive_seed
+from neuroplastic.stats import mean_ci
+from neuroplastic.store import RunRecord
+from neuroplastic.threads import one_cpu_thread
+
+NAME = "golden2022-foraging"
+CONDITIONS = ("task1-only", "task1-then-task2", "interleaved", "sleep")
+TASKS = ("task1", "task2")
+PAPER = {
+    "task1-only": (0.70, 0.53),
+    "task1-then-task2": (0.52, 0.69),
+    "interleaved": (0.68, 0.65),
+    "sleep": (0.70, 0.68),
+}
+"""The paper's discriminabilities (task 1, task 2), means over at least 10 networks."""
+MIN_SEEDS = 10
+LEARNT, FORGOTTEN, KEPT, NEW_TASK = 0.60, 0.08, 0.05, 0.60
+"""The verdict's thresholds (docs/experiments/golden2022-foraging.md, written before the runs):
+task 1 learnt to at least LEARNT; task 2 lowers it by at least FORGOTTEN; with sleep it falls
+by at most KEPT (upper bound of the interval) while task 2 reaches NEW_TASK."""
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: str = "foraging"
+    """The 50 x 50 foraging world (``envs.foraging``), generated, no files."""
+    unsupervised_cycles: int = 1000
+    """Movement cycles of the unsupervised period (the paper: 10^7)."""
+    task_cycles: int = 1500
+    """Training cycles per task (the paper: 5 x 10^6)."""
+    block_cycles: int = 100
+    """Length of an interleaving block, of training and of sleep (the paper's 100)."""
+    test_cycles: int = 400
+    """Cycles of each test, in every world."""
+    test_worlds: int = 8
+    """Fresh worlds per network in a test (the frozen network runs in all at once)."""
+    training_worlds: int = 8
+    """Worlds each network forages in at once while learning, its synapses taking the sum of
+    its copies' changes (``experiments.foraging_protocol``; the paper: one). Ours, for
+    experience within the budget."""
+    plasticity_gain: float = 1000.0
+    """Reward-modulated STDP's pair changes, in units of the paper's +-0.04 (a compressed
+    schedule; chosen on validation networks)."""
+    target_spikes: float = 1.0
+    """Synaptic scaling: each output's target spikes per cycle."""
+    scaling_step: float = 0.0
+    """Synaptic scaling: relative change of an output's target total input per cycle (0: off)."""
+    sleep_noise: str = "waking"
+    """``waking``: each hidden neuron's sleep noise at its mean waking rate (the paper's);
+    ``uniform``: the population's mean rate (the paper's control)."""
+    input_weight: float = ForagerParameters.input_weight
+    """Mean initial input-to-hidden weight (``models.forager``)."""
+    output_weight: float = ForagerParameters.output_weight
+    """Initial hidden-to-output weight (``models.forager``)."""
+    episode_cycles: int = 120
+    """Length of the recorded test episode (the report's animation)."""
+
+    def __post_init__(self) -> None:
+        for name in ("unsupervised_cycles", "task_cycles", "block_cycles", "test_cycles",
+                     "test_worlds", "training_worlds", "episode_cycles"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.task_cycles % self.block_cycles:
+            raise ValueError(
+                f"task_cycles ({self.task_cycles}) must be a multiple of block_cycles "
+                f"({self.block_cycles}), so that interleaving ends on whole blocks"
+            )
+        for name in ("plasticity_gain", "input_weight", "output_weight", "target_spikes"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.scaling_step < 1:
+            raise ValueError(f"scaling_step must lie in [0, 1), got {self.scaling_step}")
+        Sleep(noise=self.sleep_noise)  # validates the noise's name
+
+
+def quick(config: Config) -> Config:
+    """A few minutes on two cores: a shorter unsupervised period, 600 training cycles per task,
+    shorter tests. The same world and model."""
+    return dataclasses.replace(
+        config,
+        unsupervised_cycles=min(config.unsupervised_cycles, 300),
+        task_cycles=min(config.task_cycles, 600),
+        test_cycles=min(config.test_cycles, 150),
+        test_worlds=min(config.test_worlds, 4),
+        episode_cycles=min(config.episode_cycles, 60),
+    )
+
+
+def forager_parameters(config: Config) -> ForagerParameters:
+    return ForagerParameters(
+        input_weight=config.input_weight,
+        input_max=2 * config.input_weight,
+        output_weight=config.output_weight,
+    )
+
+
+class _Ticks:
+    """Progress in movement cycles (training, sleep and test cycles alike)."""
+
+    def __init__(self, context: RunContext, total: int, description: str):
+        self.progress = context.progress
+        self.progress.start(total, description)
+
+    def __call__(self) -> None:
+        self.progress.advance(1)
+
+
+def total_cycles(config: Config, networks: int) -> int:
+    n, tests = config.task_cycles, 2 * config.test_cycles * len(CONDITIONS)
+    return config.unsupervised_cycles + 6 * n + tests + config.episode_cycles * networks
+
+
+def _test(foragers: Foragers, config: Config, seeds: Sequence[int], condition: str, tick
+          ) -> dict[Key, torch.Tensor]:  # fmt: skip
+    out = {}
+    for task in TASKS:
+        world_seed = derive_seed(NAME, "test", tuple(seeds), condition, task)
+        rewarded, punished = test_phase(foragers, task, config.test_cycles, config.test_worlds,
+                                        world_seed, tick)  # fmt: skip
+        out[Key(condition, "discriminability", setting=task)] = discriminability(
+            rewarded, punished
+        )
+        out[Key(condition, "meals_per_world", setting=task)] = (
+            (rewarded + punished) / config.test_worlds
+        )
+    return out
+
+
+def _episode(foragers: Foragers, index: int, config: Config, seeds: Sequence[int], tick
+             ) -> dict[str, list[float]]:  # fmt: skip
+    """A task-1 test episode of network ``index`` alone in a world of its own, as a curve:
+    ``x`` the world's seed, ``y`` the moves (the report replays them)."""
+    world_seed = derive_seed(NAME, "episode", tuple(seeds), index) % 2**31
+    alone = Foragers(foragers.networks.select(index), ForagingWorlds(1, "task1"),
+                     foragers.generator)  # fmt: skip
+    moves = torch.zeros(config.episode_cycles, 1, dtype=torch.long)
+    test_phase(alone, "task1", config.episode_cycles, 1, world_seed, tick, moves=moves)
+    return {"x": [float(world_seed)], "y": [float(m) for m in moves[:, 0]]}
+
+
+def run_batch(config: Config, seeds: Sequence[int], context: RunContext) -> list[RunResult]:
+    """Every condition for the networks of ``seeds``, one replica each (module docstring). On
+    the CPU with one thread (the tensors are small and the steps many)."""
+    with one_cpu_thread(context.device):
+        return _run_batch(config, tuple(seeds), context)
+
+
+def _run_batch(config: Config, seeds: tuple[int, ...], context: RunContext) -> list[RunResult]:
+    batch_seed = derive_seed(NAME, seeds)
+    copies = config.training_worlds
+    agent = Forager(len(seeds), forager_parameters(config), seed=batch_seed % 2**62)
+    worlds = ForagingWorlds(len(seeds) * copies, "unsupervised", seed=batch_seed % 2**62)
+    foragers = Foragers(agent.repeat(copies), worlds,
+                        torch.Generator().manual_seed(batch_seed % 2**62), copies)  # fmt: skip
+    tick = _Ticks(context, total_cycles(config, len(seeds)), f"{NAME} ({len(seeds)} networks)")
+    scaling = Scaling(config.target_spikes, config.scaling_step)
+    metrics: dict[Key, torch.Tensor] = {}
+    curves: dict[Key, tuple[list[float], list[torch.Tensor]]] = {}
+
+    def train(state: Foragers, rule, condition: str, task: str, cycles: int, start: int) -> None:
+        rewarded, punished = task_phase(state, task, cycles, rule, scaling, tick)
+        xs, ys = curves.setdefault(Key(condition, "training_discriminability", setting=task),
+                                   ([], []))  # fmt: skip
+        xs.append(float(start + cycles))
+        ys.append(discriminability(rewarded, punished))
+
+    unsupervised_phase(foragers, config.unsupervised_cycles, tick)
+    rule = output_rule(foragers, config.plasticity_gain)
+    n, block = config.task_cycles, config.block_cycles
+    for start in range(0, n, block * 5):  # the task-1 training curve in 5-block steps
+        cycles = min(block * 5, n - start)
+        train(foragers, rule, "task1-only", "task1", cycles, start)
+    after_task1 = (foragers.copy(), _copy_rule(rule))
+    metrics.update(_test(foragers, config, seeds, "task1-only", tick))
+    weights = {"task1-only": foragers.networks.w_out.clone()}
+
+    for condition in CONDITIONS[1:]:
+        state, branch_rule = after_task1[0].copy(), _copy_rule(after_task1[1])
+        sleep = Sleep(block, noise=config.sleep_noise)
+        for start in range(n, 2 * n, block):
+            if condition == "task1-then-task2":
+                train(state, branch_rule, condition, "task2", block, start)
+            elif condition == "interleaved":
+                train(state, branch_rule, condition, "task1", block, start)
+                train(state, branch_rule, condition, "task2", block, start)
+            else:
+                train(state, branch_rule, condition, "task2", block, start)
+                sleep_phase(state, sleep, branch_rule, tick)
+        metrics.update(_test(state, config, seeds, condition, tick))
+        weights[condition] = state.networks.w_out.clone()
+        if condition == "sleep":
+            episodes = [_episode(state, index, config, seeds, tick) for index in range(len(seeds))]
+
+    task1_top = top_synapses(weights["task1-only"])
+    task2_top = top_synapses(weights["task1-then-task2"])
+    for condition in CONDITIONS:
+        top = top_synapses(weights[condition])
+        metrics[Key(condition, "task1_synapses_in_top")] = _share(task1_top, top)
+        metrics[Key(condition, "task2_synapses_in_top")] = _share(task2_top, top)
+
+    results = []
+    for index, _ in enumerate(seeds):
+        seed_metrics = {key: float(value[index]) for key, value in metrics.items()}
+        seed_curves = {
+            key: {"x": xs, "y": [float(y[index]) for y in ys]} for key, (xs, ys) in curves.items()
+        }
+        seed_curves[Key("sleep", "episode_moves", setting="task1")] = episodes[index]
+        results.append(RunResult(seed_metrics, seed_curves, curve_x_label="training cycle"))
+    return results
+
+
+def _copy_rule(rule):
+    import copy
+
+    return copy.deepcopy(rule)
+
+
+def _share(reference: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """Per network: the share of ``reference``'s synapses that are in ``top``."""
+    return (reference & top).flatten(1).sum(1) / reference.flatten(1).sum(1)
+
+
+def run(config: Config, seed: int, context: RunContext) -> RunResult:
+    return run_batch(config, [seed], context)[0]
+
+
+# -- verdict and report ----------------------------------------------------------------------
+
+
+def _values(runs: Sequence[RunRecord], condition: str, task: str) -> list[float]:
+    return [r.metrics[Key(condition, "discriminability", setting=task)] for r in runs]
+
+
+def _paired(runs, a: tuple[str, str], b: tuple[str, str]):
+    """Mean and 95 % interval of the per-network difference ``a - b``."""
+    pairs = [
+        x - y
+        for x, y in zip(_values(runs, *a), _values(runs, *b), strict=True)
+        if not (math.isnan(x) or math.isnan(y))
+    ]
+    return mean_ci(pairs)
+
+
+def _ci(summary) -> str:
+    return f"{summary.mean:.3f} ± {summary.ci95:.3f}"
+
+
+def verdict(records: Sequence[RunRecord]) -> Verdict:
+    """The criterion of docs/experiments/golden2022-foraging.md (written before the runs)."""
+    needed = [Key(c, "discriminability", setting=t) for c in CONDITIONS for t in TASKS]
+    runs = [r for r in default_runs(records, Config) if all(k in r.metrics for k in needed)]
+    if len(runs) < MIN_SEEDS:
+        return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} networks of the default config")
+    learnt = mean_ci(v for v in _values(runs, "task1-only", "task1") if not math.isnan(v))
+    drop = _paired(runs, ("task1-only", "task1"), ("task1-then-task2", "task1"))
+    sleep_drop = _paired(runs, ("task1-only", "task1"), ("sleep", "task1"))
+    sleep_task2 = mean_ci(v for v in _values(runs, "sleep", "task2") if not math.isnan(v))
+    check_learnt = learnt.mean >= LEARNT and learnt.mean - learnt.ci95 > 0.5
+    check_forgets = drop.mean >= FORGOTTEN and drop.mean - drop.ci95 > 0
+    kept = sleep_drop.mean + sleep_drop.ci95 <= KEPT
+    new_task = sleep_task2.mean >= NEW_TASK and sleep_task2.mean - sleep_task2.ci95 > 0.5
+    headline = (
+        f"task 1 after training {_ci(learnt)}; task 2 training drops it by {_ci(drop)}; "
+        f"with sleep by {_ci(sleep_drop)} while task 2 reaches {_ci(sleep_task2)} "
+        f"(n={len(runs)} networks)"
+    )
+    if not (check_learnt and check_forgets):
+        missing = "task 1 is not learnt" if not check_learnt else "task 2 does not erase task 1"
+        return Verdict("does not hold", f"cannot test the claim: {missing}; {headline}")
+    status = "holds" if kept and new_task else "partly holds" if kept or new_task else (
+        "does not hold"
+    )
+    return Verdict(status, headline)
+
+
+def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
+    """The four conditions against the paper's values."""
+    runs = [r for r in records if r.status == "finished" and not r.quick]
+    runs = runs or [r for r in records if r.status == "finished"]
+    if not runs:
+        return []
+    rows = []
+    for condition in CONDITIONS:
+        cells = []
+        for task in TASKS:
+            values = [v for v in _values(runs, condition, task) if not math.isnan(v)]
+            cells.append(_ci(mean_ci(values)) if len(values) > 1 else "n/a")
+        paper = "{:.2f} / {:.2f}".format(*PAPER[condition])
+        rows.append([condition, *cells, paper])
+    header = ["condition", "task 1", "task 2", "paper (task 1 / task 2)"]
+    return [ReportTable(f"Discriminability after each condition (n={len(runs)})", header, rows)]
+
+
+def plot_panel(key: Key) -> tuple[str, str] | None:
+    """Training curves: one panel per task, one line per condition; the episode is no curve."""
+    if key.metric != "training_discriminability":
+        return None
+    return f"discriminability while training on {key.coords['setting']}", key.method
+
+
+def figures(records: Sequence[RunRecord], out_dir: Path) -> list[tuple[str, Path]]:
+    """The world with the agent's path, an animated test episode (one network after sleep, on
+    task 1) and the task-relevant-synapse analysis."""
+    from neuroplastic.envs.render import save_gif, save_png
+
+    runs = [r for r in records if r.status == "finished"]
+    key = Key("sleep", "episode_moves", setting="task1")
+    runs = [r for r in runs if key in r.curves]
+    if not runs:
+        return []
+    out = []
+    episode = runs[0].curves[key]
+    world_seed = int(episode["x"][0])
+    world = ForagingWorlds(1, "task1", seed=world_seed)
+    frames, path = [world.image(0)], [world.agent[0].copy()]
+    for move in episode["y"]:
+        world.step(torch.tensor([int(move)]))
+        path.append(world.agent[0].copy())
+        frames.append(world.image(0, path=np.array(path)))
+    out.append(("The world and the path of one network after sleep, task 1",
+                save_png(frames[-1], out_dir / f"{NAME}-world.png")))  # fmt: skip
+    out.append(("A test episode (task 1, after sleep)",
+                save_gif(frames, out_dir / f"{NAME}-episode.gif")))  # fmt: skip
+    out.append(("Task-relevant synapses", _synapse_plot(runs, out_dir / f"{NAME}-synapses.png")))
+    return out
+
+
+def _synapse_plot(runs: Sequence[RunRecord], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.38
+    for offset, (metric, label) in enumerate(
+        (("task1_synapses_in_top", "task-1 synapses (top 10 % after task 1)"),
+         ("task2_synapses_in_top", "task-2 synapses (top 10 % after task 2 alone)"))
+    ):  # fmt: skip
+        summaries = [mean_ci(r.metrics[Key(c, metric)] for r in runs) for c in CONDITIONS]
+        xs = [i + (offset - 0.5) * width for i in range(len(CONDITIONS))]
+        ax.bar(xs, [s.mean for s in summaries], width, yerr=[s.ci95 for s in summaries],
+               label=label, capsize=3)  # fmt: skip
+    ax.set_xticks(range(len(CONDITIONS)), CONDITIONS)
+    ax.set_ylabel("share still in the top 10 %")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"Hidden-to-output synapses after each condition (n={len(runs)} networks)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    paper="Golden et al. 2022, PLOS Comput. Biol. 18:e1010628 (sleep in a spiking forager)",
+    claim=(
+        "A spiking forager trained by reward-modulated STDP forgets task 1 when trained on task "
+        "2; interleaving task-2 training with sleep keeps task 1 and learns task 2."
+    ),
+    config_cls=Config,
+    run=run,
+    verdict=verdict,
+    quick=quick,
+    command=f"neuroplastic run {NAME} --seeds {MIN_SEEDS}",
+    run_batch=run_batch,
+    tables=tables,
+    figures=figures,
+    plot_panel=plot_panel,
+)

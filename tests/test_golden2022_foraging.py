@@ -1,0 +1,135 @@
+"""golden2022-foraging (``experiments.golden2022_foraging``): the four conditions on a tiny
+budget, the verdict's criterion, and the report's pictures."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from neuroplastic.config import config_to_dict
+from neuroplastic.envs import ForagingWorlds
+from neuroplastic.experiments import EXPERIMENTS
+from neuroplastic.experiments import golden2022_foraging as golden
+from neuroplastic.experiments.base import RunContext
+from neuroplastic.results import Key
+from neuroplastic.store import RunRecord, config_hash
+
+TINY = golden.Config(unsupervised_cycles=4, task_cycles=20, block_cycles=10, test_cycles=6,
+                     test_worlds=2, episode_cycles=8)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_results():
+    return golden.run_batch(TINY, [0, 1], RunContext(torch.device("cpu")))
+
+
+def test_every_condition_is_measured_on_both_tasks_per_network(tiny_results):
+    assert len(tiny_results) == 2
+    for result in tiny_results:
+        for condition in golden.CONDITIONS:
+            for task in golden.TASKS:
+                d = result.metrics[Key(condition, "discriminability", setting=task)]
+                assert math.isnan(d) or 0.0 <= d <= 1.0
+                assert result.metrics[Key(condition, "meals_per_world", setting=task)] >= 0
+            for metric in ("task1_synapses_in_top", "task2_synapses_in_top"):
+                assert 0.0 <= result.metrics[Key(condition, metric)] <= 1.0
+        # by definition each task's own synapses are its top 10 %
+        assert result.metrics[Key("task1-only", "task1_synapses_in_top")] == 1.0
+        assert result.metrics[Key("task1-then-task2", "task2_synapses_in_top")] == 1.0
+        interleaved = result.curves[Key("interleaved", "training_discriminability",
+                                        setting="task1")]  # fmt: skip
+        assert interleaved["x"] == [30.0, 40.0]  # after task 1's 20 cycles, two blocks
+        assert len(result.curves[Key("sleep", "episode_moves", setting="task1")]["y"]) == 8
+
+
+def test_the_recorded_episode_replays_in_a_world_from_its_seed():
+    """The report redraws the episode from the world's seed and the moves: the replay must
+    eat what the agent ate."""
+    from neuroplastic.envs.foraging import TASKS
+    from neuroplastic.experiments.foraging_protocol import Foragers, test_phase
+    from neuroplastic.models.forager import Forager
+
+    agent = Forager(2, golden.forager_parameters(TINY), seed=3)
+    agent.w_out = agent.w_out * (1 + torch.rand(agent.w_out.shape))
+    alone = Foragers(agent.select(1), ForagingWorlds(1, "task1"), torch.Generator().manual_seed(4))
+    moves = torch.zeros(150, 1, dtype=torch.long)
+    rewarded, punished = test_phase(alone, "task1", 150, 1, seed=11, moves=moves)
+    assert rewarded.item() + punished.item() > 0
+    world = ForagingWorlds(1, "task1", seed=11)
+    eaten = [int(world.step(torch.tensor([int(m)]))[2][0]) for m in moves[:, 0]]
+    assert sum(e in TASKS["task1"].rewarded for e in eaten) == rewarded.item()
+    assert sum(e in TASKS["task1"].punished for e in eaten) == punished.item()
+
+
+def records(values: dict[tuple[str, str], list[float]], n: int = 10) -> list[RunRecord]:
+    config = config_to_dict(golden.Config())
+    return [
+        RunRecord(
+            id=seed, experiment=golden.NAME, config=config, config_hash=config_hash(config),
+            seed=seed, quick=False, dataset="foraging", device="cpu", version="0", git_rev=None,
+            status="finished", started_at="", ended_at="", curves={}, curve_x_label=None,
+            error=None,
+            metrics={Key(c, "discriminability", setting=t): v[seed] for (c, t), v in values.items()},
+        )  # fmt: skip
+        for seed in range(n)
+    ]
+
+
+def outcome(task1_only, sequential, sleep_task1, sleep_task2):
+    jitter = [0.01 * ((i % 3) - 1) for i in range(10)]
+    base = {
+        ("task1-only", "task1"): task1_only, ("task1-only", "task2"): 0.5,
+        ("task1-then-task2", "task1"): sequential, ("task1-then-task2", "task2"): 0.7,
+        ("interleaved", "task1"): 0.65, ("interleaved", "task2"): 0.65,
+        ("sleep", "task1"): sleep_task1, ("sleep", "task2"): sleep_task2,
+    }  # fmt: skip
+    return records({k: [v + j for j in jitter] for k, v in base.items()})
+
+
+def test_registered_and_the_verdict_follows_the_criterion():
+    assert EXPERIMENTS[golden.NAME] is golden.EXPERIMENT
+    assert golden.verdict(outcome(0.70, 0.52, 0.70, 0.68)).status == "holds"
+    assert golden.verdict(outcome(0.70, 0.52, 0.55, 0.68)).status == "partly holds"
+    assert golden.verdict(outcome(0.70, 0.52, 0.70, 0.52)).status == "partly holds"
+    assert golden.verdict(outcome(0.70, 0.52, 0.55, 0.52)).status == "does not hold"
+    untestable = golden.verdict(outcome(0.55, 0.52, 0.55, 0.68))
+    assert untestable.status == "does not hold" and "cannot test" in untestable.headline
+    no_forgetting = golden.verdict(outcome(0.70, 0.68, 0.70, 0.68))
+    assert "cannot test" in no_forgetting.headline
+    assert golden.verdict(outcome(0.7, 0.5, 0.7, 0.7)[:9]).status == "not run"
+
+
+def test_the_report_shows_the_world_an_episode_and_the_synapses(tiny_results, tmp_path):
+    from neuroplastic.report import experiment_report
+
+    config = config_to_dict(TINY)
+    runs = [
+        RunRecord(
+            id=i, experiment=golden.NAME, config=config, config_hash=config_hash(config),
+            seed=i, quick=False, dataset="foraging", device="cpu", version="0", git_rev=None,
+            status="finished", started_at="", ended_at="", metrics=r.metrics, curves=r.curves,
+            curve_x_label=r.curve_x_label, error=None,
+        )  # fmt: skip
+        for i, r in enumerate(tiny_results)
+    ]
+    path = experiment_report(golden.EXPERIMENT, runs, tmp_path)
+    text = path.read_text()
+    for picture in ("world.png", "episode.gif", "synapses.png"):
+        assert f"{golden.NAME}-{picture}" in text and (tmp_path / f"{golden.NAME}-{picture}").exists()
+    assert "paper (task 1 / task 2)" in text
+    from PIL import Image
+
+    with Image.open(tmp_path / f"{golden.NAME}-episode.gif") as gif:
+        assert gif.n_frames == TINY.episode_cycles + 1
+    assert np.asarray(Image.open(tmp_path / f"{golden.NAME}-world.png")).shape[2] == 3
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="multiple of block_cycles"):
+        dataclasses.replace(TINY, task_cycles=25)
+    with pytest.raises(ValueError, match="sleep noise"):
+        dataclasses.replace(TINY, sleep_noise="pink")
+    with pytest.raises(ValueError, match="test_worlds"):
+        dataclasses.replace(TINY, test_worlds=0)
