@@ -14,3 +14,5 @@ done
 python benchmarks/feedforward_lif.py --device cuda --repeats 5
 echo
 python benchmarks/rsnn_memory.py --backend triton --steps 2250 9000 22500 100000
+echo
+python benchmarks/foraging_throughput.py --device cuda --agents 80 640 5120 --cycles 30

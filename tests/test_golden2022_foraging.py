@@ -12,7 +12,6 @@ from neuroplastic.config import config_to_dict
 from neuroplastic.envs import ForagingWorlds
 from neuroplastic.experiments import EXPERIMENTS
 from neuroplastic.experiments import golden2022_foraging as golden
-from neuroplastic.experiments.base import RunContext
 from neuroplastic.results import Key
 from neuroplastic.store import RunRecord, config_hash
 
@@ -21,8 +20,19 @@ TINY = golden.Config(unsupervised_cycles=4, task_cycles=20, block_cycles=10, tes
 
 
 @pytest.fixture(scope="module")
-def tiny_results():
-    return golden.run_batch(TINY, [0, 1], RunContext(torch.device("cpu")))
+def tiny_runs(tmp_path_factory):
+    """Two networks through the runner into a store, as the command line runs them."""
+    from neuroplastic.runner import run_experiment
+    from neuroplastic.store import Store
+
+    path = tmp_path_factory.mktemp("store") / "runs.db"
+    with Store(path) as store:
+        return run_experiment(golden.EXPERIMENT, TINY, [0, 1], store, device="cpu").records
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tiny_runs):
+    return tiny_runs
 
 
 def test_every_condition_is_measured_on_both_tasks_per_network(tiny_results):
@@ -101,20 +111,11 @@ def test_registered_and_the_verdict_follows_the_criterion():
     assert golden.verdict(outcome(0.7, 0.5, 0.7, 0.7)[:9]).status == "not run"
 
 
-def test_the_report_shows_the_world_an_episode_and_the_synapses(tiny_results, tmp_path):
+def test_the_report_shows_the_world_an_episode_and_the_synapses(tiny_runs, tmp_path):
     from neuroplastic.report import experiment_report
 
-    config = config_to_dict(TINY)
-    runs = [
-        RunRecord(
-            id=i, experiment=golden.NAME, config=config, config_hash=config_hash(config),
-            seed=i, quick=False, dataset="foraging", device="cpu", version="0", git_rev=None,
-            status="finished", started_at="", ended_at="", metrics=r.metrics, curves=r.curves,
-            curve_x_label=r.curve_x_label, error=None,
-        )  # fmt: skip
-        for i, r in enumerate(tiny_results)
-    ]
-    path = experiment_report(golden.EXPERIMENT, runs, tmp_path)
+    assert [r.status for r in tiny_runs] == ["finished", "finished"]
+    path = experiment_report(golden.EXPERIMENT, tiny_runs, tmp_path)
     text = path.read_text()
     for picture in ("world.png", "episode.gif", "synapses.png"):
         assert f"{golden.NAME}-{picture}" in text and (tmp_path / f"{golden.NAME}-{picture}").exists()

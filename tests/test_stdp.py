@@ -116,14 +116,15 @@ def test_a_replica_weight_keeps_one_change_per_replica():
 
 
 @pytest.mark.parametrize("n_pre,n_post", [(7, 3), (3, 9)])  # the kernel on either side
-def test_a_block_equals_stepping_through_it_and_mixes_with_steps(n_pre, n_post):
+@pytest.mark.parametrize("density", [0.01, 0.2])  # spikes summed one by one, or dense products
+def test_a_block_equals_stepping_through_it_and_mixes_with_steps(n_pre, n_post, density):
     """Steps, then a weighted block, a plain block and steps again: every change, the traces
     and the ring equal stepping through all 700 steps (pairs span the blocks' edges)."""
     from neuroplastic.plasticity.stdp import stdp_block
 
     gen = torch.Generator().manual_seed(1)
-    pre = (torch.rand(700, 2, n_pre, generator=gen) < 0.05).double()
-    post = (torch.rand(700, 2, n_post, generator=gen) < 0.05).double()
+    pre = (torch.rand(700, 2, n_pre, generator=gen) < density).double()
+    post = (torch.rand(700, 2, n_post, generator=gen) < density).double()
     reference = initial_state((2,), n_pre, n_post, PARAMS, dtype=torch.float64)
     changes = []
     for t in range(700):

@@ -87,8 +87,9 @@ class Foragers:
         self.waking = {}
 
     def move(self, counts: Tensor) -> tuple[Tensor, Tensor]:
-        """Choose and make the moves; returns the rewards and the shapes eaten."""
-        moves = choose_moves(counts, self.last_moves, self.hungry, self.agent.params,
+        """Choose and make the moves; returns the rewards and the shapes eaten. The policy and
+        the worlds run on the CPU, whatever the network's device."""
+        moves = choose_moves(counts.cpu(), self.last_moves, self.hungry, self.agent.params,
                              self.generator)  # fmt: skip
         _, rewards, eaten = self.worlds.step(moves)
         self.hungry = torch.where(eaten > 0, 0.0, self.hungry + 1)

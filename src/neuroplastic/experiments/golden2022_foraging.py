@@ -105,11 +105,11 @@ class Config:
     """Cycles of each test, in every world."""
     test_worlds: int = 8
     """Fresh worlds per network in a test (the frozen network runs in all at once)."""
-    training_worlds: int = 8
+    training_worlds: int = 4
     """Worlds each network forages in at once while learning, its synapses taking the sum of
     its copies' changes (``experiments.foraging_protocol``; the paper: one). Ours, for
     experience within the budget."""
-    plasticity_gain: float = 1000.0
+    plasticity_gain: float = 300.0
     """Reward-modulated STDP's pair changes, in units of the paper's +-0.04 (a compressed
     schedule; chosen on validation networks)."""
     target_spikes: float = 1.0
@@ -145,13 +145,14 @@ class Config:
 
 
 def quick(config: Config) -> Config:
-    """A few minutes on two cores: a shorter unsupervised period, 600 training cycles per task,
-    shorter tests. The same world and model."""
+    """A few minutes on one core: a shorter unsupervised period, 400 training cycles per task
+    in 2 worlds per network, shorter tests. The same world and model."""
     return dataclasses.replace(
         config,
-        unsupervised_cycles=min(config.unsupervised_cycles, 300),
-        task_cycles=min(config.task_cycles, 600),
-        test_cycles=min(config.test_cycles, 150),
+        unsupervised_cycles=min(config.unsupervised_cycles, 200),
+        task_cycles=min(config.task_cycles, 400),
+        training_worlds=min(config.training_worlds, 2),
+        test_cycles=min(config.test_cycles, 100),
         test_worlds=min(config.test_worlds, 4),
         episode_cycles=min(config.episode_cycles, 60),
     )
@@ -197,16 +198,22 @@ def _test(foragers: Foragers, config: Config, seeds: Sequence[int], condition: s
     return out
 
 
-def _episode(foragers: Foragers, index: int, config: Config, seeds: Sequence[int], tick
+def episode_world_seed(seed: int) -> int:
+    """The world of the recorded episode of the network of ``seed``."""
+    return derive_seed(NAME, "episode", seed) % 2**31
+
+
+def _episode(foragers: Foragers, index: int, config: Config, seed: int, tick
              ) -> dict[str, list[float]]:  # fmt: skip
-    """A task-1 test episode of network ``index`` alone in a world of its own, as a curve:
-    ``x`` the world's seed, ``y`` the moves (the report replays them)."""
-    world_seed = derive_seed(NAME, "episode", tuple(seeds), index) % 2**31
+    """A task-1 test episode of network ``index`` (the run of ``seed``) alone in a world of
+    its own (:func:`episode_world_seed`), as a curve of its moves by cycle; the report replays
+    them."""
+    world_seed = episode_world_seed(seed)
     alone = Foragers(foragers.networks.select(index), ForagingWorlds(1, "task1"),
                      foragers.generator)  # fmt: skip
     moves = torch.zeros(config.episode_cycles, 1, dtype=torch.long)
     test_phase(alone, "task1", config.episode_cycles, 1, world_seed, tick, moves=moves)
-    return {"x": [float(world_seed)], "y": [float(m) for m in moves[:, 0]]}
+    return {"x": [float(c) for c in range(len(moves))], "y": [float(m) for m in moves[:, 0]]}
 
 
 def run_batch(config: Config, seeds: Sequence[int], context: RunContext) -> list[RunResult]:
@@ -260,7 +267,8 @@ def _run_batch(config: Config, seeds: tuple[int, ...], context: RunContext) -> l
         metrics.update(_test(state, config, seeds, condition, tick))
         weights[condition] = state.networks.w_out.clone()
         if condition == "sleep":
-            episodes = [_episode(state, index, config, seeds, tick) for index in range(len(seeds))]
+            episodes = [_episode(state, index, config, seed, tick)
+                        for index, seed in enumerate(seeds)]  # fmt: skip
 
     task1_top = top_synapses(weights["task1-only"])
     task2_top = top_synapses(weights["task1-then-task2"])
@@ -381,8 +389,7 @@ def figures(records: Sequence[RunRecord], out_dir: Path) -> list[tuple[str, Path
         return []
     out = []
     episode = runs[0].curves[key]
-    world_seed = int(episode["x"][0])
-    world = ForagingWorlds(1, "task1", seed=world_seed)
+    world = ForagingWorlds(1, "task1", seed=episode_world_seed(runs[0].seed))
     frames, path = [world.image(0)], [world.agent[0].copy()]
     for move in episode["y"]:
         world.step(torch.tensor([int(move)]))

@@ -134,6 +134,30 @@ def _recent(history: Tensor, step: int, window: int) -> Tensor:
     return history[order]
 
 
+SPARSE_BELOW = 0.05
+"""Spike density under which :func:`stdp_block` sums over the spikes one by one (a scatter)
+rather than multiplying dense matrices."""
+
+
+def _pair_with_spikes(coefficient: Tensor, spikes: Tensor) -> Tensor:
+    """``sum_t coefficient[a, t, ..., j] spikes[t, ..., i]`` -> ``(A, ..., i, j)``: each spike
+    of the sparse side picks up the other side's coefficients at its step."""
+    batch = spikes.shape[1:-1]
+    length, n_spiking, n_other = spikes.shape[0], spikes.shape[-1], coefficient.shape[-1]
+    flat = spikes.reshape(length, -1, n_spiking)
+    coefficient = coefficient.reshape(coefficient.shape[0], length, -1, n_other)
+    if flat.count_nonzero() >= SPARSE_BELOW * flat.numel():
+        active = flat.flatten(1).any(1)  # only steps with spikes contribute
+        out = torch.einsum("atbj,tbi->abij", coefficient[:, active], flat[active])
+        return out.reshape(coefficient.shape[0], *batch, n_spiking, n_other)
+    step, member, neuron = flat.nonzero(as_tuple=True)
+    values = coefficient[:, step, member] * flat[step, member, neuron][None, :, None]
+    out = coefficient.new_zeros(coefficient.shape[0], flat.shape[1], n_spiking, n_other)
+    slots = torch.arange(coefficient.shape[0], device=out.device)[:, None]
+    out.index_put_((slots, member[None], neuron[None]), values, accumulate=True)
+    return out.reshape(coefficient.shape[0], *batch, n_spiking, n_other)
+
+
 def stdp_block(
     pre: Tensor, post: Tensor, state: STDPState, params: STDPParameters = FORAGING,
     weights: Tensor | None = None,
@@ -168,19 +192,13 @@ def stdp_block(
         coefficient = params.potentiation * torch.einsum(
             "st,as...->at...", kernel, w * full_post
         ) + params.depression * w * post_trace  # (A, L, ..., n_post)
-        active = full_pre.flatten(1).any(1)
-        change = torch.einsum(
-            "at...j,t...i->a...ji", coefficient[:, active], full_pre[active]
-        )
+        change = _pair_with_spikes(coefficient, full_pre).transpose(-1, -2)
     else:  # kernel on the pre side
         pre_trace = torch.einsum("ts,s...->t...", kernel, full_pre)
         coefficient = params.potentiation * w * pre_trace + params.depression * torch.einsum(
             "st,as...->at...", kernel, w * full_pre
         )  # (A, L, ..., n_pre)
-        active = full_post.flatten(1).any(1)
-        change = torch.einsum(
-            "t...j,at...i->a...ji", full_post[active], coefficient[:, active]
-        )
+        change = _pair_with_spikes(coefficient, full_post)
     # Leave the state as stdp_step would: traces of the last step, the ring holding the block's
     # last window + 1 steps.
     decay_back = kernel[length - 1]  # a^(last - s) inside the window before the last step
