@@ -62,8 +62,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for agents in args.agents:
         rates = measure(agents, args.cycles, args.device)
-        print(f"| {agents} | {rates['training']:.0f} | {rates['sleep']:.0f} | {rates['test']:.0f} |",
-              flush=True)  # fmt: skip
+        cells = " | ".join(f"{rates[kind]:.0f}" for kind in ("training", "sleep", "test"))
+        print(f"| {agents} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":

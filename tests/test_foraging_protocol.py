@@ -49,7 +49,8 @@ def test_the_test_phase_learns_nothing_touches_no_training_state_and_counts_meal
     positions, random_state = f.worlds.agent.copy(), f.generator.get_state()
     rewarded, punished = protocol.test_phase(f, "task2", 30, worlds_per_network=3, seed=1)
     assert torch.equal(f.agent.w_in, w_in) and torch.equal(f.agent.w_out, w_out)
-    assert (f.worlds.agent == positions).all() and torch.equal(f.generator.get_state(), random_state)
+    assert (f.worlds.agent == positions).all()
+    assert torch.equal(f.generator.get_state(), random_state)
     assert rewarded.shape == (2,) and (rewarded + punished).sum() > 0
     d = protocol.discriminability(torch.tensor([3.0, 0.0]), torch.tensor([1.0, 0.0]))
     assert d[0].item() == 0.75 and math.isnan(d[1].item())

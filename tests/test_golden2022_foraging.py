@@ -12,6 +12,7 @@ from neuroplastic.config import config_to_dict
 from neuroplastic.envs import ForagingWorlds
 from neuroplastic.experiments import EXPERIMENTS
 from neuroplastic.experiments import golden2022_foraging as golden
+from neuroplastic.experiments.base import RunContext
 from neuroplastic.results import Key
 from neuroplastic.store import RunRecord, config_hash
 
@@ -81,7 +82,8 @@ def records(values: dict[tuple[str, str], list[float]], n: int = 10) -> list[Run
             seed=seed, quick=False, dataset="foraging", device="cpu", version="0", git_rev=None,
             status="finished", started_at="", ended_at="", curves={}, curve_x_label=None,
             error=None,
-            metrics={Key(c, "discriminability", setting=t): v[seed] for (c, t), v in values.items()},
+            metrics={Key(c, "discriminability", setting=t): v[seed]
+                     for (c, t), v in values.items()},
         )  # fmt: skip
         for seed in range(n)
     ]
@@ -118,7 +120,8 @@ def test_the_report_shows_the_world_an_episode_and_the_synapses(tiny_runs, tmp_p
     path = experiment_report(golden.EXPERIMENT, tiny_runs, tmp_path)
     text = path.read_text()
     for picture in ("world.png", "episode.gif", "synapses.png"):
-        assert f"{golden.NAME}-{picture}" in text and (tmp_path / f"{golden.NAME}-{picture}").exists()
+        name = f"{golden.NAME}-{picture}"
+        assert name in text and (tmp_path / name).exists()
     assert "paper (task 1 / task 2)" in text
     from PIL import Image
 
@@ -134,3 +137,34 @@ def test_bad_configs_are_refused():
         dataclasses.replace(TINY, sleep_noise="pink")
     with pytest.raises(ValueError, match="test_worlds"):
         dataclasses.replace(TINY, test_worlds=0)
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_numbers(tmp_path, monkeypatch):
+    """Interrupted inside the sleep branch, a run resumes from its last save and ends with
+    what an uninterrupted run gives; the checkpoint is removed when the run finishes."""
+    from neuroplastic.experiments import foraging_protocol
+
+    context = RunContext(torch.device("cpu"), checkpoint_dir=tmp_path)
+    whole = golden.run_batch(TINY, [0, 1], RunContext(torch.device("cpu")))
+    monkeypatch.setattr(golden, "CHECKPOINT_SECONDS", 0.0)  # save after every block
+    real_sleep, calls = foraging_protocol.sleep_phase, []
+
+    def interrupted_sleep(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_sleep(*args, **kwargs)
+
+    monkeypatch.setattr(golden, "sleep_phase", interrupted_sleep)
+    with pytest.raises(KeyboardInterrupt):
+        golden.run_batch(TINY, [0, 1], context)
+    assert list(tmp_path.glob("*.pt"))
+    monkeypatch.setattr(golden, "sleep_phase", real_sleep)
+    resumed = golden.run_batch(TINY, [0, 1], context)
+    assert not list(tmp_path.glob("*.pt"))
+    for a, b in zip(whole, resumed, strict=True):
+        assert a.metrics.keys() == b.metrics.keys()
+        np.testing.assert_equal(a.metrics, b.metrics)
+        assert a.curves.keys() == b.curves.keys()
+        for key in a.curves:
+            np.testing.assert_equal(a.curves[key], b.curves[key])  # NaN equals NaN here

@@ -113,8 +113,9 @@ def test_a_block_of_steps_equals_stepping_through_it():
         for cycle in range(5):
             steps = range(cycle * 100, (cycle + 1) * 100)
             if by_block:  # two uneven blocks per cycle
-                rule.block(pre[steps.start : steps.start + 37], post[steps.start : steps.start + 37])
-                rule.block(pre[steps.start + 37 : steps.stop], post[steps.start + 37 : steps.stop])
+                cut = steps.start + 37
+                rule.block(pre[steps.start : cut], post[steps.start : cut])
+                rule.block(pre[cut : steps.stop], post[cut : steps.stop])
             else:
                 for t in steps:
                     rule.step(pre[t], post[t])

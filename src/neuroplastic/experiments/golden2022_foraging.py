@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neuroplastic.config import config_to_dict
 from neuroplastic.envs.foraging import ForagingWorlds
 from neuroplastic.experiments.base import (
     Experiment,
@@ -71,7 +73,7 @@ from neuroplastic.models.forager import Forager, ForagerParameters
 from neuroplastic.results import Key
 from neuroplastic.seeding import derive_seed
 from neuroplastic.stats import mean_ci
-from neuroplastic.store import RunRecord
+from neuroplastic.store import RunRecord, config_hash
 from neuroplastic.threads import one_cpu_thread
 
 NAME = "golden2022-foraging"
@@ -223,39 +225,101 @@ def run_batch(config: Config, seeds: Sequence[int], context: RunContext) -> list
         return _run_batch(config, tuple(seeds), context)
 
 
+CHECKPOINT_SECONDS = 120.0
+"""A long run saves its progress (with a ``RunContext.checkpoint_dir``) at most this often, and
+after each stage; an interrupted run resumes from its last save."""
+
+
+class _Checkpoint:
+    """Where a batch's progress is saved: everything the stages carry, pickled whole (networks,
+    worlds, random streams, rules), so a resumed run continues exactly."""
+
+    def __init__(self, context: RunContext, config: Config, seeds: tuple[int, ...]):
+        self.path = None
+        if context.checkpoint_dir is not None:
+            digest = config_hash(config_to_dict(config))[:12]
+            name = f"{NAME}-{digest}-seeds-{'-'.join(map(str, seeds))}.pt"
+            self.path = context.checkpoint_dir / name
+        self.saved_at = time.monotonic()
+
+    def load(self) -> dict | None:
+        if self.path is None or not self.path.exists():
+            return None
+        return torch.load(self.path, weights_only=False)
+
+    def save(self, progress: dict, force: bool = False) -> None:
+        due = force or time.monotonic() - self.saved_at > CHECKPOINT_SECONDS
+        if self.path is None or not due:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".tmp")
+        torch.save(progress, partial)
+        partial.replace(self.path)  # a save interrupted half-way leaves the last one intact
+        self.saved_at = time.monotonic()
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 def _run_batch(config: Config, seeds: tuple[int, ...], context: RunContext) -> list[RunResult]:
-    batch_seed = derive_seed(NAME, seeds)
-    copies = config.training_worlds
-    agent = Forager(len(seeds), forager_parameters(config), seed=batch_seed % 2**62)
-    worlds = ForagingWorlds(len(seeds) * copies, "unsupervised", seed=batch_seed % 2**62)
-    foragers = Foragers(agent.repeat(copies), worlds,
-                        torch.Generator().manual_seed(batch_seed % 2**62), copies)  # fmt: skip
+    checkpoint = _Checkpoint(context, config, seeds)
+    progress = checkpoint.load()
+    if progress is None:
+        batch_seed = derive_seed(NAME, seeds) % 2**62
+        copies = config.training_worlds
+        agent = Forager(len(seeds), forager_parameters(config), seed=batch_seed)
+        worlds = ForagingWorlds(len(seeds) * copies, "unsupervised", seed=batch_seed)
+        foragers = Foragers(agent.repeat(copies), worlds,
+                            torch.Generator().manual_seed(batch_seed), copies)  # fmt: skip
+        progress = {"stage": "unsupervised", "foragers": foragers, "rule": None, "cycles": 0,
+                    "metrics": {}, "curves": {}, "weights": {}, "episodes": None,
+                    "branch": None}  # fmt: skip
     tick = _Ticks(context, total_cycles(config, len(seeds)), f"{NAME} ({len(seeds)} networks)")
+    tick.progress.advance(progress["cycles"])
+
+    def count() -> None:
+        progress["cycles"] += 1
+        tick()
+
     scaling = Scaling(config.target_spikes, config.scaling_step)
-    metrics: dict[Key, torch.Tensor] = {}
-    curves: dict[Key, tuple[list[float], list[torch.Tensor]]] = {}
+    metrics, curves, weights = progress["metrics"], progress["curves"], progress["weights"]
 
     def train(state: Foragers, rule, condition: str, task: str, cycles: int, start: int) -> None:
-        rewarded, punished = task_phase(state, task, cycles, rule, scaling, tick)
+        rewarded, punished = task_phase(state, task, cycles, rule, scaling, count)
         xs, ys = curves.setdefault(Key(condition, "training_discriminability", setting=task),
                                    ([], []))  # fmt: skip
         xs.append(float(start + cycles))
         ys.append(discriminability(rewarded, punished))
 
-    unsupervised_phase(foragers, config.unsupervised_cycles, tick)
-    rule = output_rule(foragers, config.plasticity_gain)
     n, block = config.task_cycles, config.block_cycles
-    for start in range(0, n, block * 5):  # the task-1 training curve in 5-block steps
-        cycles = min(block * 5, n - start)
-        train(foragers, rule, "task1-only", "task1", cycles, start)
-    after_task1 = (foragers.copy(), _copy_rule(rule))
-    metrics.update(_test(foragers, config, seeds, "task1-only", tick))
-    weights = {"task1-only": foragers.networks.w_out.clone()}
+    if progress["stage"] == "unsupervised":
+        unsupervised_phase(progress["foragers"], config.unsupervised_cycles, count)
+        progress.update(stage="task1", rule=output_rule(progress["foragers"],
+                                                        config.plasticity_gain))  # fmt: skip
+        checkpoint.save(progress, force=True)
+    if progress["stage"] == "task1":
+        foragers, rule = progress["foragers"], progress["rule"]
+        done = int(max(curves.get(Key("task1-only", "training_discriminability",
+                                      setting="task1"), ([0.0], []))[0], default=0))  # fmt: skip
+        for start in range(done, n, block):
+            train(foragers, rule, "task1-only", "task1", block, start)
+            checkpoint.save(progress)
+        metrics.update(_test(foragers, config, seeds, "task1-only", count))
+        weights["task1-only"] = foragers.networks.w_out.clone()
+        progress.update(stage=CONDITIONS[1], after_task1=(foragers, rule), foragers=None,
+                        rule=None)  # fmt: skip
+        checkpoint.save(progress, force=True)
 
     for condition in CONDITIONS[1:]:
-        state, branch_rule = after_task1[0].copy(), _copy_rule(after_task1[1])
+        if CONDITIONS.index(progress["stage"]) > CONDITIONS.index(condition):
+            continue
+        if progress["branch"] is None:
+            state, rule = progress["after_task1"]
+            progress["branch"] = (n, state.copy(), _copy_rule(rule))
+        resume_at, state, branch_rule = progress["branch"]
         sleep = Sleep(block, noise=config.sleep_noise)
-        for start in range(n, 2 * n, block):
+        for start in range(resume_at, 2 * n, block):
             if condition == "task1-then-task2":
                 train(state, branch_rule, condition, "task2", block, start)
             elif condition == "interleaved":
@@ -263,12 +327,18 @@ def _run_batch(config: Config, seeds: tuple[int, ...], context: RunContext) -> l
                 train(state, branch_rule, condition, "task2", block, start)
             else:
                 train(state, branch_rule, condition, "task2", block, start)
-                sleep_phase(state, sleep, branch_rule, tick)
-        metrics.update(_test(state, config, seeds, condition, tick))
+                sleep_phase(state, sleep, branch_rule, count)
+            progress["branch"] = (start + block, state, branch_rule)
+            checkpoint.save(progress)
+        metrics.update(_test(state, config, seeds, condition, count))
         weights[condition] = state.networks.w_out.clone()
         if condition == "sleep":
-            episodes = [_episode(state, index, config, seed, tick)
-                        for index, seed in enumerate(seeds)]  # fmt: skip
+            progress["episodes"] = [_episode(state, index, config, seed, count)
+                                    for index, seed in enumerate(seeds)]  # fmt: skip
+        following = CONDITIONS.index(condition) + 1
+        progress.update(branch=None, stage=CONDITIONS[following] if following < len(CONDITIONS)
+                        else "done")  # fmt: skip
+        checkpoint.save(progress, force=True)
 
     task1_top = top_synapses(weights["task1-only"])
     task2_top = top_synapses(weights["task1-then-task2"])
@@ -283,8 +353,9 @@ def _run_batch(config: Config, seeds: tuple[int, ...], context: RunContext) -> l
         seed_curves = {
             key: {"x": xs, "y": [float(y[index]) for y in ys]} for key, (xs, ys) in curves.items()
         }
-        seed_curves[Key("sleep", "episode_moves", setting="task1")] = episodes[index]
+        seed_curves[Key("sleep", "episode_moves", setting="task1")] = progress["episodes"][index]
         results.append(RunResult(seed_metrics, seed_curves, curve_x_label="training cycle"))
+    checkpoint.remove()
     return results
 
 

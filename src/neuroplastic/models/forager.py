@@ -32,9 +32,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from neuroplastic.neurons.lif import LIFParameters, LIFState, initial_state, lif_step
+from neuroplastic.neurons.lif import LIFParameters, LIFState, initial_state
 from neuroplastic.plasticity.homeostasis import balanced_inhibition
-
 
 QUIET_CHECK_EVERY = 8
 """``simulate_cycle`` checks whether the network has fallen quiet every this many steps (a check
