@@ -29,6 +29,11 @@ CPU cores; ours are ``Config``'s, with the reward-modulated pair changes ``plast
 times the paper's so that learning fits them. The gain and the lengths were chosen on
 validation networks (seeds from 1000 up, never the reported seeds 0-9), see the doc.
 
+Checkpoints. With the runner's checkpoint folder, a batch saves its whole state (networks,
+worlds, random streams, rules, what it measured) after each stage and at most every
+``CHECKPOINT_SECONDS``; run the same command again after an interruption and it resumes from
+the last save to the numbers an uninterrupted run gives (tested).
+
 Replicas. A batch's networks share one random stream (release noise, moves, sleep noise) seeded
 from the batch's seeds, and the runner fixes batches by seed (seeds 0-9 together), so a seed's
 record is reproducible on any executor; alone, a seed simulates another trajectory of the same
