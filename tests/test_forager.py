@@ -210,3 +210,22 @@ def test_the_agents_neuron_step_is_the_libraries_lif_step():
         assert torch.equal(z_ours, z_theirs) and torch.allclose(ours.v, theirs.v)
         spikes += z_ours.sum()
     assert spikes > 0
+
+
+def test_sleep_spikes_are_bernoulli_per_step_at_each_neurons_rate():
+    """Drawn sparsely (binomial counts on distinct steps), the trains must match Bernoulli
+    draws per step: the mean count, its variance (binomial, not Poisson), and uniform steps."""
+    agent = Forager(1, PARAMS, seed=0)
+    rates = torch.tensor([[0.002, 0.05, 0.5, 1.0]]).expand(1, 4)
+    agent_rates = torch.zeros(1, agent.n_hidden)
+    agent_rates[0, :4] = rates[0]
+    gen = torch.Generator().manual_seed(0)
+    trains = torch.stack([agent.sleep_spikes(agent_rates, gen)[:, 0, :4] for _ in range(400)])
+    counts = trains.sum(1)  # (draws, 4)
+    expected = 600 * rates[0]
+    assert torch.allclose(counts.mean(0), expected, rtol=0.05)
+    assert torch.allclose(counts.var(0)[:3], (expected * (1 - rates[0]))[:3], rtol=0.2)
+    assert (counts[:, 3] == 600).all() and trains.max() == 1.0
+    per_step = trains[:, :, 2].mean(0)  # rate 0.5: every step equally likely
+    assert (per_step - 0.5).abs().max() < 0.1
+    assert agent.sleep_spikes(torch.zeros(1, agent.n_hidden), gen).sum() == 0

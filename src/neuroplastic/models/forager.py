@@ -270,10 +270,28 @@ class Forager:
 
     def sleep_spikes(self, rates: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """A sleep cycle's hidden spikes ``(cycle, replicas, n_hidden)``: independent Bernoulli
-        draws per step at ``rates`` (spikes per step), Poisson trains at the step's resolution."""
+        draws per step at ``rates`` (spikes per step), Poisson trains at the step's resolution.
+
+        Drawn sparsely, as the same distribution: each neuron's spike count is binomial over the
+        cycle's steps, and its spikes fall on that many distinct steps chosen uniformly (a draw
+        that lands on a step already taken by the same neuron is drawn again)."""
         dtype, device = self.w_out.dtype, self.w_out.device
-        draw = torch.rand(self.params.cycle, *rates.shape, generator=generator, dtype=dtype)
-        return (draw.to(device) < rates.to(dtype=dtype, device=device)).to(dtype)
+        steps = self.params.cycle
+        rates = rates.to(torch.float64).cpu().clamp(0.0, 1.0)
+        counts = torch.binomial(torch.full_like(rates, float(steps)), rates, generator=generator)
+        neuron = torch.repeat_interleave(torch.arange(rates.numel()), counts.flatten().long())
+        step = torch.randint(0, steps, neuron.shape, generator=generator)
+        while True:
+            key = neuron * steps + step
+            order = torch.argsort(key, stable=True)
+            repeated = torch.zeros_like(key, dtype=torch.bool)
+            repeated[order[1:]] = key[order[1:]] == key[order[:-1]]
+            if not repeated.any():
+                break
+            step[repeated] = torch.randint(0, steps, (int(repeated.sum()),), generator=generator)
+        trains = torch.zeros(steps, rates.numel(), dtype=dtype)
+        trains[step, neuron] = 1.0
+        return trains.reshape(steps, *rates.shape).to(device)
 
     def simulate_cycle(self, window: Tensor, generator: torch.Generator | None = None
                        ) -> CycleTrains:  # fmt: skip

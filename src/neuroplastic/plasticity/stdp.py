@@ -158,6 +158,18 @@ def _pair_with_spikes(coefficient: Tensor, spikes: Tensor) -> Tensor:
     return out.reshape(coefficient.shape[0], *batch, n_spiking, n_other)
 
 
+def _last_trace(decay_back: Tensor, chunks: list[Tensor], window: int) -> Tensor:
+    """``sum_s decay_back[s] z^s`` over the chunks laid end to end (only the last ``window``
+    steps can count)."""
+    total, offset = 0, 0
+    for chunk in chunks:
+        start = max(0, chunk.shape[0] - window)
+        weights = decay_back[offset + start : offset + chunk.shape[0]]
+        total = total + torch.einsum("s,s...->...", weights, chunk[start:])
+        offset += chunk.shape[0]
+    return total
+
+
 def stdp_block(
     pre: Tensor, post: Tensor, state: STDPState, params: STDPParameters = FORAGING,
     weights: Tensor | None = None,
@@ -176,34 +188,37 @@ def stdp_block(
         weights = torch.ones(1, steps, dtype=pre.dtype, device=pre.device)
     if weights.shape != (weights.shape[0], steps):
         raise ValueError(f"weights must be (A, {steps}), got {tuple(weights.shape)}")
-    if state.pre_history.any() or state.post_history.any():  # spikes before the block
+    # Each side as chunks in time: the window before the block (from the ring, only if it
+    # holds spikes), then the block. The side with fewer neurons is concatenated and carries
+    # the kernel; the other is only ever paired spike by spike, never copied.
+    if state.pre_history.any() or state.post_history.any():
         prefix = window
-        full_pre = torch.cat([_recent(state.pre_history, state.step, window), pre])
-        full_post = torch.cat([_recent(state.post_history, state.step, window), post])
+        pre_chunks = [_recent(state.pre_history, state.step, window), pre]
+        post_chunks = [_recent(state.post_history, state.step, window), post]
     else:  # nothing to pair with before the block (e.g. after a quiet rest)
-        prefix, full_pre, full_post = 0, pre, post
-    length = full_pre.shape[0]
+        prefix, pre_chunks, post_chunks = 0, [pre], [post]
+    length = prefix + steps
     kernel = _window_kernel(length, params, pre.dtype, pre.device)
     w = torch.cat([weights.new_zeros(weights.shape[0], prefix), weights], 1)  # (A, L)
     w = w.reshape(w.shape[0], length, *([1] * (pre.dim() - 1)))  # broadcast over batch, neurons
-    n_pre, n_post = pre.shape[-1], post.shape[-1]
-    if n_post <= n_pre:  # kernel on the post side, then one product with the pre spikes
-        post_trace = torch.einsum("ts,s...->t...", kernel, full_post)
-        coefficient = params.potentiation * torch.einsum(
-            "st,as...->at...", kernel, w * full_post
-        ) + params.depression * w * post_trace  # (A, L, ..., n_post)
-        change = _pair_with_spikes(coefficient, full_pre).transpose(-1, -2)
-    else:  # kernel on the pre side
-        pre_trace = torch.einsum("ts,s...->t...", kernel, full_pre)
-        coefficient = params.potentiation * w * pre_trace + params.depression * torch.einsum(
-            "st,as...->at...", kernel, w * full_pre
-        )  # (A, L, ..., n_pre)
-        change = _pair_with_spikes(coefficient, full_post)
+    kernel_on_post = post.shape[-1] <= pre.shape[-1]
+    small = torch.cat(post_chunks if kernel_on_post else pre_chunks)
+    trace = torch.einsum("ts,s...->t...", kernel, small)
+    carried = torch.einsum("st,as...->at...", kernel, w * small)
+    if kernel_on_post:  # coefficient of each pre spike: the post side's pairs at its step
+        coefficient = params.potentiation * carried + params.depression * w * trace
+    else:  # coefficient of each post spike
+        coefficient = params.potentiation * w * trace + params.depression * carried
+    change, offset = 0, 0
+    for chunk in pre_chunks if kernel_on_post else post_chunks:
+        paired = _pair_with_spikes(coefficient[:, offset : offset + chunk.shape[0]], chunk)
+        change = change + (paired.transpose(-1, -2) if kernel_on_post else paired)
+        offset += chunk.shape[0]
     # Leave the state as stdp_step would: traces of the last step, the ring holding the block's
     # last window + 1 steps.
     decay_back = kernel[length - 1]  # a^(last - s) inside the window before the last step
-    pre_trace = torch.einsum("s,s...->...", decay_back, full_pre)
-    post_trace = torch.einsum("s,s...->...", decay_back, full_post)
+    pre_trace, post_trace = (_last_trace(decay_back, chunks, window)
+                             for chunks in (pre_chunks, post_chunks))  # fmt: skip
     slots = window + 1
     end = state.step + steps
     kept = min(steps, slots)
