@@ -10,9 +10,11 @@ from neuroplastic.plasticity.homeostasis import (
 )
 from neuroplastic.plasticity.reward_stdp import RewardSTDPParameters
 from neuroplastic.plasticity.rules import STDP, RewardSTDP
+from neuroplastic.plasticity.sleep_replay import SleepReplay, SRCParameters
 from neuroplastic.plasticity.stdp import STDPParameters, STDPState, initial_state, stdp_step
 
 __all__ = [
-    "STDP", "RewardSTDP", "RewardSTDPParameters", "STDPParameters", "STDPState",
+    "STDP", "RewardSTDP", "RewardSTDPParameters", "SRCParameters", "SleepReplay",
+    "STDPParameters", "STDPState",
     "balanced_inhibition", "initial_state", "normalise_inputs", "scale_targets", "stdp_step",
 ]  # fmt: skip
