@@ -180,10 +180,11 @@ def sleep_step(
         v = params.decay * v + alpha * (weight @ pre)
         post = (v >= beta).to(v.dtype)
         v = v * (1 - post)  # reset to zero
-        if post.any():
-            factor = weight_factor(weight)
+        fired = post.nonzero(as_tuple=True)[0]
+        if len(fired):  # only the rows of neurons that spiked change
             change = params.increment * pre - params.decrement * (1 - pre)  # (in,)
-            weight = weight + post[:, None] * change[None, :] * factor
+            rows = weight[fired]
+            weight = weight.index_copy(0, fired, rows + change[None, :] * weight_factor(rows))
         new_weights.append(weight)
         potentials.append(v)
         spikes.append(post)
