@@ -1,6 +1,7 @@
 """Sleep replay consolidation (``plasticity.sleep_replay``, Tadros et al. 2022) against values
 computed by hand."""
 
+import copy
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from neuroplastic.plasticity.sleep_replay import (
     SleepReplay,
     SRCParameters,
     initial_state,
+    input_spike_train,
     input_spikes,
     layer_scales,
     sleep_step,
@@ -106,3 +108,48 @@ def test_the_authors_schedule_and_values():
     assert SRC_MNIST.thresholds == (14.55, 44.56, 38.05) and SRC_MNIST.max_rate == 239.5
     with pytest.raises(ValueError, match="count from 1"):
         sleep_steps(0)
+
+
+def test_a_stretch_of_input_spikes_keeps_one_window_per_step():
+    params = SRCParameters(max_rate=100.0)
+    train = input_spike_train(torch.ones(784, dtype=torch.float64), params, 500,
+                              torch.Generator().manual_seed(2))  # fmt: skip
+    assert train.shape == (500, 784)
+    for spikes in train[:50]:
+        rows, cols = spikes.reshape(28, 28).nonzero(as_tuple=True)
+        if len(rows):
+            assert rows.max() - rows.min() < 11 and cols.max() - cols.min() < 11
+    assert (train.sum(1) / 121).mean().item() == pytest.approx(0.2, rel=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_compiled_sleep_equals_the_reference_step(dtype):
+    """Same input spikes, same network: the Numba loop changes the weights as ``sleep_step``
+    does, spike for spike (float64: to rounding; float32: the spike counts agree and the weights
+    to single precision)."""
+    pytest.importorskip("numba")
+    gen = torch.Generator().manual_seed(0)
+    layers = [nn.Linear(784, 120, bias=False), nn.Linear(120, 60, bias=False),
+              nn.Linear(60, 10, bias=False)]  # fmt: skip
+    for layer in layers:
+        nn.init.uniform_(layer.weight, -0.05, 0.1, generator=gen)
+        layer.to(dtype)
+    data = torch.rand(100, 784, generator=gen, dtype=dtype)
+    params = SRCParameters(thresholds=(4.0, 6.0, 5.0), alpha_scale=8.0)
+    outcome = {}
+    for backend in ("torch", "numba"):
+        copies = [copy.deepcopy(layer) for layer in layers]
+        replay = SleepReplay(copies, params)
+        replay.calibrate(data)
+        counts = replay.sleep(data.mean(0), 400, torch.Generator().manual_seed(3),
+                              backend=backend, chunk=150)  # fmt: skip
+        outcome[backend] = ([c.weight for c in copies], counts)
+    assert all(c.sum() > 0 for c in outcome["torch"][1])  # every layer spiked
+    assert not torch.equal(outcome["torch"][0][0], layers[0].weight)  # and learnt
+    for reference, compiled in zip(*(outcome[b][1] for b in ("torch", "numba")), strict=True):
+        assert torch.equal(reference, compiled)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-4
+    for reference, compiled in zip(*(outcome[b][0] for b in ("torch", "numba")), strict=True):
+        torch.testing.assert_close(compiled, reference, atol=tolerance, rtol=0)
+    with pytest.raises(ValueError, match="backend"):
+        SleepReplay(layers, params).sleep(data.mean(0), 1, backend="cuda")
