@@ -16,7 +16,7 @@ def tiny_tasks(n_tasks=3, per_class=40, side=28):
     for index in range(n_tasks):
         classes = (2 * index, 2 * index + 1)
         parts = []
-        for _ in range(3):
+        for _ in range(4):  # train, extra, validation, test
             xs, ys = [], []
             for c in classes:
                 image = torch.zeros(per_class, side, side)

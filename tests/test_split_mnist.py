@@ -18,6 +18,7 @@ def test_five_tasks_of_two_digits_with_disjoint_held_out_parts(mini):
     for task in tasks:
         for y in (task.train_y, task.validation_y, task.test_y):
             assert set(y.unique().tolist()) == set(task.classes)
+        assert len(task.extra_y) == 0  # per_task None: every kept image is trained on
         assert len(task.validation_y) == int(0.1 * (len(task.train_y) + len(task.validation_y)))
         rows = {tuple(x.tolist()) for x in task.validation_x}  # no image in both parts
         assert not any(tuple(x.tolist()) in rows for x in task.train_x[:200])
@@ -34,3 +35,18 @@ def test_the_first_images_of_each_task_and_bad_groups(mini):
         split_tasks(mini, classes=((0, 1), (1, 2)))
     with pytest.raises(ValueError, match="part must be"):
         seen_so_far(tasks, 0, "holdout")
+
+
+def test_per_task_trains_on_the_first_kept_images_and_keeps_the_rest_as_extra(mini):
+    tasks = split_tasks(mini, per_task=50, validation_fraction=0.2)
+    images = torch.isin(mini.train_y, torch.tensor([0, 1])).nonzero()[:, 0]
+    task = tasks[0]
+    assert len(task.validation_y) == int(0.2 * len(images))
+    assert len(task.train_y) == 50
+    assert len(task.train_y) + len(task.extra_y) + len(task.validation_y) == len(images)
+    # the 50 trained on come before every extra image in the dataset's order
+    position = {tuple(x.tolist()): i for i, x in enumerate(mini.train_x[images])}
+    last_trained = max(position[tuple(x.tolist())] for x in task.train_x)
+    assert all(position[tuple(x.tolist())] > last_trained for x in task.extra_x)
+    seen_x, seen_y = seen_so_far(tasks, 1, "seen")
+    assert len(seen_y) == sum(len(t.train_y) + len(t.extra_y) for t in tasks[:2])

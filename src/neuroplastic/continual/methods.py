@@ -3,8 +3,8 @@ tasks on the same network, the same data and the same training loop (``continual
 so that the methods differ only in what the method adds:
 
 - ``sequential``: nothing (the lower reference);
-- ``joint``: one network trained on all tasks' data at once (the upper reference; scored only
-  after the last task);
+- ``joint``: one network trained on all tasks' training images at once (``extra`` ones included,
+  as the authors' code; the upper reference, scored only after the last task);
 - ``ewc``: online EWC, penalty ``strength`` (``gamma`` its decay), Fisher on ``fisher_examples``
   of each task;
 - ``si``: synaptic intelligence, ``strength`` (``damping`` its xi);
@@ -91,7 +91,8 @@ def learn_tasks(
     scores: list[float] = []
 
     if method == "joint":
-        x, y = seen_so_far(tasks, len(tasks) - 1, "train")
+        # the authors' joint network: every training image (trained on or extra), as one task
+        x, y = seen_so_far(tasks, len(tasks) - 1, "seen")
         train_task(model, optimizer, x, y, protocol, generator)
         return model, [evaluate(model, len(tasks) - 1)] if evaluate else []
 
@@ -141,17 +142,18 @@ def learn_tasks(
         if src is not None:
             replay = SleepReplay(linear_layers(model), src)
             if scales == "data":  # the authors': every training image seen so far
-                seen_x, _ = seen_so_far(tasks, index, "train")
+                seen_x, _ = seen_so_far(tasks, index, "seen")
                 replay.calibrate(seen_x)
                 mean = seen_x.mean(0)
             else:  # statistics only: nothing of the old tasks' data is kept
-                count = len(task.train_x)
-                task_mean = task.train_x.mean(0)
+                task_x, _ = seen_so_far(tasks[index : index + 1], 0, "seen")
+                count = len(task_x)
+                task_mean = task_x.mean(0)
                 running_mean = task_mean if running_mean is None else (
                     running_mean * running_count + task_mean * count
                 ) / (running_count + count)
                 running_count += count
-                largest = max_activations(linear_layers(model), task.train_x)
+                largest = max_activations(linear_layers(model), task_x)
                 running_max = largest if running_max is None else [
                     max(a, b) for a, b in zip(running_max, largest, strict=True)
                 ]
