@@ -21,6 +21,24 @@ def test_ewc_fisher_of_a_softmax_layer_is_p_one_minus_p_times_x_squared():
     torch.testing.assert_close(fisher, (p * (1 - p))[:, None] * x[0][None, :] ** 2)
 
 
+def test_the_batched_linear_fisher_equals_the_per_example_reference():
+    """A ReLU MLP with biases, dropout (off while estimating) and a layer without bias."""
+    gen = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Dropout(0.3), nn.Linear(5, 4),
+                          nn.ReLU(), nn.Linear(4, 3, bias=False)).double()  # fmt: skip
+    for p in model.parameters():
+        nn.init.normal_(p, generator=gen)
+    batches = [torch.randn(7, 6, generator=gen, dtype=torch.float64) for _ in range(2)]
+    ewc = EWC(model, strength=1.0)
+    batched, reference = ewc.fisher(batches), ewc.fisher(batches, per_example=True)
+    assert batched.keys() == reference.keys() and len(batched) == 5
+    for name in reference:
+        torch.testing.assert_close(batched[name], reference[name])
+    model[3].weight.requires_grad_(False)  # a subset of a layer's parameters is still linear
+    frozen = EWC(model, strength=1.0)
+    torch.testing.assert_close(frozen.fisher(batches)["3.bias"], reference["3.bias"])
+
+
 def test_ewc_penalty_and_its_online_accumulation():
     model = nn.Linear(2, 2, bias=False).double()
     data = [torch.randn(5, 2, dtype=torch.float64)]

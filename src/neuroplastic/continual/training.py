@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from neuroplastic.errors import DivergenceError
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -78,7 +80,10 @@ def train_task(
             if extra_loss is not None:
                 loss = loss + extra_loss(model, x[batch], y[batch])
             if not torch.isfinite(loss):
-                raise FloatingPointError("the training loss diverged (NaN or inf)")
+                raise DivergenceError(
+                    "the training loss diverged (NaN or inf); lower the learning rate or the "
+                    "method's strength"
+                )
             loss.backward()
             if before_step is not None:
                 before_step()

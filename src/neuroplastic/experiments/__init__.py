@@ -19,6 +19,7 @@ from neuroplastic.experiments import (
     kanter2020_perceptron,
     mnist_backprop,
     perturbation_scaling,
+    tadros2022_split_mnist,
 )
 from neuroplastic.experiments.base import Experiment, RunContext, RunResult, Verdict
 
@@ -36,6 +37,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         bellec2020_pattern,
         bellec2020_store_recall,
         golden2022_foraging,
+        tadros2022_split_mnist,
     )
 }
 
