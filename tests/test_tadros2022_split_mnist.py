@@ -107,7 +107,8 @@ def test_the_report_draws_the_matrices_and_the_table(tiny_runs, tmp_path):
 
     path = experiment_report(split.EXPERIMENT, tiny_runs[0], tmp_path)
     text = path.read_text()
-    assert f"{split.NAME}-matrices.png" in text and (tmp_path / f"{split.NAME}-matrices.png").exists()
+    picture = f"{split.NAME}-matrices.png"
+    assert picture in text and (tmp_path / picture).exists()
     assert "Tadros 2022" in text and "per task (0-1 / 2-3 / ... / 8-9)" in text
 
 
