@@ -1,0 +1,157 @@
+"""Echo state networks (Jaeger 2001; Jaeger & Haas 2004): a fixed random recurrent network of leaky
+tanh units whose only trained part is a linear readout. Replicas (seeds, settings) are a batch
+dimension: every weight carries a leading ``replicas`` axis and one step is a batched product.
+
+State update, leak rate ``a``, with optional output feedback ``z`` (FORCE)::
+
+    x_t = (1 - a) x_{t-1} + a tanh(W_in u_t + W x_{t-1} + W_fb z_{t-1} + b)
+
+``W`` is sparse (each entry kept with probability ``connectivity``), drawn normal, then scaled so
+that its spectral radius is ``spectral_radius``; ``W_in`` and ``W_fb`` are uniform on
+``[-scaling, scaling]``; ``b`` uniform on ``[-bias_scaling, bias_scaling]``. Every draw comes from
+the generator passed in.
+
+Readouts (``fit_ridge``: ridge regression on collected states, closed form; online: the
+recursive-least-squares optimiser ``optim.rls``) map ``[x_t, 1]`` to the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class ESNParameters:
+    units: int = 500
+    spectral_radius: float = 0.9
+    """Largest absolute eigenvalue of ``W``."""
+    input_scaling: float = 1.0
+    leak: float = 1.0
+    """Leak rate ``a`` in (0, 1]; 1: no leak."""
+    connectivity: float = 0.1
+    """Share of non-zero recurrent weights."""
+    bias_scaling: float = 0.0
+    feedback_scaling: float = 0.0
+    """Scale of the output feedback ``W_fb`` (0: none)."""
+
+    def __post_init__(self) -> None:
+        if self.units < 1:
+            raise ValueError(f"units must be at least 1, got {self.units}")
+        if not 0 < self.leak <= 1:
+            raise ValueError(f"leak must lie in (0, 1], got {self.leak}")
+        if not 0 < self.connectivity <= 1:
+            raise ValueError(f"connectivity must lie in (0, 1], got {self.connectivity}")
+        for name in ("spectral_radius", "input_scaling", "bias_scaling", "feedback_scaling"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+
+
+def spectral_radius(weight: Tensor) -> Tensor:
+    """Largest absolute eigenvalue of each ``(..., n, n)`` matrix."""
+    return torch.linalg.eigvals(weight.double()).abs().amax(-1).to(weight.dtype)
+
+
+class EchoStateNetwork(nn.Module):
+    """``replicas`` independent reservoirs of ``params.units`` units on ``n_inputs`` inputs (and
+    ``n_feedback`` fed-back outputs). ``run(inputs)`` takes ``(T, replicas, batch, n_inputs)``
+    (or ``(T, batch, n_inputs)`` for one replica) and returns the states, same leading shape."""
+
+    def __init__(self, n_inputs: int, params: ESNParameters = ESNParameters(), replicas: int = 1,
+                 n_feedback: int = 0, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32):  # fmt: skip
+        super().__init__()
+        if replicas < 1 or n_inputs < 1 or n_feedback < 0:
+            raise ValueError("need replicas >= 1, n_inputs >= 1 and n_feedback >= 0")
+        n, r = params.units, replicas
+        self.params, self.replicas = params, replicas
+
+        def uniform(*shape, scale):
+            return (torch.rand(*shape, generator=generator, dtype=torch.float64) * 2 - 1) * scale
+
+        mask = torch.rand(r, n, n, generator=generator, dtype=torch.float64) < params.connectivity
+        recurrent = torch.randn(r, n, n, generator=generator, dtype=torch.float64) * mask
+        radius = spectral_radius(recurrent)
+        recurrent = recurrent * (params.spectral_radius / radius.clamp(min=1e-12))[:, None, None]
+        self.register_buffer("w", recurrent.to(dtype))
+        self.register_buffer("w_in", uniform(r, n, n_inputs, scale=params.input_scaling).to(dtype))
+        self.register_buffer("w_fb", uniform(r, n, n_feedback, scale=params.feedback_scaling)
+                             .to(dtype))  # fmt: skip
+        self.register_buffer("bias", uniform(r, 1, n, scale=params.bias_scaling).to(dtype))
+
+    def initial_state(self, batch: int = 1) -> Tensor:
+        return self.w.new_zeros(self.replicas, batch, self.params.units)
+
+    def step(self, state: Tensor, inputs: Tensor, feedback: Tensor | None = None) -> Tensor:
+        """One update: ``state`` ``(replicas, batch, units)``, ``inputs`` ``(replicas, batch,
+        n_inputs)``, ``feedback`` ``(replicas, batch, n_feedback)`` or None."""
+        drive = inputs @ self.w_in.transpose(1, 2) + state @ self.w.transpose(1, 2) + self.bias
+        if feedback is not None:
+            drive = drive + feedback @ self.w_fb.transpose(1, 2)
+        a = self.params.leak
+        return (1 - a) * state + a * torch.tanh(drive)
+
+    @torch.no_grad()
+    def run(self, inputs: Tensor, state: Tensor | None = None) -> Tensor:
+        """States for a whole input sequence (no feedback): ``(T, [replicas,] batch, units)``."""
+        single = inputs.dim() == 3
+        if single:
+            if self.replicas != 1:
+                raise ValueError(f"{self.replicas} replicas need inputs (T, replicas, batch, n)")
+            inputs = inputs[:, None]
+        if inputs.shape[1] != self.replicas or inputs.shape[-1] != self.w_in.shape[-1]:
+            raise ValueError(
+                f"inputs must be (T, {self.replicas}, batch, {self.w_in.shape[-1]}), got "
+                f"{tuple(inputs.shape)}"
+            )
+        inputs = inputs.to(self.w)
+        if state is None:
+            state = self.initial_state(inputs.shape[2])
+        # the input's contribution for every step at once; only the recurrence is sequential
+        driven = inputs @ self.w_in.transpose(1, 2)[None] + self.bias
+        w_t = self.w.transpose(1, 2)
+        a = self.params.leak
+        states = []
+        for drive in driven:
+            state = (1 - a) * state + a * torch.tanh(drive + state @ w_t)
+            states.append(state)
+        out = torch.stack(states)
+        return out[:, 0] if single else out
+
+
+def with_bias(states: Tensor) -> Tensor:
+    """``[x, 1]``: the readout's input."""
+    return torch.cat([states, states.new_ones(*states.shape[:-1], 1)], -1)
+
+
+def fit_ridge(states: Tensor, targets: Tensor, ridge: float = 1e-6) -> Tensor:
+    """The readout ``W_out`` ``([replicas,] outputs, units + 1)`` minimising
+    ``|| [X, 1] W_out^T - Y ||^2 + ridge || W_out ||^2``: ``W_out = Y^T X~ (X~^T X~ + ridge I)^-1``.
+    ``states`` ``(examples, [replicas,] units)``, ``targets`` ``(examples, [replicas,] outputs)``
+    (flatten time and batch into examples; drop the washout first)."""
+    if ridge < 0:
+        raise ValueError(f"ridge must be non-negative, got {ridge}")
+    x = with_bias(states.double())
+    y = targets.double()
+    if x.dim() == 3:  # replicas in the middle: put them first
+        x, y = x.transpose(0, 1), y.transpose(0, 1)
+    gram = x.transpose(-1, -2) @ x
+    gram = gram + ridge * torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    cross = x.transpose(-1, -2) @ y
+    return torch.linalg.solve(gram, cross).transpose(-1, -2).to(states.dtype)
+
+
+def readout(states: Tensor, w_out: Tensor) -> Tensor:
+    """``[x, 1] W_out^T`` for states ``(..., [replicas,] units)``."""
+    x = with_bias(states)
+    if w_out.dim() == 3:
+        return (x.unsqueeze(-2) @ w_out.transpose(-1, -2)).squeeze(-2)
+    return x @ w_out.T
+
+
+def nrmse(prediction: Tensor, target: Tensor, dim: int = 0) -> Tensor:
+    """Root mean squared error over ``dim`` divided by the target's standard deviation there."""
+    error = ((prediction - target) ** 2).mean(dim).sqrt()
+    return error / target.std(dim)

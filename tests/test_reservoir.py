@@ -1,0 +1,84 @@
+"""Echo state networks and readouts (``models.reservoir``) and the Mackey-Glass series."""
+
+import pytest
+import torch
+
+from neuroplastic.models.reservoir import (
+    EchoStateNetwork,
+    ESNParameters,
+    fit_ridge,
+    nrmse,
+    readout,
+    spectral_radius,
+)
+from neuroplastic.tasks.mackey_glass import mackey_glass
+
+
+def test_the_reservoir_has_the_asked_spectral_radius_and_sparsity_per_replica():
+    params = ESNParameters(units=80, spectral_radius=0.7, connectivity=0.2)
+    esn = EchoStateNetwork(2, params, replicas=3, generator=torch.Generator().manual_seed(0),
+                           dtype=torch.float64)  # fmt: skip
+    torch.testing.assert_close(spectral_radius(esn.w), torch.full((3,), 0.7, dtype=torch.float64))
+    assert 0.15 < (esn.w != 0).double().mean() < 0.25
+    assert not torch.equal(esn.w[0], esn.w[1])  # independent replicas
+    assert esn.w_in.abs().max() <= 1.0
+
+
+def test_run_equals_stepping_and_a_leak_slows_the_state():
+    gen = torch.Generator().manual_seed(1)
+    params = ESNParameters(units=30, leak=0.3, bias_scaling=0.2)
+    esn = EchoStateNetwork(2, params, replicas=2, generator=gen, dtype=torch.float64)
+    inputs = torch.randn(15, 2, 4, 2, generator=gen, dtype=torch.float64)
+    states = esn.run(inputs)
+    state = esn.initial_state(4)
+    for t in range(15):
+        state = esn.step(state, inputs[t])
+        torch.testing.assert_close(states[t], state)
+    # x_1 = a tanh(W_in u_1 + b) from a zero state
+    first = 0.3 * torch.tanh(inputs[0] @ esn.w_in.transpose(1, 2) + esn.bias)
+    torch.testing.assert_close(states[0], first)
+    with pytest.raises(ValueError, match="inputs must be"):
+        esn.run(torch.zeros(3, 2, 1, 5))
+
+
+def test_ridge_readout_is_the_regularised_least_squares_solution():
+    gen = torch.Generator().manual_seed(2)
+    states = torch.randn(200, 10, generator=gen, dtype=torch.float64)
+    targets = torch.randn(200, 3, generator=gen, dtype=torch.float64)
+    w_out = fit_ridge(states, targets, ridge=0.5)
+    x = torch.cat([states, torch.ones(200, 1, dtype=torch.float64)], 1)
+    # the normal equations of the penalised problem hold
+    residual = (x @ w_out.T - targets).T @ x + 0.5 * w_out
+    assert residual.abs().max() < 1e-9
+    exact = torch.linalg.lstsq(x, targets).solution.T
+    torch.testing.assert_close(fit_ridge(states, targets, ridge=0.0), exact)
+    # replicas in the middle dimension fit independently
+    both = fit_ridge(torch.stack([states, 2 * states], 1), torch.stack([targets, targets], 1), 0.5)
+    torch.testing.assert_close(both[0], w_out)
+    torch.testing.assert_close(readout(torch.stack([states, 2 * states], 1), both)[:, 0],
+                               readout(states, w_out))  # fmt: skip
+
+
+def test_mackey_glass_is_bounded_and_chaotic_at_tau_17():
+    series = mackey_glass(600)
+    assert series.shape == (600,) and 0.2 < series.min() < series.max() < 1.5
+    # sensitive dependence: a 1e-8 difference in the history grows more than 10,000-fold
+    start, nearby = mackey_glass(3000, transient=0), mackey_glass(3000, transient=0, x0=1.2 + 1e-8)
+    gap = (start - nearby).abs()
+    assert gap[:50].max() < 1e-7 and gap[-100:].max() > 1e-3
+    assert torch.equal(series, mackey_glass(600))
+    with pytest.raises(ValueError, match="multiples of dt"):
+        mackey_glass(10, tau=17.05)
+
+
+def test_an_esn_predicts_mackey_glass_one_step_ahead():
+    series = mackey_glass(2200).float()
+    inputs, targets = series[:-1, None, None], series[1:, None]
+    esn = EchoStateNetwork(1, ESNParameters(units=200, spectral_radius=0.9, leak=0.5,
+                                            input_scaling=0.5, bias_scaling=0.2),
+                           generator=torch.Generator().manual_seed(3))  # fmt: skip
+    states = esn.run(inputs)[:, 0]  # (T, units)
+    washout, split = 100, 1700
+    w_out = fit_ridge(states[washout:split], targets[washout:split], ridge=1e-6)
+    error = nrmse(readout(states[split:], w_out), targets[split:])
+    assert error.item() < 0.02
