@@ -10,18 +10,22 @@ parameter of its group (see ``neuroplastic.optim.momentum``).
 - :class:`MomentumSGD`: Eq. 2 of the same paper, momentum with weight regularisation.
 - :class:`DeltaBarDelta`: Jacobs (1988), the prior art of per-weight growing steps.
 - :class:`ReplicaAdam`: Adam (Kingma & Ba 2015) as ``torch.optim.Adam``, with per-replica values.
+- :class:`RLS`: recursive least squares, FORCE's online readout learning (Sussillo & Abbott
+  2009); its state is the inverse correlation matrix.
 """
 
 from .accelerated import ON_DISAGREEMENT, VARIANTS, AcceleratedSGD, update_eta
 from .adam import ReplicaAdam
 from .delta_bar_delta import DeltaBarDelta
 from .momentum import MomentumSGD
+from .rls import RLS
 
 __all__ = [
     "AcceleratedSGD",
     "DeltaBarDelta",
     "MomentumSGD",
     "ON_DISAGREEMENT",
+    "RLS",
     "ReplicaAdam",
     "VARIANTS",
     "update_eta",
