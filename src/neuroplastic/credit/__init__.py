@@ -19,6 +19,7 @@ from neuroplastic.credit.direct_feedback_alignment import DirectFeedbackAlignmen
 from neuroplastic.credit.equilibrium_propagation import EquilibriumPropagation
 from neuroplastic.credit.feedback_alignment import FeedbackAlignment
 from neuroplastic.credit.node_perturbation import NodePerturbation
+from neuroplastic.credit.serial_perturbation import SerialPerturbation
 from neuroplastic.credit.sign_symmetry import SignSymmetry
 from neuroplastic.credit.weight_perturbation import (
     VectorizeError,
@@ -35,6 +36,7 @@ RULES: dict[str, type[CreditRule]] = {
     "sign-symmetry": SignSymmetry,
     "node-perturbation": NodePerturbation,
     "weight-perturbation": WeightPerturbation,
+    "serial-perturbation": SerialPerturbation,
     "equilibrium-propagation": EquilibriumPropagation,
 }
 
@@ -49,6 +51,7 @@ __all__ = [
     "FeedbackMatrices",
     "LayerLocalRule",
     "NodePerturbation",
+    "SerialPerturbation",
     "SignSymmetry",
     "VectorizeError",
     "WeightPerturbation",

@@ -225,6 +225,10 @@ class PerturbationRule(CreditRule):
         self.draws = 0
         """Perturbation draws so far (a central difference's +xi and -xi are one draw)."""
 
+    average_draws = True
+    """:meth:`backward` writes the mean of the draws' estimates (False: their sum, as serial
+    perturbation's one-weight-per-draw estimates add up to a gradient)."""
+
     @property
     def params(self) -> list[nn.Parameter]:
         """The covered layers' weights and biases, layer by layer: ``[W_1, b_1, W_2, ...]``."""
@@ -304,8 +308,9 @@ class PerturbationRule(CreditRule):
                     f"{name} does not require a gradient; leave its layer out with layers="
                 )
         total, clean_loss, others = self._estimate_sum(closure, self.samples)
+        scale = 1 / self.samples if self.average_draws else 1.0
         for param, update in zip(self.params, total, strict=True):
-            self._accumulate(param, update / self.samples)
+            self._accumulate(param, update * scale)
         for param, update in others:
             if update is not None:
                 self._accumulate(param, update)
