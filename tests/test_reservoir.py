@@ -82,3 +82,22 @@ def test_an_esn_predicts_mackey_glass_one_step_ahead():
     w_out = fit_ridge(states[washout:split], targets[washout:split], ridge=1e-6)
     error = nrmse(readout(states[split:], w_out), targets[split:])
     assert error.item() < 0.02
+
+
+def test_force_learns_a_sine_from_a_chaotic_network_and_keeps_it_without_learning():
+    from neuroplastic.models.reservoir import ForceNetwork, ForceParameters, run_force
+    from neuroplastic.optim import RLS
+
+    params = ForceParameters(units=200)
+    network = ForceNetwork(params, replicas=2, generator=torch.Generator().manual_seed(4))
+    time = torch.arange(2500, dtype=torch.float32)
+    target = torch.sin(2 * torch.pi * time / 100.0)[:, None, None].expand(-1, 2, 1)
+    free, _ = run_force(network, 200)  # before training: the readout is zero
+    assert free.abs().max() == 0
+    optimizer = RLS([network.w_out], alpha=1.0)
+    _, state = run_force(network, 2000, target, optimizer)
+    after, _ = run_force(network, 500, state=state)  # learning off, feedback loop closed
+    error = (after - target[2000:]).abs().mean()
+    assert error < 0.1
+    with pytest.raises(ValueError, match="both"):
+        run_force(network, 10, target)

@@ -155,3 +155,98 @@ def nrmse(prediction: Tensor, target: Tensor, dim: int = 0) -> Tensor:
     """Root mean squared error over ``dim`` divided by the target's standard deviation there."""
     error = ((prediction - target) ** 2).mean(dim).sqrt()
     return error / target.std(dim)
+
+
+@dataclass(frozen=True)
+class ForceParameters:
+    """Sussillo & Abbott (2009)'s rate network, their values for the periodic targets."""
+
+    units: int = 1000
+    gain: float = 1.5
+    """``g``: above 1 the network is chaotic before training."""
+    connectivity: float = 0.1
+    """``p``: share of non-zero recurrent weights, each N(0, 1 / (p N))."""
+    tau: float = 10.0
+    """Membrane time constant (ms)."""
+    dt: float = 1.0
+    """Euler step (ms)."""
+
+    def __post_init__(self) -> None:
+        if self.units < 1 or not 0 < self.connectivity <= 1:
+            raise ValueError("need units >= 1 and connectivity in (0, 1]")
+        if not (self.gain >= 0 and self.tau > 0 and 0 < self.dt <= self.tau):
+            raise ValueError("need gain >= 0, tau > 0 and 0 < dt <= tau")
+
+
+class ForceNetwork(nn.Module):
+    """The rate network FORCE learning trains (Sussillo & Abbott 2009, Eqs. 1-2), ``replicas``
+    independent copies::
+
+        tau dx/dt = -x + g J r + w_f z,     r = tanh(x),     z = W_out r
+
+    ``J`` sparse (connectivity ``p``, entries N(0, 1 / (p N))), feedback ``w_f`` uniform on
+    [-1, 1], readout ``W_out`` ``(replicas, outputs, units)`` a parameter starting at zero, trained
+    by recursive least squares (``optim.RLS``) or by a reward-modulated rule
+    (:func:`reward_modulated_change`). Euler steps of ``dt``."""
+
+    def __init__(self, params: ForceParameters = ForceParameters(), outputs: int = 1,
+                 replicas: int = 1, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32):  # fmt: skip
+        super().__init__()
+        n, r = params.units, replicas
+        self.params, self.replicas = params, replicas
+        mask = torch.rand(r, n, n, generator=generator, dtype=torch.float64) < params.connectivity
+        scale = 1.0 / (params.connectivity * n) ** 0.5
+        j = torch.randn(r, n, n, generator=generator, dtype=torch.float64) * mask * scale
+        feedback = torch.rand(r, n, outputs, generator=generator, dtype=torch.float64) * 2 - 1
+        self.register_buffer("j", (params.gain * j).to(dtype))
+        self.register_buffer("w_feedback", feedback.to(dtype))
+        self.w_out = nn.Parameter(torch.zeros(r, outputs, n, dtype=dtype))
+        self.x0 = 0.5 * torch.randn(r, n, generator=generator, dtype=torch.float64).to(dtype)
+
+    def initial_state(self) -> tuple[Tensor, Tensor]:
+        """``(x, z)`` at the start: random potentials, the readout of their rates."""
+        x = self.x0.to(self.j).clone()
+        return x, self.output(torch.tanh(x))
+
+    def output(self, rates: Tensor) -> Tensor:
+        return (self.w_out.detach() @ rates[..., None])[..., 0]
+
+    @torch.no_grad()
+    def step(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One Euler step from ``x`` ``(replicas, units)`` with the fed-back output ``z``
+        ``(replicas, outputs)``: ``(x, r, z)`` after it."""
+        rates = torch.tanh(x)
+        recurrent = (self.j @ rates[..., None])[..., 0]
+        fed_back = (self.w_feedback @ z[..., None])[..., 0]
+        x = x + self.params.dt / self.params.tau * (-x + recurrent + fed_back)
+        rates = torch.tanh(x)
+        return x, rates, self.output(rates)
+
+
+def run_force(
+    network: ForceNetwork, steps: int, targets: Tensor | None = None,
+    optimizer: torch.optim.Optimizer | None = None, learn_every: int = 2,
+    state: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:  # fmt: skip
+    """Run ``network`` for ``steps`` steps; with ``targets`` ``(steps, replicas, outputs)`` and
+    an ``optimizer`` (``optim.RLS`` on ``network.w_out``: FORCE), learn every ``learn_every``
+    steps from the error ``z - f`` before the update (Sussillo & Abbott's Eq. 4). Returns the
+    outputs ``(steps, replicas, outputs)`` and the final ``(x, z)`` to continue from."""
+    if (targets is None) != (optimizer is None):
+        raise ValueError("learning needs both targets and an optimizer")
+    if targets is not None and targets.shape[0] < steps:
+        raise ValueError(f"need {steps} target steps, got {targets.shape[0]}")
+    x, z = network.initial_state() if state is None else state
+    outputs = []
+    for t in range(steps):
+        x, rates, z = network.step(x, z)
+        if optimizer is not None and (t + 1) % learn_every == 0:
+            optimizer.zero_grad()
+            with torch.enable_grad():
+                prediction = (network.w_out @ rates[..., None])[..., 0]
+                (0.5 * ((prediction - targets[t]) ** 2).sum()).backward()
+            optimizer.step(inputs=rates)
+            z = network.output(rates)
+        outputs.append(z)
+    return torch.stack(outputs), (x, z)
