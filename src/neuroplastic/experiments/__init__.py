@@ -20,6 +20,7 @@ from neuroplastic.experiments import (
     kanter2020_perceptron,
     mnist_backprop,
     perturbation_scaling,
+    sussillo2009_force,
     tadros2022_split_mnist,
 )
 from neuroplastic.experiments.base import Experiment, RunContext, RunResult, Verdict
@@ -40,6 +41,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         golden2022_foraging,
         tadros2022_split_mnist,
         jaeger2004_mackey_glass,
+        sussillo2009_force,
     )
 }
 
