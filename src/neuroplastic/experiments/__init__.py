@@ -15,6 +15,7 @@ from neuroplastic.experiments import (
     credit_mnist,
     golden2022_foraging,
     guerguiev2017_mnist,
+    hebbian_pca,
     jaeger2004_mackey_glass,
     kanter2020_mnist,
     kanter2020_perceptron,
@@ -40,6 +41,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         bellec2020_store_recall,
         golden2022_foraging,
         tadros2022_split_mnist,
+        hebbian_pca,
         jaeger2004_mackey_glass,
         sussillo2009_force,
     )
