@@ -3,6 +3,7 @@ where the rule says so, a reward). Each is a pure step function with explicit st
 in its module's docstring; ``rules`` wraps them in the project's contract (write minus the change
 into ``param.grad``, so any optimiser, or plain SGD with lr 1, applies it)."""
 
+from neuroplastic.plasticity.exploratory_hebbian import ExploratoryHebbian
 from neuroplastic.plasticity.hebbian import HebbianRule, SimilarityMatching
 from neuroplastic.plasticity.homeostasis import (
     balanced_inhibition,
@@ -15,7 +16,7 @@ from neuroplastic.plasticity.sleep_replay import SleepReplay, SRCParameters
 from neuroplastic.plasticity.stdp import STDPParameters, STDPState, initial_state, stdp_step
 
 __all__ = [
-    "HebbianRule", "SimilarityMatching",
+    "ExploratoryHebbian", "HebbianRule", "SimilarityMatching",
     "STDP", "RewardSTDP", "RewardSTDPParameters", "SRCParameters", "SleepReplay",
     "STDPParameters", "STDPState",
     "balanced_inhibition", "initial_state", "normalise_inputs", "scale_targets", "stdp_step",
