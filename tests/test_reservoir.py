@@ -101,3 +101,28 @@ def test_force_learns_a_sine_from_a_chaotic_network_and_keeps_it_without_learnin
     assert error < 0.1
     with pytest.raises(ValueError, match="both"):
         run_force(network, 10, target)
+
+
+def test_a_spiking_liquid_keeps_a_fading_memory_of_its_input():
+    """A readout of the liquid's spike traces recalls the input of 5 steps ago better than any
+    linear function of the present input can (a memoryless readout), and the liquid obeys
+    Dale's law."""
+    from neuroplastic.models.reservoir import LiquidParameters, SpikingLiquid
+
+    gen = torch.Generator().manual_seed(5)
+    liquid = SpikingLiquid(1, LiquidParameters(units=200), generator=gen, dtype=torch.float64)
+    excitatory = round(0.8 * 200)
+    assert (liquid.w[0, :, :excitatory] >= 0).all() and (liquid.w[0, :, excitatory:] <= 0).all()
+    assert (torch.diagonal(liquid.w[0]) == 0).all()
+    smooth = torch.randn(3000, generator=gen, dtype=torch.float64)
+    for _ in range(3):  # a slowly varying input
+        smooth = torch.nn.functional.avg_pool1d(smooth[None, None], 5, 1, 2)[0, 0]
+    u = smooth / smooth.std()
+    traces = liquid.run(u[:, None, None])[:, 0]
+    assert 0 < traces.mean()  # the liquid spikes
+    delayed = u[:-5, None]
+    w_out = fit_ridge(traces[100:2000], delayed[95:1995], ridge=1e-3)
+    error = nrmse(readout(traces[2000:], w_out), delayed[1995:])
+    memoryless = fit_ridge(u[100:2000, None], delayed[95:1995], ridge=1e-3)
+    present_only = nrmse(readout(u[2000:, None], memoryless), delayed[1995:])
+    assert error.item() < 0.8 * present_only.item()

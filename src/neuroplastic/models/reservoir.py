@@ -17,6 +17,7 @@ recursive-least-squares optimiser ``optim.rls``) map ``[x_t, 1]`` to the output.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -250,3 +251,95 @@ def run_force(
             z = network.output(rates)
         outputs.append(z)
     return torch.stack(outputs), (x, z)
+
+
+@dataclass(frozen=True)
+class LiquidParameters:
+    """A liquid state machine (Maass, Natschläger & Markram 2002) of LIF neurons from
+    ``neurons.lif``: random sparse recurrence obeying Dale's law, a readout of filtered spikes."""
+
+    units: int = 400
+    excitatory_fraction: float = 0.8
+    connectivity: float = 0.1
+    excitatory_weight: float = 0.1
+    """Mean recurrent weight from an excitatory neuron (entries uniform on [0, 2 w])."""
+    inhibitory_weight: float = 0.6
+    """Mean magnitude from an inhibitory neuron (negative)."""
+    input_scaling: float = 2.0
+    """Input weights uniform on [-s, s]."""
+    background: float = 0.05
+    """Constant current into every neuron."""
+    tau_membrane: float = 10.0
+    """Steps."""
+    threshold: float = 1.0
+    tau_readout: float = 5.0
+    """Time constant (steps) of the spike traces the readout sees."""
+
+    def __post_init__(self) -> None:
+        if self.units < 2 or not 0 < self.excitatory_fraction < 1:
+            raise ValueError("need units >= 2 and excitatory_fraction in (0, 1)")
+        if not 0 < self.connectivity <= 1 or self.tau_membrane <= 0 or self.tau_readout <= 0:
+            raise ValueError("need connectivity in (0, 1] and positive time constants")
+
+
+class SpikingLiquid(nn.Module):
+    """``replicas`` liquids of LIF neurons (``neurons.lif.lif_step``, reset by subtraction)::
+
+        I_t = W_in u_t + W z_{t-1} + background;   z_t = LIF(I_t)
+        s_t = exp(-1 / tau_readout) s_{t-1} + z_t          (the readout's state)
+
+    ``W``: each entry present with probability ``connectivity``, no self-connections, columns of
+    excitatory neurons non-negative and of inhibitory ones non-positive (Dale's law). ``run``
+    returns the traces ``s``, same layout as :meth:`EchoStateNetwork.run`."""
+
+    def __init__(self, n_inputs: int, params: LiquidParameters = LiquidParameters(),
+                 replicas: int = 1, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32):  # fmt: skip
+        super().__init__()
+        n, r = params.units, replicas
+        self.params, self.replicas = params, replicas
+        excitatory = torch.arange(n) < round(params.excitatory_fraction * n)
+        mask = (torch.rand(r, n, n, generator=generator, dtype=torch.float64)
+                < params.connectivity) & ~torch.eye(n, dtype=torch.bool)  # fmt: skip
+        size = torch.where(excitatory, params.excitatory_weight, -params.inhibitory_weight)
+        magnitude = 2 * torch.rand(r, n, n, generator=generator, dtype=torch.float64)
+        self.register_buffer("w", (mask * magnitude * size.double()).to(dtype))
+        w_in = (torch.rand(r, n, n_inputs, generator=generator, dtype=torch.float64) * 2 - 1)
+        self.register_buffer("w_in", (params.input_scaling * w_in).to(dtype))
+
+    @torch.no_grad()
+    def run(self, inputs: Tensor) -> Tensor:
+        from neuroplastic.neurons.lif import LIFParameters, LIFState, decay
+
+        single = inputs.dim() == 3
+        if single:
+            inputs = inputs[:, None]
+        if inputs.shape[1] != self.replicas or inputs.shape[-1] != self.w_in.shape[-1]:
+            raise ValueError(
+                f"inputs must be (T, {self.replicas}, batch, {self.w_in.shape[-1]}), got "
+                f"{tuple(inputs.shape)}"
+            )
+        p = self.params
+        lif = LIFParameters(alpha=decay(p.tau_membrane), v_th=p.threshold)
+        keep = math.exp(-1.0 / p.tau_readout)
+        shape = (self.replicas, inputs.shape[2], p.units)
+        zeros = self.w.new_zeros(shape)
+        state = LIFState(zeros, zeros.clone(), zeros.clone(), zeros.clone())
+        trace = zeros.clone()
+        driven = inputs.to(self.w) @ self.w_in.transpose(1, 2)[None] + p.background
+        w_t = self.w.transpose(1, 2)
+        traces = []
+        for drive in driven:
+            z, state = lif_step_plain(drive + state.z @ w_t, state, lif)
+            trace = keep * trace + z
+            traces.append(trace)
+        out = torch.stack(traces)
+        return out[:, 0] if single else out
+
+
+def lif_step_plain(current: Tensor, state, params):
+    """``neurons.lif.lif_step`` with a plain threshold (no surrogate gradient: the liquid is not
+    trained)."""
+    from neuroplastic.neurons.lif import lif_step
+
+    return lif_step(current, state, params, spike=lambda x: (x > 0).to(x.dtype))
