@@ -10,6 +10,7 @@ from torch import nn
 
 from neuroplastic.plasticity.sleep_replay import (
     SRC_MNIST,
+    RunawaySleep,
     SleepReplay,
     SRCParameters,
     initial_state,
@@ -153,3 +154,14 @@ def test_the_compiled_sleep_equals_the_reference_step(dtype):
         torch.testing.assert_close(compiled, reference, atol=tolerance, rtol=0)
     with pytest.raises(ValueError, match="backend"):
         SleepReplay(layers, params).sleep(data.mean(0), 1, backend="cuda")
+
+
+def test_a_runaway_sleep_stops_with_a_clear_error():
+    gen = torch.Generator().manual_seed(4)
+    layers = [nn.Linear(784, 40, bias=False), nn.Linear(40, 10, bias=False)]
+    for layer in layers:
+        nn.init.uniform_(layer.weight, 0.0, 0.1, generator=gen)
+    replay = SleepReplay(layers, SRCParameters(thresholds=(0.01, 0.01), alpha_scale=100.0))
+    replay.calibrate(torch.rand(50, 784, generator=gen))
+    with pytest.raises(RunawaySleep, match="layer 1's neurons fired"):
+        replay.sleep(torch.full((784,), 0.5), 3000, gen, chunk=500, max_activity=0.3)

@@ -75,11 +75,12 @@ def learn_tasks(
     hyper: dict | None = None, sizes: Sequence[int] = (784, 1200, 1200, 10),
     generator: torch.Generator | None = None,
     evaluate: Callable[[nn.Module, int], float] | None = None, scales: str = "data",
-    init: float = 0.01,
+    init: float = 0.01, max_sleep_activity: float | None = None,
 ) -> tuple[nn.Module, list[float]]:  # fmt: skip
     """Train a fresh network on ``tasks`` in order with ``method``; returns it and
     ``evaluate(model, k)`` after each task ``k`` (only after the last for ``joint``).
-    ``init``: the initial weights' range (the authors' 0.01 suits their 1200-wide layers)."""
+    ``init``: the initial weights' range (the authors' 0.01 suits their 1200-wide layers).
+    ``max_sleep_activity``: see ``SleepReplay.sleep`` (a runaway sleep raises)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if scales not in ("data", "running"):
@@ -159,7 +160,8 @@ def learn_tasks(
                 ]
                 replay.calibrate_from(running_max)
                 mean = running_mean
-            replay.sleep(mean, sleep_steps(index + 1, src), generator)
+            replay.sleep(mean, sleep_steps(index + 1, src), generator,
+                         max_activity=max_sleep_activity)  # fmt: skip
         if evaluate is not None:
             scores.append(evaluate(model, index))
     return model, scores

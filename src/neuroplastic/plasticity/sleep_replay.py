@@ -48,6 +48,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from neuroplastic.errors import NeuroplasticError
+
 
 @dataclass(frozen=True)
 class SRCParameters:
@@ -240,7 +242,7 @@ class SleepReplay:
     @torch.no_grad()
     def sleep(
         self, mean_input: Tensor, steps: int, generator: torch.Generator | None = None,
-        backend: str = "auto", chunk: int = 1000,
+        backend: str = "auto", chunk: int = 1000, max_activity: float | None = None,
     ) -> list[Tensor]:  # fmt: skip
         """``steps`` steps of sleep driven by ``mean_input`` ``(in,)``; the layers' weights are
         replaced by the slept ones. Returns each layer's spike count per neuron.
@@ -248,7 +250,11 @@ class SleepReplay:
         ``backend``: ``torch`` (:func:`sleep_step`, step by step, the reference), ``numba`` (the
         compiled loop of ``kernels.numba_sleep``, tested equal to it; CPU, the ``fast`` extra) or
         ``auto`` (numba where it is installed and the weights are on the CPU). Both consume the
-        same input spikes, drawn ``chunk`` steps at a time."""
+        same input spikes, drawn ``chunk`` steps at a time.
+
+        ``max_activity``: stop with :class:`RunawaySleep` when, over a chunk, a layer's neurons
+        fire on average in more than this share of the steps (activity the authors' values never
+        come near; it rewrites every row each step and costs minutes). ``None``: never stop."""
         if backend not in ("auto", "torch", "numba"):
             raise ValueError(f"backend must be auto, torch or numba, got {backend!r}")
         if self.alphas is None:
@@ -268,6 +274,7 @@ class SleepReplay:
 
             transposed = [w.T.contiguous() for w in weights]
         for start in range(0, steps, chunk):
+            before = [c.sum().item() for c in counts]
             train = input_spike_train(mean_input, self.params, min(chunk, steps - start),
                                       generator)  # fmt: skip
             if backend == "numba":
@@ -277,17 +284,30 @@ class SleepReplay:
                     self.params.decay, self.params.increment, self.params.decrement,
                     train.numpy(),
                 )  # fmt: skip
-                continue
-            for spikes_in in train:
-                weights, state, spikes = sleep_step(weights, state, spikes_in, self.alphas,
-                                                    self.params)  # fmt: skip
-                for count, s in zip(counts, spikes, strict=True):
-                    count += s
+            else:
+                for spikes_in in train:
+                    weights, state, spikes = sleep_step(weights, state, spikes_in, self.alphas,
+                                                        self.params)  # fmt: skip
+                    for count, s in zip(counts, spikes, strict=True):
+                        count += s
+            if max_activity is not None:
+                for layer, (count, previous) in enumerate(zip(counts, before, strict=True)):
+                    activity = (count.sum().item() - previous) / (len(count) * len(train))
+                    if activity > max_activity:
+                        raise RunawaySleep(
+                            f"sleep stopped at step {start + len(train)}: layer {layer + 1}'s "
+                            f"neurons fired in {activity:.0%} of the steps (max_activity "
+                            f"{max_activity:.0%}); raise the thresholds or lower alpha_scale"
+                        )
         if backend == "numba":
             weights = [w.T for w in transposed]
         for layer, weight in zip(self.layers, weights, strict=True):
             layer.weight.copy_(weight)
         return counts
+
+
+class RunawaySleep(NeuroplasticError):
+    """A sleep's activity exceeded ``max_activity``: see :meth:`SleepReplay.sleep`."""
 
 
 def numba_available() -> bool:
