@@ -4,6 +4,7 @@ on the bundled mnist-mini, the studies' declarations, the verdict's criterion an
 import dataclasses
 
 import pytest
+import torch
 
 from neuroplastic.config import config_to_dict
 from neuroplastic.experiments import EXPERIMENTS
@@ -119,3 +120,23 @@ def test_bad_configs_are_refused():
         split.Config(src_increment=(0.1, 0.01))
     with pytest.raises(ValueError, match="extra_per_task"):
         split.Config(extra_per_task=-1)
+
+
+def test_a_method_that_diverges_on_a_seed_is_recorded_and_the_others_stand(monkeypatch):
+    from neuroplastic.errors import DivergenceError
+    from neuroplastic.experiments.base import RunContext
+
+    original = split.learn
+
+    def learn(config, method, *args, **kwargs):
+        if method == "ewc":
+            raise DivergenceError("the training loss diverged")
+        return original(config, method, *args, **kwargs)
+
+    monkeypatch.setattr(split, "learn", learn)
+    monkeypatch.setattr(split, "tuned", lambda *args: {})
+    config = dataclasses.replace(TINY, methods=("sequential", "ewc"))
+    outcome = split.run(config, 0, RunContext(device=torch.device("cpu")))
+    assert outcome.metrics[Key("ewc", "diverged")] == 1.0
+    assert outcome.metrics[Key("sequential", "diverged")] == 0.0
+    assert 0 <= outcome.metrics[Key("sequential", "test_accuracy")] <= 1

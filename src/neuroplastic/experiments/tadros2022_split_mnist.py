@@ -60,6 +60,7 @@ import torch
 
 from neuroplastic.continual.methods import learn_tasks
 from neuroplastic.continual.training import Protocol, accuracy, predict
+from neuroplastic.errors import NeuroplasticError
 from neuroplastic.experiments.base import (
     Experiment,
     ReportTable,
@@ -316,13 +317,24 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
             matrix.append([float(correct[owner == j].double().mean()) for j in range(len(tasks))])
             return float(correct[owner <= k].double().mean())
 
-        seen = learn(config, method, tasks, params, seed, evaluate)
+        try:
+            seen = learn(config, method, tasks, params, seed, evaluate)
+        except NeuroplasticError:
+            # a method that diverges (or whose sleep runs away) on this seed with the values
+            # tuned on another is recorded as such; the other methods' results stand
+            metrics[Key(method, "diverged")] = 1.0
+            metrics[Key(method, "test_accuracy")] = float("nan")
+            for task_name in TASK_NAMES:
+                metrics[Key(method, "test_accuracy", setting=task_name)] = float("nan")
+            context.progress.advance()
+            continue
         curves[Key(method, "seen_accuracy")] = {"x": after, "y": seen}
         for j, task_name in enumerate(TASK_NAMES):
             row = [matrix[i][j] for i in range(len(after))]
             curves[Key(method, "task_accuracy", setting=task_name)] = {"x": after, "y": row}
             metrics[Key(method, "test_accuracy", setting=task_name)] = row[-1]
         metrics[Key(method, "test_accuracy")] = seen[-1]
+        metrics[Key(method, "diverged")] = 0.0
         context.progress.advance(accuracy=seen[-1])
     return RunResult(metrics, curves, "after task", hyperparameters)
 
@@ -335,9 +347,14 @@ def _final(runs: Sequence[RunRecord], method: str) -> list[float]:
 
 
 def paired(runs: Sequence[RunRecord], method: str, other: str):
-    """Mean and 95 % interval over seeds of ``method``'s final accuracy minus ``other``'s."""
-    return mean_ci([a - b for a, b in zip(_final(runs, method), _final(runs, other),
-                                          strict=True)])  # fmt: skip
+    """Mean and 95 % interval over seeds of ``method``'s final accuracy minus ``other``'s (seeds
+    where either diverged left out)."""
+    pairs = zip(_final(runs, method), _final(runs, other), strict=True)
+    return mean_ci([a - b for a, b in pairs if math.isfinite(a) and math.isfinite(b)])
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
 
 
 def _pct(summary) -> str:
@@ -350,14 +367,14 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     if len(runs) < MIN_SEEDS:
         return Verdict("not run", f"{len(runs)} of {MIN_SEEDS} seeds of the default config")
     gain = paired(runs, "src", "sequential")
-    src = mean_ci(_final(runs, "src"))
+    src = mean_ci(_finite(_final(runs, "src")))
     beats = gain.mean - gain.ci95 > MARGIN
     close = abs(src.mean - PAPER["src"]) <= PAPER_TOLERANCE
     status = "holds" if beats and close else "partly holds" if beats else "does not hold"
     parts = [
         f"all 10 digits after 5 tasks: SRC {_pct(src)} %, sequential "
-        f"{_pct(mean_ci(_final(runs, 'sequential')))} %, joint "
-        f"{_pct(mean_ci(_final(runs, 'joint')))} %",
+        f"{_pct(mean_ci(_finite(_final(runs, 'sequential'))))} %, joint "
+        f"{_pct(mean_ci(_finite(_final(runs, 'joint'))))} %",
         f"SRC - sequential {_pct(gain)} points (paired; needs > {MARGIN * 100:.0f})",
     ]
     running = paired(runs, "src-running", "src")
@@ -380,14 +397,17 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
         kind = "quick" if runs[0].quick else "full"
         rows = []
         for method in config["methods"]:
-            final = mean_ci(_final(runs, method))
-            per_task = [mean_ci([r.metrics[Key(method, "test_accuracy", setting=t)]
-                                 for r in runs]).mean for t in TASK_NAMES]  # fmt: skip
+            values = _final(runs, method)
+            final = mean_ci(_finite(values))
+            diverged = len(values) - len(_finite(values))
+            per_task = [mean_ci(_finite([r.metrics[Key(method, "test_accuracy", setting=t)]
+                                         for r in runs])).mean for t in TASK_NAMES]  # fmt: skip
             chosen = runs[0].hyperparameters.get(method) or {}
             paper = PAPER.get(method)
             rows.append([
                 method,
-                _pct(final) + " %",
+                _pct(final) + " %" + (f" ({diverged} of {len(values)} diverged)" if diverged
+                                      else ""),  # fmt: skip
                 " / ".join(f"{a * 100:.0f}" for a in per_task),
                 f"{paper * 100:.1f} %" if paper is not None else "",
                 ", ".join(f"{k} {v:.3g}" for k, v in chosen.items()),
@@ -429,9 +449,10 @@ def figures(records: Sequence[RunRecord], out_dir: Path) -> list[tuple[str, Path
     for ax, method in zip(axes.flat, methods, strict=False):
         matrix = torch.full((n, n), float("nan"))
         for j, task_name in enumerate(TASK_NAMES):
-            values = torch.tensor([r.curves[Key(method, "task_accuracy", setting=task_name)]["y"]
-                                   for r in runs])  # fmt: skip
-            matrix[:, j] = values.mean(0)
+            key = Key(method, "task_accuracy", setting=task_name)
+            rows_of = [r.curves[key]["y"] for r in runs if key in r.curves]  # (diverged: none)
+            if rows_of:
+                matrix[:, j] = torch.tensor(rows_of).mean(0)
         matrix = torch.where(torch.ones(n, n).tril().bool(), matrix, float("nan"))
         ax.imshow(matrix.numpy(), vmin=0, vmax=1, cmap="viridis")
         for i in range(n):
