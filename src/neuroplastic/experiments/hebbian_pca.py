@@ -64,9 +64,11 @@ RULES = ("oja", "sanger", "similarity-matching")
 @dataclass(frozen=True)
 class Config:
     dataset: str = "mnist"
+    """Images: ``mnist`` or the bundled ``mnist-mini``."""
     components: int = 16
     """``k``: outputs, and principal components of the reference."""
     batch_size: int = 10
+    """Images per update (their changes averaged)."""
     decay_steps: int = 1000
     """The learning rate halves after this many steps."""
     checkpoints: tuple[int, ...] = (1000, 3000, 10000, 30000, 54000)
@@ -78,7 +80,9 @@ class Config:
     tau: float = 0.5
     """Similarity matching's ratio of lateral to feed-forward learning rates."""
     validation_fraction: float = 0.1
+    """Share of the training images held out to score the learning rates."""
     tuning_seed: int = 0
+    """Seed of the tuner."""
 
     def __post_init__(self) -> None:
         if self.components < 1 or self.batch_size < 1 or self.trials < 1:

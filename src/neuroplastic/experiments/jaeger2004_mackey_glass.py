@@ -65,6 +65,8 @@ METHODS = ("esn", "ar")
 
 @dataclass(frozen=True)
 class Config:
+    dataset: str = "mackey-glass"
+    """The Mackey-Glass series (``tasks.mackey_glass``, tau 17), generated, no files."""
     units: int = 500
     """Reservoir size."""
     connectivity: float = 0.02
@@ -84,10 +86,15 @@ class Config:
     trials: int = 24
     """Tuning trials per method."""
     tuning_seed: int = 0
+    """Seed of the tuner (the trials' reservoirs come from their own seeds)."""
     spectral_radius: tuple[float, float] = (0.1, 1.5)
+    """Range of the ESN's spectral radius."""
     input_scaling: tuple[float, float] = (0.01, 10.0)
+    """Log range of the ESN's input scaling."""
     leak: tuple[float, float] = (0.05, 1.0)
+    """Range of the ESN's leak rate."""
     bias_scaling: tuple[float, float] = (0.0, 2.0)
+    """Range of the ESN's bias scaling."""
     ridge: tuple[float, float] = (1e-12, 1e-1)
     """Log range of the ridge penalty (both methods)."""
     ar_order: tuple[int, int] = (1, 300)

@@ -66,9 +66,14 @@ METHODS = ("force", "eh")
 
 @dataclass(frozen=True)
 class Config:
+    dataset: str = "sum-of-sines"
+    """The periodic target (``target``), generated, no files."""
     units: int = 1000
+    """Network size N."""
     gain: float = 1.5
+    """``g``: the recurrent gain (chaotic above 1)."""
     connectivity: float = 0.1
+    """``p``: share of non-zero recurrent weights."""
     tau: float = 10.0
     """Membrane time constant (ms)."""
     dt: float = 1.0
@@ -76,14 +81,19 @@ class Config:
     period: int = 600
     """Target period (ms = steps at dt 1)."""
     amplitude: float = 1.3
+    """The target's amplitude factor (its peak is about this)."""
     train_periods: int = 10
+    """FORCE training, in target periods."""
     test_periods: int = 5
+    """Periods with learning off that are scored."""
     alpha: float = 1.0
     """RLS: P(0) = I / alpha."""
     learn_every: int = 2
+    """RLS updates every this many steps."""
     eh_periods: int = 100
     """Training periods of the reward-modulated rule (it learns far more slowly)."""
     eh_lr: float = 5e-4
+    """EH's initial learning rate."""
     eh_decay: float = 20000.0
     """Steps over which EH's learning rate halves."""
     noise: float = 0.5

@@ -112,9 +112,13 @@ class Config:
     epochs: int = 2
     """Epochs per task."""
     batch_size: int = 100
+    """Images per SGD step (the authors')."""
     lr: float = 0.1
+    """SGD's learning rate (the authors')."""
     momentum: float = 0.5
+    """SGD's momentum, never reset across tasks (the authors')."""
     dropout: float = 0.25
+    """Dropout before each hidden layer's weights (the authors')."""
     loss: Literal["squared", "cross_entropy"] = "squared"
     """The authors' squared error on the ReLU outputs, or softmax cross-entropy."""
     init: float = 0.01
