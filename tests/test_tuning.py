@@ -18,11 +18,13 @@ from neuroplastic.tuning import (
     LogUniform,
     MemoryRecorder,
     Study,
+    Trial,
     TrialOutcome,
     TrialPruned,
     Uniform,
     ask,
     evaluate,
+    on_edge,
     pending_round,
     record_outcome,
     suggest,
@@ -127,6 +129,11 @@ def test_a_best_value_on_the_edge_of_its_range_is_flagged():
     assert "lr" not in inside.on_edge
     counts = tune(Study("m", {"n": IntRange(1, 5)}, trials=16), lambda p, t: p["n"])
     assert counts.on_edge == {"n": "low"}
+    # an integer range is on its edge near an end too (here 294 of 1-300, log scale)
+    near = [Trial(0, {"order": 294}, 0, value=0.1), Trial(1, {"order": 20}, 0, value=0.5)]
+    orders = Study("m", {"order": IntRange(1, 300, log=True)}, trials=2)
+    assert on_edge(orders, near) == {"order": "high"}
+    assert on_edge(orders, near[1:]) == {}
 
 
 def test_failed_trials_use_their_budget_and_all_failing_is_an_error():

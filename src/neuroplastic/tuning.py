@@ -616,10 +616,9 @@ def on_edge(study: Study, trials: Sequence[Trial]) -> dict[str, str]:
                 continue
             low, high = min(numeric), max(numeric)
             side = "low" if value == low else "high" if value == high else None
-        elif isinstance(dimension, IntRange):
-            side = "low" if value == dimension.low else "high" if value == dimension.high else None
-        else:
-            scale = math.log if isinstance(dimension, LogUniform) else float
+        else:  # ranges, integer ones included: within EDGE_FRACTION of an end
+            log = isinstance(dimension, LogUniform) or getattr(dimension, "log", False)
+            scale = math.log if log else float
             position = (scale(value) - scale(dimension.low)) / (
                 scale(dimension.high) - scale(dimension.low)
             )
