@@ -234,7 +234,7 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
         rows.append(["(before training)", "", before.format(digits=3)])
         kind = "quick" if runs[0].quick else "full"
         out.append(ReportTable(f"Learning off, {kind} config {digest[:8]}, n={len(runs)}",
-                               ["readout", "mean |z - f|", "periodicity of the rates"], rows))
+                               ["readout", "mean absolute error", "periodicity of the rates"], rows))
     return out
 
 
