@@ -233,8 +233,9 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
         before = mean_ci(r.metrics[Key("force", "periodicity_before")] for r in runs)
         rows.append(["(before training)", "", before.format(digits=3)])
         kind = "quick" if runs[0].quick else "full"
+        header = ["readout", "mean absolute error", "periodicity of the rates"]
         out.append(ReportTable(f"Learning off, {kind} config {digest[:8]}, n={len(runs)}",
-                               ["readout", "mean absolute error", "periodicity of the rates"], rows))
+                               header, rows))  # fmt: skip
     return out
 
 
