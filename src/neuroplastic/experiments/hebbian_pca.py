@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from neuroplastic.errors import DivergenceError
 from neuroplastic.experiments.base import (
     Experiment,
     ReportTable,
@@ -152,8 +153,6 @@ def learn(config: Config, rule_name: str, lr: float, train: torch.Tensor, seed: 
 
 
 def raise_diverged(rule: str, lr: float):
-    from neuroplastic.errors import DivergenceError
-
     raise DivergenceError(f"{rule} diverged at learning rate {lr:.3g}",
                           "lower the range of lr (--set lr=...)")  # fmt: skip
 
@@ -167,8 +166,9 @@ def studies(config: Config) -> list[Study]:
     return [study(config, r) for r in RULES]
 
 
-def validation_error(config: Config, rule: str, context: RunContext) -> Objective:
-    train, validation, _, components = data(config, context)
+def validation_error(config: Config, rule: str, parts) -> Objective:
+    """``parts``: :func:`data`'s outcome, computed once per process by the caller."""
+    train, validation, _, components = parts
     best = reconstruction_error(validation, components)
 
     def objective(params: dict, trial: Trial) -> TrialOutcome:
@@ -184,22 +184,24 @@ def validation_error(config: Config, rule: str, context: RunContext) -> Objectiv
 def objective(config: Config, name: str, context: RunContext) -> Objective:
     if name not in RULES:
         raise KeyError(f"{NAME} has no study {name!r}")
-    return validation_error(config, name, context)
+    return validation_error(config, name, data(config, context))
 
 
 def tune(config: Config, context: RunContext) -> None:
+    parts = data(config, context)
     for rule in RULES:
-        context.tune(config, study(config, rule), validation_error(config, rule, context))
+        context.tune(config, study(config, rule), validation_error(config, rule, parts))
 
 
 def run(config: Config, seed: int, context: RunContext) -> RunResult:
-    train, _, test, components = data(config, context)
+    parts = data(config, context)
+    train, _, test, components = parts
     best = reconstruction_error(test, components)
     metrics: dict[Key, float] = {Key("svd", "test_reconstruction_error"): best}
     curves: dict[Key, dict[str, list[float]]] = {}
     chosen = {}
     for rule in RULES:
-        lr = context.tune(config, study(config, rule), validation_error(config, rule, context))
+        lr = context.tune(config, study(config, rule), validation_error(config, rule, parts))
         chosen[rule] = dict(lr.params)
         measured = {"seen": [], "overlap": [], "min_cosine": [], "relative_error": []}
 

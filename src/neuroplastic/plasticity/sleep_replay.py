@@ -33,7 +33,8 @@ inputs seen so far, and every spike changes the weights by a local, STDP-like ru
 
 :meth:`SleepReplay.sleep` runs these steps with :func:`sleep_step` (the readable reference) or,
 on the CPU with the ``fast`` extra, with the compiled event-driven loop of
-``kernels.numba_sleep`` (tested equal; about 20x faster), both on the same input spikes.
+``kernels.numba_sleep`` (tested equal; ``benchmarks/sleep_replay.py`` times both), both on
+the same input spikes.
 
 The defaults are the authors' MNIST values (``SRC_MNIST``). Sleep length: ``15000 + 5000 (task
 - 1)`` steps after task ``task`` (:func:`sleep_steps`).
@@ -49,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from neuroplastic.errors import NeuroplasticError
+from neuroplastic.kernels import resolve_backend
 
 
 @dataclass(frozen=True)
@@ -255,17 +257,15 @@ class SleepReplay:
         ``max_activity``: stop with :class:`RunawaySleep` when, over a chunk, a layer's neurons
         fire on average in more than this share of the steps (activity the authors' values never
         come near; it rewrites every row each step and costs minutes). ``None``: never stop."""
-        if backend not in ("auto", "torch", "numba"):
+        if backend not in ("auto", "torch", "numba"):  # no Triton sleep
             raise ValueError(f"backend must be auto, torch or numba, got {backend!r}")
         if self.alphas is None:
             raise RuntimeError("call calibrate(data) or calibrate_from(...) before sleep")
         weights = [layer.weight.detach().clone(memory_format=torch.contiguous_format)
                    for layer in self.layers]  # fmt: skip
-        on_cpu = weights[0].device.type == "cpu"
-        if backend == "auto":
-            backend = "numba" if on_cpu and numba_available() else "torch"
-        if backend == "numba" and not on_cpu:
-            raise ValueError("the numba sleep runs on the CPU; use backend='torch' on a GPU")
+        device = weights[0].device
+        backend = "torch" if backend == "auto" and device.type != "cpu" else resolve_backend(
+            backend, device)  # fmt: skip
         state = initial_state(weights)
         counts = [w.new_zeros(w.shape[0]) for w in weights]
         mean_input = mean_input.flatten().to(weights[0])
@@ -274,7 +274,7 @@ class SleepReplay:
 
             transposed = [w.T.contiguous() for w in weights]
         for start in range(0, steps, chunk):
-            before = [c.sum().item() for c in counts]
+            before = [c.sum().item() for c in counts] if max_activity is not None else []
             train = input_spike_train(mean_input, self.params, min(chunk, steps - start),
                                       generator)  # fmt: skip
             if backend == "numba":
@@ -308,11 +308,3 @@ class SleepReplay:
 
 class RunawaySleep(NeuroplasticError):
     """A sleep's activity exceeded ``max_activity``: see :meth:`SleepReplay.sleep`."""
-
-
-def numba_available() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
