@@ -14,9 +14,15 @@ reset, driven by the 500 true values up to the start, and run freely on its own 
 84 steps. NRMSE = root mean squared error at step 84 over the starts / the series' standard
 deviation. Both reservoirs: leak, spectral radius, input scaling, ridge as given; every unit
 receives the input (ReservoirPy's ``input_connectivity=1``); recurrent connectivity as given; no
-bias. The weight distributions are each library's own (ours: uniform input weights, normal
-recurrent ones; ReservoirPy: Bernoulli +-1 input weights, normal recurrent ones), so the NRMSEs
-are compared over seeds, not seed for seed.
+bias. Four rows:
+
+- ``neuroplastic (uniform)``: our default draw, uniform input weights (Jaeger's);
+- ``neuroplastic (bernoulli)``: input weights +-scaling, as ReservoirPy draws them; the NRMSEs of
+  this row and ReservoirPy's are compared over seeds (the draws differ), not seed for seed;
+- ``neuroplastic (their weights)``: our network and readout run on ReservoirPy's own matrices,
+  seed for seed: the equations are the same iff this row's NRMSE equals ReservoirPy's to rounding
+  (its time excludes ReservoirPy's draw);
+- ``reservoirpy``.
 
 Timing: the whole procedure (reservoir construction, training, all starts), median of the seeds.
 Ours runs the starts as one batch; ReservoirPy one after another, as its API does.
@@ -47,12 +53,38 @@ def nrmse_84(predicted: np.ndarray, u: np.ndarray, at: list[int]) -> float:
     return float(np.sqrt(np.mean((predicted - truth) ** 2)) / u.std())
 
 
-def ours(u: np.ndarray, at: list[int], args, seed: int) -> np.ndarray:
-    device = torch.device(args.device)
+def ours(u: np.ndarray, at: list[int], args, seed: int, inputs: str = "uniform") -> np.ndarray:
     params = ESNParameters(args.units, args.spectral_radius, args.input_scaling, args.leak,
-                           args.connectivity)  # fmt: skip
+                           args.connectivity, input_distribution=inputs)  # fmt: skip
     esn = EchoStateNetwork(1, params, generator=torch.Generator().manual_seed(seed),
-                           dtype=torch.float64).to(device)  # fmt: skip
+                           dtype=torch.float64).to(args.device)  # fmt: skip
+    return predict(esn, u, at, args)
+
+
+def reservoirpy_reservoir(u: np.ndarray, args, seed: int):
+    from reservoirpy.nodes import Reservoir
+
+    reservoir = Reservoir(args.units, lr=args.leak, sr=args.spectral_radius,
+                          input_scaling=args.input_scaling, input_connectivity=1.0,
+                          rc_connectivity=args.connectivity, seed=seed)  # fmt: skip
+    reservoir.initialize(u[:1, None])
+    return reservoir
+
+
+def ours_on_their_weights(u: np.ndarray, at: list[int], args, reservoir) -> np.ndarray:
+    def dense(matrix):
+        matrix = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+        return torch.as_tensor(matrix, dtype=torch.float64)
+
+    bias = dense(reservoir.bias) * torch.ones(args.units, dtype=torch.float64)
+    esn = EchoStateNetwork.from_weights(
+        dense(reservoir.W), dense(reservoir.Win), bias.reshape(-1), leak=args.leak
+    ).to(args.device)
+    return predict(esn, u, at, args)
+
+
+def predict(esn: EchoStateNetwork, u: np.ndarray, at: list[int], args) -> np.ndarray:
+    device = esn.w.device
     series = torch.as_tensor(u, device=device)
     states = esn.run(series[:TRAIN, None, None])[:, 0]
     w_out = fit_ridge(states[WASHOUT : TRAIN - 1], series[WASHOUT + 1 : TRAIN, None], args.ridge)
@@ -66,12 +98,9 @@ def ours(u: np.ndarray, at: list[int], args, seed: int) -> np.ndarray:
 
 
 def reservoirpy(u: np.ndarray, at: list[int], args, seed: int) -> np.ndarray:
-    from reservoirpy.nodes import Reservoir, Ridge
+    from reservoirpy.nodes import Ridge
 
-    reservoir = Reservoir(args.units, lr=args.leak, sr=args.spectral_radius,
-                          input_scaling=args.input_scaling, input_connectivity=1.0,
-                          rc_connectivity=args.connectivity, seed=seed)  # fmt: skip
-    esn = reservoir >> Ridge(ridge=args.ridge)
+    esn = reservoirpy_reservoir(u, args, seed) >> Ridge(ridge=args.ridge)
     esn.fit(u[: TRAIN - 1, None], u[1:TRAIN, None], warmup=WASHOUT)
     out = []
     for k in at:
@@ -97,22 +126,42 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     u, at = task(args.starts)
-    rows = []
-    for name, method in (("neuroplastic", ours), ("reservoirpy", reservoirpy)):
+    def timed(method):  # (seconds, prediction) of one seed
+        def run(seed):
+            start = time.perf_counter()
+            predicted = method(seed)
+            return time.perf_counter() - start, predicted
+        return run
+
+    def on_their_weights(seed):  # ReservoirPy's draw is made before the clock starts
+        reservoir = reservoirpy_reservoir(u, args, seed)
+        return timed(lambda _: ours_on_their_weights(u, at, args, reservoir))(seed)
+
+    methods = {
+        "neuroplastic (uniform)": timed(lambda seed: ours(u, at, args, seed)),
+        "neuroplastic (bernoulli)": timed(lambda seed: ours(u, at, args, seed, "bernoulli")),
+        "neuroplastic (their weights)": on_their_weights,
+        "reservoirpy": timed(lambda seed: reservoirpy(u, at, args, seed)),
+    }
+    rows, per_seed = [], {}
+    for name, method in methods.items():
         errors, seconds = [], []
         for seed in range(args.seeds):
-            start = time.perf_counter()
-            predicted = method(u, at, args, seed)
-            seconds.append(time.perf_counter() - start)
+            elapsed, predicted = method(seed)
+            seconds.append(elapsed)
             errors.append(nrmse_84(predicted, u, at))
+        per_seed[name] = np.array(errors)
         logs = np.log10(errors)
         rows.append((name, logs.mean(), logs.std(ddof=1) if len(logs) > 1 else float("nan"),
                      statistics.median(seconds)))  # fmt: skip
     print(f"Mackey-Glass, {args.units} units, {args.starts} starts, NRMSE at {HORIZON} steps, "
           f"{args.seeds} seeds, device {args.device} (ours), one thread")  # fmt: skip
-    print(f"{'library':<14} {'log10 NRMSE84 (mean ± sd)':<28} {'median seconds':>14}")
+    print(f"{'library':<30} {'log10 NRMSE84 (mean ± sd)':<28} {'median seconds':>14}")
     for name, mean, sd, secs in rows:
-        print(f"{name:<14} {mean:>8.2f} ± {sd:<17.2f} {secs:>14.2f}")
+        print(f"{name:<30} {mean:>8.2f} ± {sd:<17.2f} {secs:>14.2f}")
+    same = per_seed["neuroplastic (their weights)"], per_seed["reservoirpy"]
+    gap = np.abs(np.log10(same[0]) - np.log10(same[1])).max()
+    print(f"same weights, seed for seed: largest |log10 NRMSE difference| = {gap:.2e}")
 
 
 if __name__ == "__main__":

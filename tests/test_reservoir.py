@@ -41,6 +41,51 @@ def test_run_equals_stepping_and_a_leak_slows_the_state():
         esn.run(torch.zeros(3, 2, 1, 5))
 
 
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_the_sparse_recurrent_product_gives_the_dense_states(replicas):
+    gen = torch.Generator().manual_seed(4)
+    params = ESNParameters(units=40, connectivity=0.05, leak=0.6, bias_scaling=0.3)
+    dense = EchoStateNetwork(2, params, replicas=replicas, generator=gen, dtype=torch.float64,
+                             recurrent_product="dense")  # fmt: skip
+    sparse = EchoStateNetwork.from_weights(dense.w, dense.w_in, dense.bias[:, 0], leak=0.6,
+                                           recurrent_product="sparse")  # fmt: skip
+    assert sparse.uses_sparse_product() and not dense.uses_sparse_product()
+    inputs = torch.randn(25, replicas, 3, 2, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(sparse.run(inputs), dense.run(inputs), rtol=1e-12, atol=1e-12)
+    # the cached CSR matrix follows a change of W
+    sparse.w.mul_(0.5)
+    dense.w.mul_(0.5)
+    torch.testing.assert_close(sparse.run(inputs), dense.run(inputs), rtol=1e-12, atol=1e-12)
+    # "auto" goes sparse at this connectivity on the CPU
+    assert EchoStateNetwork(2, params).uses_sparse_product()
+    with pytest.raises(ValueError, match="recurrent_product"):
+        EchoStateNetwork(2, params, recurrent_product="csr")
+
+
+def test_bernoulli_input_weights_are_plus_or_minus_the_scaling():
+    params = ESNParameters(units=300, input_scaling=0.4, input_distribution="bernoulli")
+    w_in = EchoStateNetwork(2, params, generator=torch.Generator().manual_seed(5)).w_in
+    torch.testing.assert_close(w_in.abs(), torch.full_like(w_in, 0.4))
+    assert 0.4 < (w_in > 0).float().mean() < 0.6
+    with pytest.raises(ValueError, match="input_distribution"):
+        ESNParameters(input_distribution="normal")
+
+
+def test_from_weights_loads_a_reservoir_drawn_elsewhere():
+    gen = torch.Generator().manual_seed(6)
+    w = torch.randn(20, 20, generator=gen, dtype=torch.float64) * 0.1
+    w_in = torch.randn(20, 1, generator=gen, dtype=torch.float64)
+    esn = EchoStateNetwork.from_weights(w, w_in, leak=0.5)
+    u = torch.randn(8, 1, 1, generator=gen, dtype=torch.float64)
+    x = torch.zeros(20, dtype=torch.float64)
+    for t in range(8):  # x_t = (1 - a) x_{t-1} + a tanh(W_in u_t + W x_{t-1})
+        x = 0.5 * x + 0.5 * torch.tanh(w_in @ u[t, 0] + w @ x)
+    torch.testing.assert_close(esn.run(u)[-1, 0], x)
+    assert esn.params.spectral_radius == pytest.approx(float(spectral_radius(w)))
+    with pytest.raises(ValueError, match="w must be"):
+        EchoStateNetwork.from_weights(w, w_in[:5])
+
+
 def test_ridge_readout_is_the_regularised_least_squares_solution():
     gen = torch.Generator().manual_seed(2)
     states = torch.randn(200, 10, generator=gen, dtype=torch.float64)
