@@ -166,6 +166,10 @@ def test_quick_is_smaller_and_keeps_the_dataset():
         ps.Config(widths=(16,))
     with pytest.raises(ValueError):
         ps.Config(input_sides=())
+    with pytest.raises(ValueError, match="methods must include"):
+        ps.Config(methods=(ps.WEIGHT, ps.BACKPROP))
+    with pytest.raises(ValueError, match="methods must include"):
+        ps.Config(methods=(ps.WEIGHT, ps.NODE, "twiddle"))
 
 
 # -- the verdict on fake records -------------------------------------------------------------------
@@ -177,8 +181,11 @@ def record(
     losses: dict[str, float],
     linear_ratio: float = 1.0,
     speed_gap: float = 1.0,
+    serial_gap: float = 1.1,
 ):
-    """A default-config run whose per-layer exponents, losses and linear V / theory are given."""
+    """A default-config run whose per-layer exponents, losses and linear V / theory are given;
+    node perturbation needs ``10 N M`` passes in the linear sweep, weight perturbation
+    ``speed_gap`` times ``10 N^2 M``, serial perturbation ``serial_gap`` times weight's."""
     config = config_to_dict(ps.Config())
     metrics = {}
     default = ps.Config()
@@ -186,6 +193,7 @@ def record(
         for m in default.speed_outputs:
             metrics[ps.speed_key(ps.NODE, n, m)] = 10.0 * n * m
             metrics[ps.speed_key(ps.WEIGHT, n, m)] = 10.0 * n * n * m * speed_gap
+            metrics[ps.speed_key(ps.SERIAL, n, m)] = 10.0 * n * n * m * speed_gap * serial_gap
     for method, (alpha, beta) in exponents.items():
         for layer in (None, *ps.LAYERS):
             metrics[Key(method, "synapse_exponent", layer=layer)] = alpha + 0.01 * seed
@@ -206,16 +214,24 @@ def record(
 
 
 SCALING = {ps.WEIGHT: (1.0, 0.0), ps.NODE: (0.05, 0.95)}
-LEARNING = {ps.NODE: 0.6, ps.WEIGHT: 2.1, ps.BACKPROP: 0.2}
+LEARNING = {ps.NODE: 0.6, ps.WEIGHT: 2.1, ps.BACKPROP: 0.2, ps.SERIAL: 2.2}
 
 
-def test_verdict_holds_when_all_three_parts_hold():
+def test_verdict_holds_when_all_five_parts_hold():
     verdict = ps.verdict([record(s, SCALING, LEARNING) for s in range(5)])
     assert verdict.status == "holds"
     assert "weight, all parameters (1.02, -0.02)" in verdict.headline
     assert "n=5" in verdict.headline
     assert "V/theory 1.02-1.02" in verdict.headline  # the seed mean of 1 + 0.01 * seed
     assert "exponent on N 1.00" in verdict.headline  # weight / node = N in the fake runs
+    assert "passes serial/weight 1.10-1.10" in verdict.headline
+
+
+def test_verdict_partly_holds_when_serial_perturbation_is_far_slower_than_parallel():
+    verdict = ps.verdict([record(s, SCALING, LEARNING, serial_gap=2.5) for s in range(5)])
+    assert verdict.status == "partly holds"
+    assert "within 2x at every (N, M): no]" in verdict.headline
+    assert "node < weight: yes" in verdict.headline
 
 
 def test_verdict_partly_holds_when_node_variance_also_follows_synapses():
@@ -241,7 +257,8 @@ def test_verdict_partly_holds_when_node_perturbation_is_not_faster_in_the_linear
 def test_verdict_does_not_hold_when_no_part_holds():
     scaling = {ps.WEIGHT: (0.5, 0.5), ps.NODE: (1.0, 0.0)}
     learning = {ps.NODE: 2.1, ps.WEIGHT: 0.6, ps.BACKPROP: 0.2}
-    runs = [record(s, scaling, learning, linear_ratio=0.5, speed_gap=0.01) for s in range(5)]
+    runs = [record(s, scaling, learning, linear_ratio=0.5, speed_gap=0.01, serial_gap=0.4)
+            for s in range(5)]  # fmt: skip
     assert ps.verdict(runs).status == "does not hold"
 
 
@@ -320,20 +337,20 @@ def test_kill_9_in_the_middle_of_tuning_resumes_where_it_stopped(tmp_path):
             process.kill()
     with Store(store) as results:
         before = {t.id: t for t in results.trials(status="finished")}
-        assert 3 <= len(before) < 18
+        assert 3 <= len(before) < 24
         assert results.runs() == []  # tuning comes first, in the driver: no seed had started
     finished = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
     with Store(store) as results:
         trials = results.trials(status="finished") + results.trials(status="failed")
         studies = [(t.method, t.number) for t in trials]
-        # every trial once, none repeated: 3 methods x 6 rates, and 12 linear cells x 3 rates
-        assert len(studies) == len(set(studies)) == 18 + 36
+        # every trial once, none repeated: 4 methods x 6 rates, and 16 linear cells x 3 rates
+        assert len(studies) == len(set(studies)) == 24 + 48
         assert all(results.get_trial(i) == t for i, t in before.items())  # kept as they were
         assert results.runs(status="finished")[0].hyperparameters
 
 
-@pytest.mark.parametrize("method", [ps.WEIGHT, ps.NODE])
+@pytest.mark.parametrize("method", [ps.WEIGHT, ps.NODE, ps.SERIAL])
 def test_the_batched_linear_learner_steps_as_the_rules_estimate(method):
     """linear_speed's estimator of one step equals the rule's single-draw estimate with the same
     noise: (L(+noise) - L) / sigma^2 times the noise."""
@@ -350,8 +367,17 @@ def test_the_batched_linear_learner_steps_as_the_rules_estimate(method):
         return 0.5 * (model(x) - x @ teacher.T).pow(2).sum(-1)
 
     d = ((student[0].weight - teacher) @ x[0]).detach()
-    if method == ps.WEIGHT:
-        xi = torch.randn(n_out, n_in, generator=gen, dtype=torch.float64)
+    if method in (ps.WEIGHT, ps.SERIAL):
+        if method == ps.WEIGHT:
+            xi = torch.randn(n_out, n_in, generator=gen, dtype=torch.float64)
+        else:  # linear_speed's draw of the visited weight is the rule's own
+            xi = torch.zeros(n_out * n_in, dtype=torch.float64)
+            visit = torch.randint(n_out * n_in, (1,), generator=torch.Generator().manual_seed(7))
+            xi[int(visit)] = 1
+            xi = xi.view(n_out, n_in)
+            rule.generator = torch.Generator().manual_seed(7)
+            (drawn,) = rule.draw_noise(1)
+            assert torch.equal(drawn[0], sigma * xi)
         (estimate,) = rule.estimates(losses, noise=[sigma * xi[None]]).grads
         change = ((d + sigma * (xi @ x[0])).pow(2).sum() - d.pow(2).sum()) / 2
         expected = change / sigma * xi
@@ -370,3 +396,5 @@ def test_node_perturbation_learns_the_linear_task_in_fewer_passes_than_weight_pe
         method: min(ps.linear_speed(config, method, 16, 4, lrs, seed=0)) for method in ps.METHODS
     }
     assert fastest[ps.BACKPROP] < fastest[ps.NODE] < fastest[ps.WEIGHT] < math.inf
+    # serial perturbation: about weight perturbation's rate (theory: K / (K + 2) of its passes)
+    assert 0.5 < fastest[ps.SERIAL] / fastest[ps.WEIGHT] < 2

@@ -41,7 +41,7 @@ clean measure. For node perturbation the aggregate weighs each layer by the squa
 input, which pooling the images changes, while a layer's own V_l depends on its units' share of
 the output-error gradient and not on its input: the per-layer values are the clean measure.
 
-Verdict (criterion fixed before the runs of this protocol): four parts, each over the seed means
+Verdict (criterion fixed before the runs of this protocol): five parts, each over the seed means
 of the default config. (i) Linear: at every (N, M), V divided by its theory is within
 ``RATIO_TOLERANCE`` of 1 for both rules. (ii) MLP: weight perturbation's aggregate exponents
 within ``EXPONENT_TOLERANCE`` of (1, 0), and node perturbation's per-layer exponents within it of
@@ -49,9 +49,14 @@ within ``EXPONENT_TOLERANCE`` of (1, 0), and node perturbation's per-layer expon
 perturbation's at every training width (paired 95 % interval of the difference below 0). (iv)
 Learning speed in the linear setting: node perturbation needs fewer passes than weight perturbation
 at every (N, M), and the fitted exponent of the ratio weight / node on log N is within
-``EXPONENT_TOLERANCE`` of 1. All four: holds; none: does not hold; otherwise partly holds.
+``EXPONENT_TOLERANCE`` of 1. (v) Serial against parallel weight perturbation in the same linear
+sweep (fixed before serial perturbation's runs): at every (N, M), serial perturbation's passes are
+within a factor ``SAME_RATE_FACTOR`` of weight perturbation's. All five: holds; none: does not
+hold; otherwise partly holds.
 
-(b, linear) Learning speed in Werfel's setting, their central claim. The linear student starts
+(b, linear) Learning speed in Werfel's setting, their central claim, with serial perturbation
+(``credit.serial_perturbation``: one weight per step, its exact finite difference) beside the
+parallel rules. The linear student starts
 at W = 0 and learns online, one fresh unit-norm input per step, until its generalisation error
 ``|W - W*|^2 / |W*|^2`` falls below ``speed_target``; the measure is the forward passes spent (2 per
 perturbation step, clean and perturbed; ``backprop_pass_cost`` per backprop step). Each (method, N,
@@ -60,8 +65,11 @@ rate is then run on the seed. With the optimal rate a Gaussian-perturbation step
 ``1 / (K + 2)`` of a gradient step's progress (K perturbed dimensions), and online learning of N
 inputs takes about N gradient steps, so the passes grow about as ``N^2 M`` for weight
 perturbation, ``N M`` for node perturbation and ``N`` for backprop: the ratio weight / node grows
-as N, the synapses per neuron. The simulation is batched over learning rates
-(:func:`linear_speed`); its estimators are tested equal to the rules' own.
+as N, the synapses per neuron. A serial step (rate 1) moves one of the ``K = N M`` weights by
+its exact derivative and makes ``1 / K`` of a gradient step's expected progress: against
+``1 / (K + 2)`` for the parallel step, about the same per pass (Werfel et al.). The simulation
+is batched over learning rates (:func:`linear_speed`); its estimators are tested equal to the
+rules' own.
 
 (b) Learning. At each width of ``train_widths`` every method trains the same initial network on
 the same minibatch sequence with plain SGD until it has spent ``budget`` forward passes. Counting:
@@ -92,6 +100,7 @@ from torch import Tensor
 from neuroplastic.credit.backprop import Backprop
 from neuroplastic.credit.base import CreditRule, loss_per_example
 from neuroplastic.credit.node_perturbation import NodePerturbation
+from neuroplastic.credit.serial_perturbation import SerialPerturbation
 from neuroplastic.credit.weight_perturbation import PerturbationRule, WeightPerturbation
 from neuroplastic.errors import DivergenceError
 from neuroplastic.experiments.base import (
@@ -114,9 +123,14 @@ from neuroplastic.tuning import Batch, Choice, Objective, Study, Trial
 
 NAME = "perturbation-scaling"
 WEIGHT, NODE, BACKPROP = "weight-perturbation", "node-perturbation", "backprop"
-METHODS = (WEIGHT, NODE, BACKPROP)
+SERIAL = "serial-perturbation"
+METHODS = (WEIGHT, NODE, BACKPROP, SERIAL)
+"""Every method, in the order that keys their noise streams (so adding one leaves the others')."""
 PERTURBATION_METHODS = (WEIGHT, NODE)
-RULES: dict[str, type[PerturbationRule]] = {WEIGHT: WeightPerturbation, NODE: NodePerturbation}
+"""The rules whose gradient-estimate variance is measured (a)."""
+RULES: dict[str, type[PerturbationRule]] = {
+    WEIGHT: WeightPerturbation, NODE: NodePerturbation, SERIAL: SerialPerturbation,
+}  # fmt: skip
 MIN_SEEDS = 5
 IMAGE_SIDE = 28
 N_CLASSES = 10
@@ -125,6 +139,9 @@ EXPONENT_TOLERANCE = 0.25
 within this of 1 and that of the other count within this of 0 (seed means)."""
 RATIO_TOLERANCE = 0.15
 """The linear claim holds when every seed-mean V / theory is within this of 1."""
+SAME_RATE_FACTOR = 2.0
+"""Serial and parallel weight perturbation learn "at about the same rate" when the seed-mean
+passes of one are within this factor of the other's at every (N, M)."""
 LAYERS = ("hidden", "output")
 _ROLE_INIT, _ROLE_ORDER, _ROLE_NOISE, _ROLE_BATCH, _ROLE_LINEAR = range(5)
 
@@ -173,6 +190,8 @@ class Config:
     """Generalisation error ``|W - W*|^2 / |W*|^2`` at which the linear student has learnt."""
     speed_max_passes: int = 200_000
     """Forward passes after which a linear run that has not learnt counts as never (inf)."""
+    methods: tuple[str, ...] = METHODS
+    """Methods of the learning sweeps (b, b linear); weight and node perturbation are always in."""
     train_widths: tuple[int, ...] = (32, 128)
     """Hidden widths at which the three methods are trained (b)."""
     budget: int = 2000
@@ -226,6 +245,12 @@ class Config:
                 raise ValueError(
                     f"{name} must hold at least two distinct positive counts: {values}"
                 )
+        unknown = set(self.methods) - set(METHODS)
+        if unknown or not {WEIGHT, NODE} <= set(self.methods):
+            raise ValueError(
+                f"methods must include {WEIGHT} and {NODE} and come from {METHODS}: "
+                f"{self.methods}"
+            )
         if not self.train_widths or min(self.train_widths) < 1:
             raise ValueError(f"train_widths must hold positive widths: {self.train_widths}")
         if not self.lrs or not all(0 < lr < math.inf for lr in self.lrs):
@@ -437,9 +462,10 @@ def linear_speed(
 
     One online step on input ``x`` (unit norm), with ``d = (W - W*) x`` and ``L = |d|^2 / 2``:
     backprop ``g = d x^T``; weight perturbation (forward difference, noise ``sigma Xi``)
-    ``g = (L(W + sigma Xi) - L(W)) / sigma Xi``; node perturbation (noise ``sigma xi`` on the
-    outputs) ``g = (L(y + sigma xi) - L(y)) / sigma xi x^T``: the estimators of
-    ``WeightPerturbation`` and ``NodePerturbation`` with one draw (tested equal).
+    ``g = (L(W + sigma Xi) - L(W)) / sigma Xi``; serial perturbation the same with ``Xi = e_i``, one
+    weight drawn uniformly; node perturbation (noise ``sigma xi`` on the outputs)
+    ``g = (L(y + sigma xi) - L(y)) / sigma xi x^T``: the estimators of ``WeightPerturbation``,
+    ``SerialPerturbation`` and ``NodePerturbation`` with one draw (tested equal).
     """
     draw = generator(seed, _ROLE_LINEAR, n_in, n_out, 1)
     noise = generator(seed, _ROLE_NOISE, n_in, n_out, 1)
@@ -457,8 +483,13 @@ def linear_speed(
         d = (student - teacher) @ x  # (R, M)
         if method == BACKPROP:
             gradient = d[:, :, None] * x
-        elif method == WEIGHT:
-            xi = torch.randn(n_out, n_in, generator=noise, dtype=dtype)
+        elif method in (WEIGHT, SERIAL):
+            if method == WEIGHT:
+                xi = torch.randn(n_out, n_in, generator=noise, dtype=dtype)
+            else:  # the draw SerialPerturbation makes: one index over all weights
+                xi = torch.zeros(n_out * n_in, dtype=dtype)
+                xi[int(torch.randint(n_out * n_in, (1,), generator=noise))] = 1.0
+                xi = xi.view(n_out, n_in)
             change = ((d + sigma * (xi @ x)).pow(2).sum(-1) - d.pow(2).sum(-1)) / 2
             gradient = (change / sigma)[:, None, None] * xi
         else:
@@ -484,7 +515,9 @@ def speed_study_name(method: str, n_in: int, n_out: int) -> str:
 
 
 def speed_cells(config: Config) -> list[tuple[str, int, int]]:
-    return [(m, n, k) for n in config.speed_inputs for k in config.speed_outputs for m in METHODS]
+    return [
+        (m, n, k) for n in config.speed_inputs for k in config.speed_outputs for m in config.methods
+    ]
 
 
 def speed_study(config: Config, method: str, n_in: int, n_out: int) -> Study:
@@ -639,7 +672,7 @@ def tuned_learning_rates(
     tuner (recorded in the store when the runner gives the context one; once per context)."""
     chosen = {}
     for width in config.train_widths:
-        for method in METHODS:
+        for method in config.methods:
             study = learning_rate_study(config, method, width)
             result = context.tune(config, study, validation_loss(config, method, width, splits))
             chosen[method, width] = result.params["lr"]
@@ -651,7 +684,7 @@ def studies(config: Config) -> list[Study]:
     return [
         learning_rate_study(config, method, width)
         for width in config.train_widths
-        for method in METHODS
+        for method in config.methods
     ] + [speed_study(config, *cell) for cell in speed_cells(config)]
 
 
@@ -659,7 +692,7 @@ def objective(config: Config, name: str, context: RunContext) -> Objective:
     """The objective of the study ``name`` (``Experiment.objective``: rebuilt anywhere), on one
     CPU thread as in :func:`tune`."""
     for width in config.train_widths:
-        for method in METHODS:
+        for method in config.methods:
             if study_name(method, width) == name:
                 inner = validation_loss(config, method, width, make_splits(config, context))
 
@@ -698,7 +731,8 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
 def _run(config: Config, seed: int, context: RunContext) -> RunResult:
     splits = make_splits(config, context)
     archs = architectures(config)
-    context.progress.start(len(archs) + len(config.train_widths) * len(METHODS), f"{NAME} {seed}")
+    steps = len(archs) + len(config.train_widths) * len(config.methods)
+    context.progress.start(steps, f"{NAME} {seed}")
 
     batch_generator = generator(seed, _ROLE_BATCH)
     batch = torch.randperm(len(splits.train_y), generator=batch_generator)[: config.batch_size]
@@ -746,7 +780,7 @@ def _run(config: Config, seed: int, context: RunContext) -> RunResult:
         speed_rates[speed_study_name(method, n_in, n_out)] = {"lr": lr}
         (passes,) = linear_speed(config, method, n_in, n_out, [lr], seed)
         metrics[speed_key(method, n_in, n_out)] = passes
-    for method in METHODS:
+    for method in config.methods:
         cells = [(n, k) for n in config.speed_inputs for k in config.speed_outputs]
         passes = [metrics[speed_key(method, n, k)] for n, k in cells]
         alpha, beta = math.nan, math.nan  # a size that never learnt has no exponent
@@ -760,7 +794,7 @@ def _run(config: Config, seed: int, context: RunContext) -> RunResult:
     rates = tuned_learning_rates(config, splits, context)
     curves: dict[Key, dict[str, list[float]]] = {}
     for width in config.train_widths:
-        for method in METHODS:
+        for method in config.methods:
             lr = rates[method, width]
             passes, losses, _ = train(config, method, width, lr, seed, splits)
             curves[Key(method, "train_loss", width=width)] = {"x": passes, "y": losses}
@@ -769,7 +803,7 @@ def _run(config: Config, seed: int, context: RunContext) -> RunResult:
     hyperparameters = {
         study_name(method, width): {"lr": rates[method, width]}
         for width in config.train_widths
-        for method in METHODS
+        for method in config.methods
     }
     hyperparameters.update(speed_rates)
     return RunResult(metrics, curves, "forward passes", hyperparameters)
@@ -783,7 +817,9 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     docstring: (i) linear V / theory within ``RATIO_TOLERANCE`` of 1 at every (N, M), (ii)
     per-layer exponents within ``EXPONENT_TOLERANCE`` of the claim, (iii) node perturbation's
     final training loss below weight perturbation's at every training width (paired 95 %
-    interval). All three: holds; none: does not hold; otherwise partly holds."""
+    interval), (iv) node perturbation faster than weight perturbation in the linear setting, the
+    ratio growing as N, (v) serial perturbation's passes within ``SAME_RATE_FACTOR`` of weight
+    perturbation's there. All five: holds; none: does not hold; otherwise partly holds."""
     default = Config()
     runs = default_runs(records, Config)
     if len(runs) < MIN_SEEDS:
@@ -852,8 +888,10 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
             [math.log(k) for _, k in cells],
         )  # fmt: skip
     speed_holds = node_faster and abs(ratio_exponent - 1) <= EXPONENT_TOLERANCE
-    parts = int(linear_holds) + int(layer_holds) + int(learning_holds) + int(speed_holds)
-    status = {4: "holds", 0: "does not hold"}.get(parts, "partly holds")
+    serial_ratios = [summary(speed_key(SERIAL, n, k)).mean / passes[WEIGHT, n, k] for n, k in cells]
+    serial_holds = all(1 / SAME_RATE_FACTOR <= r <= SAME_RATE_FACTOR for r in serial_ratios)
+    held = (linear_holds, layer_holds, learning_holds, speed_holds, serial_holds)
+    status = {len(held): "holds", 0: "does not hold"}.get(sum(held), "partly holds")
     headline = (
         f"linear student-teacher [within {RATIO_TOLERANCE:.0%} of M+1 and NM+1: "
         f"{yes(linear_holds)}]: {linear_part}; MLP exponents on (log synapses, "
@@ -861,7 +899,10 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
         f"{'; '.join(layer_parts)}; training loss after {default.budget} forward passes "
         f"[node < weight: {yes(learning_holds)}]: {'; '.join(loss_parts)}; linear learning speed "
         f"[node faster at every (N, M), weight/node ~ N: {yes(speed_holds)}]: passes weight/node "
-        f"{min(ratios):.1f}-{max(ratios):.1f}, exponent on N {ratio_exponent:.2f} (n={len(runs)})"
+        f"{min(ratios):.1f}-{max(ratios):.1f}, exponent on N {ratio_exponent:.2f}; serial against "
+        f"parallel weight perturbation [within {SAME_RATE_FACTOR:g}x at every (N, M): "
+        f"{yes(serial_holds)}]: passes serial/weight {min(serial_ratios):.2f}-"
+        f"{max(serial_ratios):.2f} (n={len(runs)})"
     )
     return Verdict(status, headline)
 
