@@ -183,8 +183,7 @@ class EchoStateNetwork(nn.Module):
         drive = inputs @ self.w_in.transpose(1, 2) + self.recurrent(state) + self.bias
         if feedback is not None:
             drive = drive + feedback @ self.w_fb.transpose(1, 2)
-        a = self.params.leak
-        return (1 - a) * state + a * torch.tanh(drive)
+        return torch.lerp(state, torch.tanh(drive), self.params.leak)
 
     @torch.no_grad()
     def run(self, inputs: Tensor, state: Tensor | None = None) -> Tensor:
@@ -204,13 +203,33 @@ class EchoStateNetwork(nn.Module):
             state = self.initial_state(inputs.shape[2])
         # the input's contribution for every step at once; only the recurrence is sequential
         driven = inputs @ self.w_in.transpose(1, 2)[None] + self.bias
-        a = self.params.leak
-        states = []
-        for drive in driven:
-            state = (1 - a) * state + a * torch.tanh(drive + self.recurrent(state))
-            states.append(state)
-        out = torch.stack(states)
+        out = self._recur(driven, state)
         return out[:, 0] if single else out
+
+
+    def _recur(self, driven: Tensor, state: Tensor) -> Tensor:
+        """``x_t = lerp(x_{t-1}, tanh(driven_t + W x_{t-1}), a)`` for every step: the leaky update
+        with one fused product-and-add per step (the loop is dispatch-bound at small sizes)."""
+        a, steps = self.params.leak, driven.shape[0]
+        if not self.uses_sparse_product():
+            w_t = self.w.transpose(1, 2)
+            out = driven.new_empty(driven.shape)
+            for t in range(steps):
+                state = torch.lerp(state, torch.baddbmm(driven[t], state, w_t).tanh_(), a)
+                out[t] = state
+            return out
+        # the states as columns, (replicas * units, batch): the block-diagonal CSR product's layout
+        r, b, n = state.shape
+        drives = driven.transpose(2, 3).reshape(steps, r * n, b)
+        x = state.transpose(1, 2).reshape(r * n, b)
+        w = self._sparse_w()
+        out = drives.new_empty(drives.shape)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            for t in range(steps):
+                x = torch.lerp(x, torch.addmm(drives[t], w, x).tanh_(), a)
+                out[t] = x
+        return out.reshape(steps, r, n, b).transpose(2, 3)
 
 
 def with_bias(states: Tensor) -> Tensor:
