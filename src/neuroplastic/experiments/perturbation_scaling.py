@@ -202,8 +202,10 @@ class Config:
     n_train_eval: int = 1000
     """Training images (fixed: the first of the training split) on which the curves' loss is
     read."""
-    lrs: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
-    """Learning-rate grid of SGD, the same for every method (the equal tuning budget)."""
+    lrs: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+    """Learning-rate grid of SGD, the same for every method (the equal tuning budget); it reaches
+    1000 because serial perturbation, which moves one weight per step, chose 10, the previous
+    edge."""
     backprop_pass_cost: float = 2.0
     """Forward passes charged for one backprop step (a forward and a backward pass)."""
     validation_fraction: float = 0.1
