@@ -179,7 +179,7 @@ def test_sigterm_marks_the_run_in_flight_interrupted_at_once(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130
+    assert process.returncode == 130, f"exit {process.returncode}; stderr:\n{err}"
     assert "--resume" in err
     with sqlite3.connect(store) as db:  # read without opening a Store: no stale-run marking
         status, error = db.execute("select status, error from runs").fetchone()
