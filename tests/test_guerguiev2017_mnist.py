@@ -12,6 +12,7 @@ from neuroplastic.experiments.base import RunContext
 from neuroplastic.results import Key
 from neuroplastic.runner import run_experiment
 from neuroplastic.seeding import derive_seed
+from neuroplastic.stats import mean_ci
 from neuroplastic.store import RunRecord, Store, config_hash
 from neuroplastic.tuning import suggest
 
@@ -22,6 +23,7 @@ TINY = experiment.Config(
     epochs=2,
     examples_per_epoch=300,
     test_examples=200,
+    eval_every=150,
     validation_examples=200,
     baseline_lrs=(0.03, 0.3),
 )
@@ -36,7 +38,16 @@ def outcome(tmp_path_factory):
 def test_learns_visibly_and_reports_every_curve(outcome):
     results, context = outcome
     for result in results:
-        assert result.curves[Key("0-hidden", "test_error")]["x"] == [1, 2]
+        # tested every 150 training images within each epoch of 300 and at its end
+        test_curve = result.curves[Key("0-hidden", "test_error")]
+        assert result.curve_x_label == "training images"
+        assert test_curve["x"] == [150, 300, 450, 600]
+        assert result.curves[Key("0-hidden", "train_error")]["x"] == [300, 600]
+        assert result.curves[Key("1-hidden-fa", "test_error")]["x"] == [300, 600]
+        assert result.metrics[Key("0-hidden", "test_error")] == test_curve["y"][-1]
+        assert result.metrics[Key("0-hidden", "test_error_epoch_mean")] == pytest.approx(
+            sum(test_curve["y"][2:]) / 2
+        )
         assert result.metrics[Key("0-hidden", "test_error")] < 0.6  # chance is 0.9
         assert 0 <= result.metrics[Key("0-hidden", "train_error")] <= 1
         assert set(result.hyperparameters) == {"1-hidden-fa"}
@@ -149,6 +160,62 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     assert resumed == whole
 
 
+class StopWithinEpoch:
+    """A progress sink that interrupts the run at its ``advances``-th advance of ``epoch``."""
+
+    def __init__(self, epoch, advances):
+        self.epoch, self.advances, self.starts, self.count = epoch, advances, 0, 0
+
+    def start(self, total, description):
+        self.starts += "epoch" in description
+
+    def advance(self, steps=1, **status):
+        if self.starts == self.epoch:
+            self.count += 1
+            if self.count == self.advances:
+                raise Interrupt
+
+
+def test_a_run_interrupted_within_an_epoch_redoes_its_tests_once(tmp_path):
+    """Interrupted in epoch 2 after its within-epoch tests at 250 and 300 images: the resumed run
+    redoes epoch 2 from the checkpoint, tests again (the same values) and records each point
+    once."""
+    config = dataclasses.replace(
+        TINY, baselines=(), examples_per_epoch=200, test_examples=40, eval_every=50
+    )
+    cpu = torch.device("cpu")
+    whole = experiment.train_dendritic(config, "0-hidden", [4], RunContext(device=cpu))
+    assert whole[0]["test_error"]["x"] == [50, 100, 150, 200, 250, 300, 350, 400]
+    context = RunContext(device=cpu, checkpoint_dir=tmp_path, progress=StopWithinEpoch(2, 1))
+    with pytest.raises(Interrupt):  # at step 100 of epoch 2, after the tests at 250 and 300
+        experiment.train_dendritic(config, "0-hidden", [4], context)
+    (checkpoint,) = tmp_path.iterdir()
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["epoch"] == 1 and saved["curves"][0]["test_error"]["x"] == [50, 100, 150, 200]
+    context.progress = StopAtEpoch(99)
+    resumed = experiment.train_dendritic(config, "0-hidden", [4], context)
+    assert resumed == whole
+    # a measurement does not depend on how many were taken before it
+    sparse = dataclasses.replace(config, eval_every=100)
+    every_100 = experiment.train_dendritic(sparse, "0-hidden", [4], RunContext(device=cpu))
+    kept = [i for i, x in enumerate(whole[0]["test_error"]["x"]) if x % 100 == 0]
+    assert every_100[0]["test_error"]["y"] == [whole[0]["test_error"]["y"][i] for i in kept]
+
+
+def test_the_papers_dynamics_are_a_config_change():
+    config = dataclasses.replace(
+        TINY, baselines=(), epochs=1, examples_per_epoch=20, test_examples=10,
+        psp_kernel="paper", integration="exponential",
+    )  # fmt: skip
+    curves = experiment.train_dendritic(config, "0-hidden", [0], RunContext(device="cpu"))
+    default = dataclasses.replace(config, psp_kernel="authors", integration="euler")
+    assert curves != experiment.train_dendritic(default, "0-hidden", [0], RunContext(device="cpu"))
+    with pytest.raises(ValueError, match="integration"):
+        dataclasses.replace(config, integration="rk4")
+    with pytest.raises(ValueError, match="eval_every"):
+        dataclasses.replace(config, eval_every=-1)
+
+
 def test_hidden_layers_report_the_angle_to_backprop():
     config = dataclasses.replace(
         TINY,
@@ -161,7 +228,7 @@ def test_hidden_layers_report_the_angle_to_backprop():
     curves = experiment.train_dendritic(
         config, "1-hidden", [0], RunContext(device=torch.device("cpu"))
     )
-    assert 0 < curves[0]["hidden_angle"][0] < 180
+    assert 0 < curves[0]["hidden_angle"]["y"][0] < 180
 
 
 def record(seed, errors, **changes):
@@ -179,6 +246,9 @@ def test_verdict_checks_the_ordering_of_depths():
     runs = [record(s, {k: v + 0.001 * s for k, v in deeper_is_better.items()}) for s in range(3)]
     assert experiment.verdict(runs).status == "holds"
     assert "60 x 60,000" in experiment.verdict(runs).headline
+    # seed by seed the differences are exactly 4.2 and 0.9 points: intervals of zero width
+    assert "0 minus 1 hidden 4.20 ± 0.00 %" in experiment.verdict(runs).headline
+    assert "1 minus 2 hidden 0.90 ± 0.00 %" in experiment.verdict(runs).headline
     flat = [record(s, {"0-hidden": 0.08, "1-hidden": 0.05, "2-hidden": 0.06}) for s in range(3)]
     assert experiment.verdict(flat).status == "does not hold"
     assert experiment.verdict(runs[:2]).status == "not run"
@@ -189,6 +259,43 @@ def test_verdict_checks_the_ordering_of_depths():
     ]
     assert experiment.verdict(runs + longer).status == "does not hold"
     assert "3 x 20,000" in experiment.verdict(runs + longer).headline
+    # ... among the runs of the authors' dynamics: the paper-form ablation does not decide
+    ablation = [
+        record(s, deeper_is_better, epochs=5, psp_kernel="paper", integration="exponential")
+        for s in range(3)
+    ]
+    assert experiment.verdict(runs + longer + ablation).status == "does not hold"
+
+
+def test_depths_are_compared_seed_by_seed():
+    """Seeds far apart (a spread of 3 points) but each seed's 1-hidden network 0.5 points better
+    than its 0-hidden one: the paired interval is narrow and positive where the unpaired ones
+    overlap, and a config without a recorded option counts as the authors' dynamics."""
+    offsets = [0.0, 0.03, -0.02, 0.01]
+    networks = {
+        "1-hidden": 0.095, "2-hidden": 0.094, "1-hidden-sparse": 0.1, "1-hidden-symmetric": 0.1
+    }  # fmt: skip
+    runs = [
+        record(s, {"0-hidden": 0.10 + o + 0.001 * s, **{k: v + o for k, v in networks.items()}},
+               baselines=())
+        for s, o in enumerate(offsets)
+    ]  # fmt: skip
+    gain = experiment.paired_difference(runs, "0-hidden", "1-hidden")
+    assert gain.mean == pytest.approx(0.005 + 0.0015) and 0 < gain.mean - gain.ci95
+    zero = mean_ci([r.metrics[Key("0-hidden", "test_error")] for r in runs])
+    one = mean_ci([r.metrics[Key("1-hidden", "test_error")] for r in runs])
+    assert zero.mean - zero.ci95 < one.mean + one.ci95  # unpaired, the intervals overlap
+    old = [dataclasses.replace(r, config={
+        k: v for k, v in r.config.items() if k not in ("psp_kernel", "integration", "eval_every")
+    }) for r in runs]  # fmt: skip
+    assert experiment.verdict(old).status == "holds"
+    (errors, paired) = experiment.tables(runs)
+    assert paired.rows[0][0] == "0-hidden minus 1-hidden"
+    assert paired.rows[0][1] == f"{100 * gain.mean:.2f} ± {100 * gain.ci95:.2f} %"
+    assert [row[0] for row in paired.rows] == [
+        "0-hidden minus 1-hidden", "1-hidden minus 2-hidden", "0-hidden minus 2-hidden",
+        "1-hidden minus 1-hidden-sparse", "1-hidden minus 1-hidden-symmetric",
+    ]  # fmt: skip
 
 
 def test_config_rejects_unknown_networks():

@@ -14,6 +14,7 @@ from neuroplastic.credit.plateau import (
     plateau_step,
 )
 from neuroplastic.models.segregated_dendrites import (
+    PAPER_KERNEL_TAIL,
     DendriticParams,
     PhaseAverages,
     SegregatedDendriteNet,
@@ -186,6 +187,130 @@ def test_kernel_is_the_difference_of_exponentials():
     assert kernel.shape == (10,)
     assert kernel[-1].item() == pytest.approx((math.exp(-1 / 10) - math.exp(-1 / 3)) / 7)
     assert kernel[0].item() == pytest.approx((math.exp(-10 / 10) - math.exp(-10 / 3)) / 7)
+
+
+def test_the_papers_kernel_keeps_the_mass_the_authors_truncation_drops():
+    """sum_{i>=1} kappa(i dt) = sum of two geometric series, 0.997 with Table 1's constants; the
+    authors' 10 taps hold about 51 % of it, the paper's kernel all but PAPER_KERNEL_TAIL."""
+    a_long, a_short = math.exp(-1 / 10), math.exp(-1 / 3)
+    whole = (a_long / (1 - a_long) - a_short / (1 - a_short)) / (10 - 3)
+    assert DendriticParams().kernel_tail(0) == pytest.approx(whole, rel=1e-12)
+    assert whole == pytest.approx(0.9972, abs=1e-4)
+    authors = DendriticParams().kernel(F64)
+    paper = DendriticParams(psp_kernel="paper").kernel(F64)
+    assert authors.sum().item() / whole == pytest.approx(0.51, abs=0.005)
+    assert 1 - PAPER_KERNEL_TAIL <= paper.sum().item() / whole < 1
+    # the paper's kernel is the same function, only longer: its newest taps are the authors'
+    assert len(paper) == DendriticParams(psp_kernel="paper").kernel_length > 10
+    torch.testing.assert_close(paper[-10:], authors, rtol=0, atol=0)
+    # and as short as the tolerance allows: one tap fewer would leave out too much
+    shorter = DendriticParams(psp_kernel="paper").kernel_length - 1
+    assert DendriticParams().kernel_tail(shorter) >= PAPER_KERNEL_TAIL * whole
+
+
+def bias_driven_net(params):
+    """No input, zero weights, biases 2: every compartment sees a constant drive."""
+    net = make_net((4, 3, 2), replicas=1, params=params)
+    with torch.no_grad():
+        for w, b in zip(net.weights, net.biases, strict=True):
+            w.zero_()
+            b.fill_(2.0)
+    return net
+
+
+@pytest.mark.parametrize("simulate", [simulate_phase_reference, simulate_phase])
+@pytest.mark.parametrize("dt", [1.0, 0.25])
+def test_exponential_integration_is_the_exact_solution_for_a_constant_drive(simulate, dt):
+    """dC/dt = drive - g C with constant drive: C(t) = C_inf + (C(0) - C_inf) exp(-g t),
+    C_inf = drive / g, at every step and in the window averages: hidden g = g_l + g_b, output
+    g = g_l + g_d (forward) and g_l + g_d + g_E + g_I (target)."""
+    params = DendriticParams(integration="exponential", dt=dt)
+    p = params
+    net = bias_driven_net(params)
+    zero_input = torch.zeros(1, 1, 4, dtype=F64)
+
+    def exact(c0, c_inf, g, steps):  # (steps,) values at steps 1..steps
+        t = dt * torch.arange(1, steps + 1, dtype=F64)
+        return c_inf + (c0 - c_inf) * torch.exp(-g * t)[:, None]
+
+    window = 5
+    hidden_inf, out_inf = p.g_b * 2.0 / (p.g_l + p.g_b), p.g_d * 2.0 / (p.g_l + p.g_d)
+    for steps in (5, 9, 20):
+        noise = net.draw_noise(steps, torch.Generator())
+        result = simulate(net, net.initial_state(), zero_input, noise, window)
+        hidden = exact(torch.zeros(3, dtype=F64), hidden_inf, p.g_l + p.g_b, steps)
+        output = exact(torch.zeros(2, dtype=F64), out_inf, p.g_l + p.g_d, steps)
+        torch.testing.assert_close(result.state.soma[0][0, 0], hidden[-1], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(result.state.soma[1][0, 0], output[-1], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            result.averages.soma[0][0, 0], hidden[-window:].mean(0), rtol=1e-12, atol=1e-12
+        )
+    # target phase, label 1, from the forward phase's end state
+    start = result.state
+    target = simulate(net, start, zero_input, net.draw_noise(7, torch.Generator()), window,
+                      torch.tensor([[1]]))  # fmt: skip
+    conductance = p.g_l + p.g_d + 1.0  # g_E + g_I = 1 for every output unit
+    target_inf = torch.tensor([p.g_d * 2 + p.E_I, p.g_d * 2 + p.E_E], dtype=F64) / conductance
+    output = exact(start.soma[1][0, 0], target_inf, conductance, 7)
+    torch.testing.assert_close(target.state.soma[1][0, 0], output[-1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        target.averages.soma[1][0, 0], output[-window:].mean(0), rtol=1e-12, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("simulate", [simulate_phase_reference, simulate_phase])
+def test_euler_target_phase_transient_alternates_in_sign(simulate):
+    """The authors' Euler step with g_total dt = 1.7: C - C_inf is multiplied by 1 - 1.7 = -0.7
+    each step (the exact factor is exp(-1.7) = 0.18), so it changes sign every step."""
+    net = bias_driven_net(DendriticParams())
+    p = net.params
+    zero_input = torch.zeros(1, 1, 4, dtype=F64)
+    state = net.initial_state()  # output soma at rest (0), far from the target fixed point
+    target_inf = torch.tensor([p.g_d * 2 + p.E_I, p.g_d * 2 + p.E_E], dtype=F64) / 1.7
+    deviations = []
+    for _ in range(4):
+        noise = net.draw_noise(1, torch.Generator())
+        state = simulate(net, state, zero_input, noise, 1, torch.tensor([[1]])).state
+        deviations.append(state.soma[1][0, 0] - target_inf)
+    for before, after in zip(deviations, deviations[1:], strict=False):
+        torch.testing.assert_close(after, -0.7 * before, rtol=1e-12, atol=1e-12)
+        assert (torch.sign(after) == -torch.sign(before)).all()
+    assert p.soma_step(1.7) == pytest.approx((-0.7, 1.0))
+    exponential = DendriticParams(integration="exponential").soma_step(1.7)
+    assert exponential == pytest.approx((math.exp(-1.7), (1 - math.exp(-1.7)) / 1.7))
+
+
+@pytest.mark.parametrize("sizes", [(30, 5), (30, 12, 8, 5)])
+def test_fast_phase_equals_reference_with_the_papers_dynamics(sizes):
+    """The paper's kernel (96 taps) and exact integration through both simulations."""
+    params = DendriticParams(psp_kernel="paper", integration="exponential")
+    net = make_net(sizes, params=params)
+    x = params.phi_max * images(3, 2, sizes[0])
+    labels = torch.tensor([[0, 3], [4, 1], [2, 2]])
+    g = torch.Generator().manual_seed(7)
+    ref_state = fast_state = net.initial_state(2)
+    assert ref_state.input_history.shape[2] == params.kernel_length
+    for phase, steps in enumerate([53, 61, 50, 52]):
+        noise = net.draw_noise(steps, g, examples=2)
+        target = labels if phase % 2 else None
+        ref = simulate_phase_reference(net, ref_state, x, noise, 20, target, keep_spikes=True)
+        fast = simulate_phase(net, fast_state, x, noise, 20, target, keep_spikes=True)
+        assert sum(s.sum() for s in ref.spikes[1:]) > 0
+        for a, b in zip(ref.spikes, fast.spikes, strict=True):
+            assert torch.equal(a, b)
+        for field in PhaseAverages._fields:
+            for a, b in zip(
+                getattr(ref.averages, field), getattr(fast.averages, field), strict=True
+            ):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        ref_state, fast_state = ref.state, fast.state
+
+
+def test_dynamics_options_are_checked():
+    with pytest.raises(ValueError, match="psp_kernel"):
+        DendriticParams(psp_kernel="long")
+    with pytest.raises(ValueError, match="integration"):
+        DendriticParams(integration="rk4")
 
 
 def test_poisson_from_uniform_inverts_the_cdf():

@@ -18,6 +18,23 @@ With ``dt = 1 ms`` and ``C_m = 1`` (so ``tau = 1/g_l``), one Euler step of each 
              C  += dt (-g_l C + g_d (V_b - C) + I)
     rate     lambda = phi_max sigmoid(C);  spikes s(t) ~ Poisson(lambda dt)
 
+These are the authors' code's discrete equations (the defaults, ``psp_kernel="authors"`` and
+``integration="euler"``). They depart from the paper's continuous ones in two places, which
+:class:`DendriticParams` offers in the paper's form:
+
+* The kernel is cut after K = 10 taps, which hold about 51 % of its mass (``sum_{i>=1}
+  kappa(i dt)`` = 0.997 with Table 1's time constants; the first 10 taps 0.510): PSPs, and so
+  the effective learning rates, are about half the paper's. ``psp_kernel="paper"`` keeps as
+  many taps as leave out less than ``PAPER_KERNEL_TAIL`` of the mass (96 with Table 1's).
+* Each soma's ODE ``dC/dt = drive - g_total C`` (the paper's somatic equations, in the sheet's
+  Model section; ``g_total`` the sum of the conductances onto the soma) is stepped by Euler,
+  ``C <- (1 - g_total dt) C + dt drive``. In the target phase ``g_total dt = g_l + g_d + g_E +
+  g_I = 1.7``: the decay factor is -0.7, so a transient alternates in sign from step to step
+  (the ODE's own factor is ``exp(-1.7) = 0.18``). ``integration="exponential"`` steps it exactly
+  for a drive held over the step, ``C <- exp(-g_total dt) C + (1 - exp(-g_total dt)) drive /
+  g_total``. Both have the same fixed point ``drive / g_total``, so the rule's ``k_b`` and
+  ``k_d`` are unchanged.
+
 Layers update in order within a step (input, hidden 0, hidden 1, ..., output), so feed-forward
 input arrives in the same step and feedback one step later, as in the authors' code. A phase
 (forward: no teaching current; target: teaching current on) lasts ``phase_steps`` plus a
@@ -53,6 +70,11 @@ import torch
 from torch import nn
 
 FeedbackKind = Literal["random", "sparse", "symmetric"]
+PspKernel = Literal["authors", "paper"]
+Integration = Literal["euler", "exponential"]
+
+PAPER_KERNEL_TAIL = 1e-4
+"""Fraction of the PSP kernel's mass that the ``paper`` kernel leaves out beyond its last tap."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +87,15 @@ class DendriticParams:
     tau_s: float = 3.0
     tau_L: float = 10.0
     kernel_steps: int = 10
-    """How many past steps the PSP kernel sums (the authors' ``mem``)."""
+    """How many past steps the PSP kernel sums (the authors' ``mem``) with ``psp_kernel``
+    ``authors``."""
+    psp_kernel: PspKernel = "authors"
+    """``authors``: the code's ``kernel_steps`` taps (about 51 % of the kernel's mass with Table
+    1's time constants); ``paper``: the kernel untruncated, i.e. as many taps as leave out less
+    than ``PAPER_KERNEL_TAIL`` of its mass (see :attr:`kernel_length`)."""
+    integration: Integration = "euler"
+    """How a somatic ODE advances one step (see :meth:`soma_step`): ``euler`` (the authors'
+    code) or ``exponential`` (exact for a drive held over the step)."""
     g_b: float = 0.6
     g_a: float = 0.0
     g_d: float = 0.6
@@ -80,6 +110,12 @@ class DendriticParams:
     wald_scale: float = 1.0
     test_steps: int = 250
     """Length of the forward phase that classifies a test image (the code's 250 ms)."""
+
+    def __post_init__(self) -> None:
+        if self.psp_kernel not in ("authors", "paper"):
+            raise ValueError(f"psp_kernel must be authors or paper, got {self.psp_kernel!r}")
+        if self.integration not in ("euler", "exponential"):
+            raise ValueError(f"integration must be euler or exponential, got {self.integration!r}")
 
     @property
     def integration_steps(self) -> int:
@@ -108,13 +144,51 @@ class DendriticParams:
         """Scale of the output-layer update, P1 = 20 / phi_max^2."""
         return 20.0 / self.phi_max**2
 
+    def kernel_tail(self, taps: int) -> float:
+        """``sum_{i > taps} kappa(i dt)``, the mass a kernel of ``taps`` taps leaves out; with
+        ``taps = 0`` the whole kernel's. Each exponential of kappa is a geometric series,
+        ``sum_{i > K} a^i = a^(K+1) / (1 - a)`` with ``a = exp(-dt / tau)``."""
+
+        def series(tau: float) -> float:
+            a = math.exp(-self.dt / tau)
+            return a ** (taps + 1) / (1.0 - a)
+
+        return (series(self.tau_L) - series(self.tau_s)) / (self.tau_L - self.tau_s)
+
+    @property
+    def kernel_length(self) -> int:
+        """Taps K of the PSP kernel: ``kernel_steps`` for the authors' kernel; for the paper's,
+        the fewest taps whose omitted tail holds less than ``PAPER_KERNEL_TAIL`` of the mass."""
+        if self.psp_kernel == "authors":
+            return self.kernel_steps
+        taps, whole = 1, self.kernel_tail(0)
+        while self.kernel_tail(taps) >= PAPER_KERNEL_TAIL * whole:
+            taps += 1
+        return taps
+
     def kernel(self, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
         """``kappa(i dt)`` for ``i = K, ..., 1``: oldest step first, like a spike history."""
-        t = torch.arange(self.kernel_steps, 0, -1, dtype=torch.float64) * self.dt
+        t = torch.arange(self.kernel_length, 0, -1, dtype=torch.float64) * self.dt
         values = (torch.exp(-t / self.tau_L) - torch.exp(-t / self.tau_s)) / (
             self.tau_L - self.tau_s
         )
         return values.to(dtype=dtype, device=device)
+
+    def soma_step(self, conductance: float) -> tuple[float, float]:
+        """``(decay, gain)`` of one step of ``dC/dt = drive - conductance C`` (``C_m = 1``; the
+        paper's somatic equations, ``conductance`` the sum of the conductances onto the soma),
+        taken as ``C <- decay C + gain drive``:
+
+        * ``euler`` (the authors' code): ``(1 - conductance dt, dt)``. In the target phase
+          (conductance 1.7) the decay is -0.7: a transient alternates in sign.
+        * ``exponential``: ``(exp(-conductance dt), (1 - exp(-conductance dt)) / conductance)``,
+          the exact solution over the step when the drive is constant over it.
+
+        Both leave the fixed point ``drive / conductance`` where it is."""
+        if self.integration == "euler":
+            return 1.0 - self.dt * conductance, self.dt
+        decay = math.exp(-conductance * self.dt)
+        return decay, (1.0 - decay) / conductance
 
 
 def _uniform(
@@ -282,7 +356,7 @@ class SegregatedDendriteNet(nn.Module):
     def initial_state(self, examples: int = 1) -> NetworkState:
         """Silent network: no spikes in the history, somatic potentials at rest (0)."""
         ref = self.weights[0]
-        k = self.params.kernel_steps
+        k = self.params.kernel_length
         shape = (self.replicas, examples)
         return NetworkState(
             input_history=ref.new_zeros(*shape, k, self.sizes[0]),
@@ -392,6 +466,16 @@ def teaching_conductances(
 # --------------------------------------------------------------------------- reference path
 
 
+def _exact_step(
+    c: torch.Tensor, conductance: float | torch.Tensor, drive: torch.Tensor, dt: float
+) -> torch.Tensor:
+    """One step of ``dC/dt = drive - conductance C`` solved exactly for a drive and conductance
+    held over the step: ``C`` relaxes towards ``drive / conductance`` by ``exp(-conductance
+    dt)`` (``integration="exponential"``; a tensor conductance, the target phase's, per unit)."""
+    decay = torch.exp(-dt * torch.as_tensor(conductance, dtype=c.dtype, device=c.device))
+    return decay * c + (1.0 - decay) / conductance * drive
+
+
 @torch.no_grad()
 def simulate_phase_reference(
     net: SegregatedDendriteNet,
@@ -409,6 +493,7 @@ def simulate_phase_reference(
     (forward phase). Averages cover the last ``window`` steps.
     """
     p = net.params
+    exact = p.integration == "exponential"
     kernel = p.kernel(input_rates.dtype, input_rates.device)  # (K,) oldest first
     n_layers = len(net.weights)
     steps = noise.steps
@@ -443,9 +528,19 @@ def simulate_phase_reference(
             c = soma[layer]
             if layer < n_layers - 1:
                 apical = apply(net.feedback[layer], output_psp_before)
-                c = c + p.dt * (-p.g_l * c + p.g_b * (basal - c) + p.g_a * (apical - c))
+                if exact:
+                    drive = p.g_b * basal + p.g_a * apical
+                    c = _exact_step(c, p.g_l + p.g_b + p.g_a, drive, p.dt)
+                else:
+                    c = c + p.dt * (-p.g_l * c + p.g_b * (basal - c) + p.g_a * (apical - c))
                 if in_window:
                     accumulate("apical", layer, apical)
+            elif exact:
+                conductance, drive = p.g_l + p.g_d, p.g_d * basal
+                if teaching is not None:
+                    g_e, g_i = teaching
+                    conductance, drive = conductance + g_e + g_i, drive + g_e * p.E_E + g_i * p.E_I
+                c = _exact_step(c, conductance, drive, p.dt)
             else:
                 current = 0.0
                 if teaching is not None:
@@ -608,15 +703,21 @@ def simulate_phase(
 
 
 def _constants(p: DendriticParams) -> tuple[float, ...]:
-    """The decays and drive scales of the somatic recurrences, and phi_max."""
+    """The decays and drive scales of the somatic recurrences (:meth:`DendriticParams.soma_step`
+    of each compartment's total conductance), and phi_max."""
+    hidden_decay, hidden_gain = p.soma_step(p.g_l + p.g_b)  # g_a = 0 on this path
+    out_decay, out_gain = p.soma_step(p.g_l + p.g_d)  # forward phase
+    # target phase: g_E + g_I = 1 for every output unit
+    target_decay, target_gain = p.soma_step(p.g_l + p.g_d + 1.0)
     return (
-        1.0 - p.dt * (p.g_l + p.g_b),  # hidden soma decay (g_a = 0)
-        p.dt * p.g_b,
-        1.0 - p.dt * (p.g_l + p.g_d),  # output soma decay, forward phase
-        p.dt * p.g_d,
-        1.0 - p.dt * (p.g_l + p.g_d + 1.0),  # target phase: g_E + g_I = 1 for every output unit
-        p.dt * p.E_E,
-        p.dt * p.E_I,
+        hidden_decay,
+        hidden_gain * p.g_b,
+        out_decay,
+        out_gain * p.g_d,
+        target_decay,
+        target_gain * p.g_d,
+        target_gain * p.E_E,
+        target_gain * p.E_I,
         p.phi_max,
     )
 
@@ -626,9 +727,10 @@ def _phase_core(
     layer_uniforms, active, teaching, kernel, constants, window,
 ):  # fmt: skip
     """The phase on tensors only: the body of :func:`simulate_phase`."""
-    hidden_decay, hidden_gain, out_decay, out_gain, target_decay, e_drive, i_drive, phi_max = (
-        constants
-    )
+    (
+        hidden_decay, hidden_gain, out_decay, out_gain, target_decay, target_gain, e_drive,
+        i_drive, phi_max,
+    ) = constants  # fmt: skip
     k = len(kernel)
     n_layers = len(weights)
 
@@ -651,8 +753,8 @@ def _phase_core(
             decay, gain, offset = out_decay, out_gain, out_gain * biases[layer][:, None]
         else:
             g_e, g_i = teaching
-            decay, gain = target_decay, out_gain
-            offset = out_gain * biases[layer][:, None] + g_e * e_drive + g_i * i_drive
+            decay, gain = target_decay, target_gain
+            offset = target_gain * biases[layer][:, None] + g_e * e_drive + g_i * i_drive
         c = _soma_over_time(drive, kernel, decay, gain, offset, somas[layer])  # (R, B, T, n)
         rate = phi_max * torch.sigmoid(c)
         low_counts, beyond = _poisson_low_counts(rate, layer_uniforms[layer])
