@@ -948,7 +948,8 @@ EXPERIMENT = Experiment(
     claim=(
         "Weight perturbation's gradient variance grows with the number of synapses, node "
         "perturbation's with the number of neurons; at equal forward passes node perturbation "
-        "learns faster than weight perturbation."
+        "learns faster than weight perturbation, and serial perturbation (one weight at a time) "
+        "about as fast as parallel weight perturbation."
     ),
     config_cls=Config,
     run=run,
