@@ -1,7 +1,7 @@
 """Speed of the segregated-dendrite simulation, against the authors' NumPy code on the same machine.
 
     python benchmarks/segregated_dendrites.py [--replicas 1 5 20] [--examples 200]
-        [--reference PATH/TO/deep_learning.py] [--device cpu]
+        [--reference PATH/TO/deep_learning.py] [--device cpu] [--backend torch numba]
 
 Measures, on MNIST images (``$NEUROPLASTIC_DATA`` or the bundled mnist-mini), 784-500-10 with
 random feedback and the paper's phase lengths:
@@ -9,7 +9,10 @@ random feedback and the paper's phase lengths:
 * training: a forward phase, a target phase and the plateau update per image, online;
   images per second *per network* (R networks simulated as one batch of replicas, each seeing
   its own image, count R images per step), for each ``--replicas``;
-* testing: a 250-step forward phase per image from a silent network, images per second.
+* testing: a 250-step forward phase per image from a silent network, images per second;
+
+each for every ``--backend`` of ``simulate_phase`` (``torch``: vectorised over time steps;
+``numba``: the compiled time loop, the ``fast`` extra), on the same images and random streams.
 
 With ``--reference`` (a local copy of ``deep_learning.py`` from
 jordan-g/Segregated-Dendrite-Deep-Learning; never committed here) the same two figures for the
@@ -39,7 +42,7 @@ from neuroplastic.models.segregated_dendrites import (
 from neuroplastic.tasks.datasets import load_dataset
 
 
-def ours_training(data, replicas: int, examples: int, device) -> float:
+def ours_training(data, replicas: int, examples: int, device, backend: str) -> float:
     net = SegregatedDendriteNet((784, 500, 10), replicas, "random").to(device)
     params = net.params
     gens = [torch.Generator(device=device).manual_seed(r) for r in range(replicas)]
@@ -57,7 +60,9 @@ def ours_training(data, replicas: int, examples: int, device) -> float:
         nonlocal state
         index = order[i].to(device)
         x, y = params.phi_max * data.train_x[index], data.train_y[index]
-        state, _, _ = learn_example(net, state, x, y, gens, lengths[i], (0.21, 0.21))
+        state, _, _ = learn_example(
+            net, state, x, y, gens, lengths[i], (0.21, 0.21), backend=backend
+        )
 
     for i in range(5):
         step(examples + i)  # warm-up
@@ -69,13 +74,13 @@ def ours_training(data, replicas: int, examples: int, device) -> float:
     return examples / (time.perf_counter() - start)
 
 
-def ours_testing(data, replicas: int, examples: int, device) -> float:
+def ours_testing(data, replicas: int, examples: int, device, backend: str) -> float:
     net = SegregatedDendriteNet((784, 500, 10), replicas, "random").to(device)
     gens = [torch.Generator(device=device).manual_seed(r) for r in range(replicas)]
-    predict(net, data.test_x[:25], gens)
+    predict(net, data.test_x[:25], gens, backend=backend)
     sync(device)
     start = time.perf_counter()
-    predict(net, data.test_x[:examples], gens)
+    predict(net, data.test_x[:examples], gens, backend=backend)
     sync(device)
     return examples / (time.perf_counter() - start)
 
@@ -136,6 +141,10 @@ def main() -> None:
         "--reference", type=Path, help="a local copy of the authors' deep_learning.py"
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--backend", nargs="+", default=["torch"], choices=["torch", "numba"],
+        help="simulate_phase backends to time (numba: the fast extra, CPU only)",
+    )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     try:
@@ -145,25 +154,29 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s), device {device}")  # fmt: skip
     print(
-        "| implementation | networks (replicas) | training: images/s, each network | training: "
-        "network-images/s, all | vs authors | test: network-images/s, all | vs authors |"
+        "| implementation | backend | networks (replicas) | training: images/s, each network "
+        "| training: network-images/s, all | vs authors | test: network-images/s, all "
+        "| vs authors |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     reference_train = None
     if args.reference is not None:
         module = load_reference(args.reference, data)
         reference_train = reference_training(module, max(20, args.examples // 4))
         reference_test = reference_testing(module, max(10, args.test_examples // 4))
-        print(f"| authors' NumPy code | 1 | {reference_train:.1f} | {reference_train:.1f} | 1.0x "
+        print(f"| authors' NumPy code | | 1 | {reference_train:.1f} | {reference_train:.1f} | 1.0x "
               f"| {reference_test:.1f} | 1.0x |")  # fmt: skip
-    for replicas in args.replicas:
-        steps = ours_training(data, replicas, max(10, args.examples // replicas), device)
-        n_test = max(10, args.test_examples // replicas)
-        test = replicas * ours_testing(data, replicas, n_test, device)
-        train_ratio = f"{steps * replicas / reference_train:.1f}x" if reference_train else ""
-        test_ratio = f"{test / reference_test:.1f}x" if reference_train else ""
-        print(f"| neuroplastic | {replicas} | {steps:.1f} | {steps * replicas:.1f} "
-              f"| {train_ratio} | {test:.1f} | {test_ratio} |")  # fmt: skip
+    for backend in args.backend:
+        for replicas in args.replicas:
+            n_train = max(10, args.examples // replicas)
+            steps = ours_training(data, replicas, n_train, device, backend)
+            n_test = max(10, args.test_examples // replicas)
+            test = replicas * ours_testing(data, replicas, n_test, device, backend)
+            train_ratio = f"{steps * replicas / reference_train:.1f}x" if reference_train else ""
+            test_ratio = f"{test / reference_test:.1f}x" if reference_train else ""
+            print(f"| neuroplastic | {backend} | {replicas} | {steps:.1f} "
+                  f"| {steps * replicas:.1f} | {train_ratio} | {test:.1f} "
+                  f"| {test_ratio} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -140,19 +140,21 @@ def learn_example(
     generators: torch.Generator | Sequence[torch.Generator],
     phase_steps: tuple[int, int],
     learning_rates: Sequence[float],
+    backend: str = "torch",
 ) -> tuple[NetworkState, PhaseAverages, PhaseAverages]:
     """One online step of the paper: a forward phase, a target phase, the plateau update.
 
     ``input_rates``: (R, 1, n_in) spikes per step (``phi_max`` times pixel intensities);
-    ``labels``: (R, 1); ``phase_steps``: the two phase lengths (see ``phase_lengths``). Returns the
-    state to carry into the next example and the two phases' averages.
+    ``labels``: (R, 1); ``phase_steps``: the two phase lengths (see ``phase_lengths``);
+    ``backend``: how the phases are simulated (``simulate_phase``). Returns the state to carry
+    into the next example and the two phases' averages.
     """
     window = net.params.integration_steps
     f_steps, t_steps = phase_steps
     noise = net.draw_noise(f_steps, generators, input_rates=input_rates)
-    forward = simulate_phase(net, state, input_rates, noise, window)
+    forward = simulate_phase(net, state, input_rates, noise, window, backend=backend)
     noise = net.draw_noise(t_steps, generators, input_rates=input_rates)
-    target = simulate_phase(net, forward.state, input_rates, noise, window, labels)
+    target = simulate_phase(net, forward.state, input_rates, noise, window, labels, backend=backend)
     plateau_step(net, forward.averages, target.averages, learning_rates)
     net.sync_feedback()
     return target.state, forward.averages, target.averages

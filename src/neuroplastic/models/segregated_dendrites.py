@@ -53,6 +53,10 @@ Two simulations of a phase give the same result for the same uniforms (see :clas
   :func:`_soma_matrices`), then the layer's spikes, then the next layer. With ``g_a != 0``
   the apical compartment couples the layers step by step and the fast path falls back to the
   reference loop (still batched over replicas and examples).
+* ``simulate_phase(..., backend="numba")``: the reference's time loop compiled
+  (:mod:`neuroplastic.kernels.numba_dendrites`, the ``fast`` extra), one (replica, example) at a
+  time, event-driven: the weights are applied to each step's spikes as they occur, and a ring
+  buffer of those products is filtered by the kernel's taps. It also runs ``g_a != 0``.
 
 Shapes: every tensor has a leading replica dimension ``R`` (independent networks: seeds or
 settings) and an example dimension ``B`` (1 while training online; many at test time).
@@ -68,6 +72,8 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
+
+from neuroplastic.kernels import as_array, resolve_backend
 
 FeedbackKind = Literal["random", "sparse", "symmetric"]
 PspKernel = Literal["authors", "paper"]
@@ -660,10 +666,28 @@ def simulate_phase(
     window: int,
     labels: torch.Tensor | None = None,
     keep_spikes: bool = False,
+    backend: str = "torch",
 ) -> PhaseResult:
     """The fast path of :func:`simulate_phase_reference`: same arguments, same results for the same
-    noise (up to float rounding), each layer vectorised over the phase's time steps."""
+    noise (up to float rounding).
+
+    ``backend``: ``torch`` (each layer vectorised over the phase's time steps; the reference loop
+    when ``g_a != 0``), ``numba`` (the time loop compiled, :mod:`neuroplastic.kernels.
+    numba_dendrites`; float32 or float64 on the CPU, PyTorch otherwise) or ``auto`` (Numba on the
+    CPU when it is installed)."""
     p = net.params
+    if backend not in ("auto", "torch", "numba"):
+        raise ValueError(f"backend must be auto, torch or numba, got {backend!r}")
+    device = input_rates.device
+    if backend == "auto" and device.type != "cpu":
+        backend = "torch"
+    if resolve_backend(backend, device) == "numba":
+        dtype = net.weights[0].dtype
+        tensors = (input_rates, noise.input, state.input_history, *state.soma)
+        if dtype in (torch.float32, torch.float64) and all(x.dtype == dtype for x in tensors):
+            return _simulate_phase_numba(
+                net, state, input_rates, noise, window, labels, keep_spikes
+            )
     if p.g_a != 0.0:
         return simulate_phase_reference(net, state, input_rates, noise, window, labels, keep_spikes)
     # Only inputs with a non-zero rate, or spikes still in their history, can touch the basal
@@ -702,10 +726,78 @@ def simulate_phase(
     return PhaseResult(NetworkState(new_input_history, somas, histories), averages, recorded)
 
 
+def _simulate_phase_numba(
+    net: SegregatedDendriteNet,
+    state: NetworkState,
+    input_rates: torch.Tensor,
+    noise: PhaseNoise,
+    window: int,
+    labels: torch.Tensor | None,
+    keep_spikes: bool,
+) -> PhaseResult:
+    """:func:`simulate_phase` through the compiled loop: PyTorch tensors in and out (the kernel
+    writes into NumPy views of freshly zeroed result tensors)."""
+    from neuroplastic.kernels.numba_dendrites import phase
+    from neuroplastic.kernels.numba_rsnn import follow_torch_threads
+
+    p = net.params
+    n_hidden = net.n_hidden
+    replicas, examples = input_rates.shape[:2]
+    ref = input_rates
+
+    def zeros(*shape: int) -> torch.Tensor:
+        return ref.new_zeros(*shape)
+
+    k = p.kernel_length
+    sizes = net.sizes
+    out = {
+        "new_input_history": zeros(*state.input_history.shape),
+        "input_psp": zeros(*input_rates.shape),
+        "new_somas": tuple(zeros(replicas, examples, n) for n in sizes[1:]),
+        "new_histories": tuple(zeros(replicas, examples, k, n) for n in sizes[1:]),
+        "soma_means": tuple(zeros(replicas, examples, n) for n in sizes[1:]),
+        "rate_means": tuple(zeros(replicas, examples, n) for n in sizes[1:]),
+        "psp_means": tuple(zeros(replicas, examples, n) for n in sizes[1:-1]),
+        "apical_means": tuple(zeros(replicas, examples, n) for n in sizes[1:-1]),
+        "input_spikes": zeros(*noise.input.shape) if keep_spikes else None,
+        "layer_spikes": tuple(zeros(*u.shape) for u in noise.layers) if keep_spikes else None,
+    }
+
+    def arrays(value):
+        if value is None or isinstance(value, torch.Tensor):
+            return None if value is None else value.numpy()
+        return tuple(v.numpy() for v in value)
+
+    follow_torch_threads()
+    phase(
+        [as_array(w) for w in net.weights], [as_array(b) for b in net.biases],
+        [as_array(y) for y in net.feedback[:n_hidden]], as_array(state.input_history),
+        [as_array(c) for c in state.soma], [as_array(h) for h in state.spike_history],
+        as_array(input_rates), as_array(noise.input), [as_array(u) for u in noise.layers],
+        None if labels is None else as_array(labels.to(torch.int64)),
+        _kernel_taps(p, ref.dtype), _constants(p), window, p.g_a != 0.0, keep_spikes,
+        [arrays(v) for v in out.values()], input_exp=as_array(torch.exp(input_rates)),
+    )  # fmt: skip
+    averages = PhaseAverages(
+        out["soma_means"], out["rate_means"], (out["input_psp"], *out["psp_means"]),
+        out["apical_means"],
+    )  # fmt: skip
+    new_state = NetworkState(out["new_input_history"], out["new_somas"], out["new_histories"])
+    spikes = (out["input_spikes"], *out["layer_spikes"]) if keep_spikes else None
+    return PhaseResult(new_state, averages, spikes)
+
+
+@functools.lru_cache(maxsize=16)
+def _kernel_taps(p: DendriticParams, dtype: torch.dtype):
+    """:meth:`DendriticParams.kernel` as a NumPy array, built once per parameters and dtype."""
+    return p.kernel(dtype).numpy()
+
+
 def _constants(p: DendriticParams) -> tuple[float, ...]:
     """The decays and drive scales of the somatic recurrences (:meth:`DendriticParams.soma_step`
-    of each compartment's total conductance), and phi_max."""
-    hidden_decay, hidden_gain = p.soma_step(p.g_l + p.g_b)  # g_a = 0 on this path
+    of each compartment's total conductance), phi_max, and the apical potential's drive scale
+    (the PyTorch fast path runs only ``g_a = 0``, where it is 0; the compiled loop any)."""
+    hidden_decay, hidden_gain = p.soma_step(p.g_l + p.g_b + p.g_a)
     out_decay, out_gain = p.soma_step(p.g_l + p.g_d)  # forward phase
     # target phase: g_E + g_I = 1 for every output unit
     target_decay, target_gain = p.soma_step(p.g_l + p.g_d + 1.0)
@@ -719,6 +811,7 @@ def _constants(p: DendriticParams) -> tuple[float, ...]:
         target_gain * p.E_E,
         target_gain * p.E_I,
         p.phi_max,
+        hidden_gain * p.g_a,
     )
 
 
@@ -729,7 +822,7 @@ def _phase_core(
     """The phase on tensors only: the body of :func:`simulate_phase`."""
     (
         hidden_decay, hidden_gain, out_decay, out_gain, target_decay, target_gain, e_drive,
-        i_drive, phi_max,
+        i_drive, phi_max, _apical_gain,
     ) = constants  # fmt: skip
     k = len(kernel)
     n_layers = len(weights)
@@ -804,13 +897,15 @@ def predict(
     generator: torch.Generator | Sequence[torch.Generator],
     chunk: int = 0,
     reference: bool = False,
+    backend: str = "torch",
 ) -> torch.Tensor:
     """Class of each image for every replica: (R, N) from images (R, N, n_in) or (N, n_in).
 
     Each image starts from a silent network and drives a forward phase of ``test_steps``; the class
     is the output unit with the highest mean somatic potential over the last
     ``test_steps - settle_steps`` steps (the code's test; the paper reads rates, the same order).
-    ``chunk`` images per replica are simulated at once (0: a size chosen for the CPU cache).
+    ``chunk`` images per replica are simulated at once (0: a size chosen for the CPU cache);
+    ``backend``: that of :func:`simulate_phase` (with ``reference``, the reference loop instead).
     """
     p = net.params
     if images.dim() == 2:
@@ -826,6 +921,6 @@ def predict(
             result = simulate_phase_reference(net, state, rates, noise, p.test_integration_steps)
         else:
             window = p.test_integration_steps
-            result = simulate_phase(net, state, rates, noise, window)
+            result = simulate_phase(net, state, rates, noise, window, backend=backend)
         predictions.append(result.averages.soma[-1].argmax(dim=-1))
     return torch.cat(predictions, dim=1)

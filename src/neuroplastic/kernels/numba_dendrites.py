@@ -1,0 +1,394 @@
+"""Compiled phase of the segregated-dendrite network (Numba, the ``fast`` extra): the time loop of
+``models.segregated_dendrites.simulate_phase_reference`` for one example of one replica at a time,
+event-driven. Tested equal to the reference (``tests/test_numba_dendrites.py``).
+
+Why compiled: a phase of a 784-500-10 network through PyTorch is about 1,700 small tensor
+operations per training example whose dispatch costs far more than their arithmetic (issue 17).
+Here each (replica, example) pair runs its own loop over time steps, and (replica, example) pairs
+run in parallel. Per step and layer ``l`` (the module docstring of ``models.segregated_dendrites``,
+equations of the paper's Model section, K taps of ``kappa`` oldest first)::
+
+    D_l(t)   = sum_{i spiked at t} s_i(t) W_l[i, :]              event-driven: only the ~21 input
+                                                                  spikes of a step (MNIST) are read
+    V_b(t)   = b_l + sum_{k<K} kappa[k] D_l(t - K + 1 + k)        = W_l^T PSP_below(t) + b_l, as
+                                                                  the weights are linear: a ring
+                                                                  buffer of the last K products
+    C(t)     = decay C(t-1) + gain_b V_b(t) [+ gain_a V_a(t)] [+ teaching]
+    rate     = phi_max sigmoid(C(t));   s(t) = Poisson(rate) from the step's uniform
+
+with ``(decay, gain)`` from ``DendriticParams.soma_step`` (``_constants``: Euler or exponential
+integration). The apical potential ``V_a(t) = Y^T PSP_out(t - 1)`` is computed step by step only
+when it feeds the soma (``g_a != 0``); otherwise it only enters the plateau averages, and the
+mean over the window is taken of the output spike train first (one product at the end).
+The window means of the filtered trains, ``mean_t PSP(t)``, are weighted sums of the spike counts
+(:func:`window_weights`), accumulated spike by spike.
+
+Poisson counts invert the CDF at the uniform as ``poisson_from_uniform`` does, with the same
+float operations in the same order, so the same uniforms give the same spikes: exactly for the
+input (its rates are given), and for the layers unless a uniform falls within rounding of a
+threshold (their potentials are summed in another order than PyTorch's).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+MAX_COUNT = 16
+"""``poisson_from_uniform``'s ``max_count``."""
+
+
+@functools.lru_cache(maxsize=64)
+def window_weights(
+    steps: int, window: int, kernel: tuple[float, ...], delay: int, dtype: np.dtype
+) -> np.ndarray:
+    """``w`` (K + steps,) with ``sum_p w[p] s[p]`` = the mean over the last ``window`` steps of
+    ``PSP(t - delay) = sum_k kappa[k] s(t - delay - K + 1 + k)``, where ``s`` holds the K
+    history rows (oldest first), then the phase's steps. Built in float64, then cast."""
+    k = len(kernel)
+    weights = np.zeros(k + steps)
+    for t in range(max(0, steps - window), steps):
+        for i, value in enumerate(kernel):
+            # step t - delay - K + 1 + i sits at row K + that in the history-then-phase rows
+            weights[t - delay + 1 + i] += value / window
+    return weights.astype(dtype)
+
+
+@njit(cache=True, inline="always")
+def _poisson(rate, scaled, one, half):  # pragma: no cover - compiled
+    """The number of the cumulative sums ``S_k = sum_{j<=k} rate^j / j!`` (k < MAX_COUNT) below
+    ``scaled = uniform exp(rate)``: ``poisson_from_uniform``'s count, the partial sums built the
+    way its gathered path builds them (cumulative products of ``rate / k``, then a cumulative
+    sum added to ``S_2``)."""
+    if not scaled > one:
+        return 0
+    low = one + rate
+    if not scaled > low:
+        return 1
+    half_square = rate * rate * half
+    s_2 = low + half_square
+    if not scaled > s_2:
+        return 2
+    count = 3
+    order = one + one + one
+    product = one
+    total = one - one
+    for _ in range(3, MAX_COUNT):
+        product = product * (rate / order)
+        total = total + half_square * product
+        if not scaled > s_2 + total:
+            break
+        count += 1
+        order = order + one
+    return count
+
+
+@njit(cache=True)
+def _example(
+    r, b, weights, biases, feedback, input_history, somas, histories, input_rates, input_exp,
+    input_uniform, layer_uniforms, labels, kernel, psp_weights, delayed_weights, constants,
+    window, target, coupled, keep, new_input_history, input_psp, new_somas, new_histories,
+    soma_means, rate_means, psp_means, apical_means, input_spikes, layer_spikes,
+):  # pragma: no cover - compiled; fmt: skip
+    """One phase of replica ``r``, example ``b`` (see :func:`phase` for the arguments)."""
+    dtype = kernel.dtype.type
+    one, half = dtype(1.0), dtype(0.5)
+    zero = one - one
+    # the order of ``_constants``, then the apical drive's gain and the quiet uniform
+    hidden_decay, hidden_gain = constants[0], constants[1]
+    out_decay, out_gain = constants[2], constants[3]
+    target_decay, target_gain = constants[4], constants[5]
+    e_drive, i_drive = constants[6], constants[7]
+    phi_max, apical_gain, quiet = constants[8], constants[9], constants[10]
+    n_layers = len(weights)
+    n_hidden = n_layers - 1
+    k_taps = kernel.shape[0]
+    steps = input_uniform.shape[2]
+    n_in = input_rates.shape[2]
+    n_out = weights[n_layers - 1].shape[2]
+
+    sizes = np.empty(n_layers, dtype=np.int64)
+    for layer in range(n_layers):
+        sizes[layer] = weights[layer].shape[2]
+    widest = sizes.max()
+    # Per-layer scratch padded to the widest layer; inner loops run over 1-D views so that their
+    # indices are plain loop counters (no negative-index wraparound: they vectorise).
+    ring = np.zeros((n_layers, k_taps, widest), dtype=kernel.dtype)  # W^T s, step t at t % K
+    potential = np.empty((n_layers, widest), dtype=kernel.dtype)
+    soma_sum = np.zeros((n_layers, widest), dtype=kernel.dtype)
+    rate_sum = np.zeros((n_layers, widest), dtype=kernel.dtype)
+    apical_sum = np.zeros((n_layers, widest), dtype=kernel.dtype)
+    basal = np.empty(widest, dtype=kernel.dtype)
+    apical = np.empty(widest, dtype=kernel.dtype)
+    candidates = np.empty(widest, dtype=np.int64)
+    output_ring = np.zeros((k_taps, n_out), dtype=kernel.dtype)  # output counts, step t at t % K
+    output_psp = np.empty(n_out, dtype=kernel.dtype)
+    output_mean = np.zeros(n_out, dtype=kernel.dtype)  # window mean of PSP_out(t - 1)
+    for layer in range(n_layers):
+        c_layer, before = potential[layer], somas[layer][r, b]
+        for j in range(sizes[layer]):
+            c_layer[j] = before[j]
+    label = labels[r, b]
+    rates_in, exp_in = input_rates[r, b], input_exp[r, b]
+
+    # History rows h = 0..K-1 are steps h - K: they fill ring slot (h - K) % K = h, enter the
+    # window means through the first K weights, and stay in the new history if the phase is
+    # shorter than K.
+    active = np.empty(n_in, dtype=np.int64)
+    n_active = 0
+    for i in range(n_in):
+        if rates_in[i] != zero:
+            active[n_active] = i
+            n_active += 1
+    w_in = weights[0][r]
+    n_first = sizes[0]
+    for h in range(k_taps):
+        drive = ring[0, h]
+        counts = input_history[r, b, h]
+        for i in range(n_in):
+            count = counts[i]
+            if count != zero:
+                row = w_in[i]
+                for j in range(n_first):
+                    drive[j] += count * row[j]
+                input_psp[r, b, i] += count * psp_weights[h]
+                if h >= steps:
+                    new_input_history[r, b, h - steps, i] = count
+    for layer in range(n_layers):
+        n = sizes[layer]
+        for h in range(k_taps):
+            counts = histories[layer][r, b, h]
+            for j in range(n):
+                count = counts[j]
+                if count == zero:
+                    continue
+                if layer < n_hidden:
+                    drive = ring[layer + 1, h]
+                    row = weights[layer + 1][r, j]
+                    for m in range(sizes[layer + 1]):
+                        drive[m] += count * row[m]
+                    psp_means[layer][r, b, j] += count * psp_weights[h]
+                else:
+                    output_ring[h, j] = count
+                    output_mean[j] += count * delayed_weights[h]
+                if h >= steps:
+                    new_histories[layer][r, b, h - steps, j] = count
+
+    for t in range(steps):
+        slot = t % k_taps
+        in_window = t >= steps - window
+        keep_row = t >= steps - k_taps
+        row_index = t - steps + k_taps
+        row_weight = psp_weights[k_taps + t]
+        # input spikes of step t: their products with the first weights replace step t - K's
+        drive = ring[0, slot]
+        for j in range(n_first):
+            drive[j] = zero
+        uniform_in = input_uniform[r, b, t]
+        for a in range(n_active):
+            i = active[a]
+            count = _poisson(rates_in[i], uniform_in[i] * exp_in[i], one, half)
+            if count == 0:
+                continue
+            value = dtype(count)
+            row = w_in[i]
+            for j in range(n_first):
+                drive[j] += value * row[j]
+            input_psp[r, b, i] += value * row_weight
+            if keep:
+                input_spikes[r, b, t, i] = value
+            if keep_row:
+                new_input_history[r, b, row_index, i] = value
+        if coupled:
+            # PSP_out(t - 1): the output counts of steps t - K .. t - 1, slots (t + k) % K
+            for j in range(n_out):
+                output_psp[j] = zero
+            for k in range(k_taps):
+                tap = kernel[k]
+                counts = output_ring[(t + k) % k_taps]
+                for j in range(n_out):
+                    output_psp[j] += tap * counts[j]
+        for layer in range(n_layers):
+            n = sizes[layer]
+            c_layer = potential[layer]
+            bias = biases[layer][r]
+            for j in range(n):
+                basal[j] = zero
+            for k in range(k_taps):
+                tap = kernel[k]
+                past = ring[layer, (t + 1 + k) % k_taps]
+                for j in range(n):
+                    basal[j] += tap * past[j]
+            if layer < n_hidden:
+                if coupled:
+                    y = feedback[layer][r]
+                    for j in range(n):
+                        apical[j] = zero
+                    for m in range(n_out):
+                        value = output_psp[m]
+                        y_row = y[m]
+                        for j in range(n):
+                            apical[j] += value * y_row[j]
+                    for j in range(n):
+                        c_layer[j] = (
+                            hidden_decay * c_layer[j]
+                            + hidden_gain * (basal[j] + bias[j])
+                            + apical_gain * apical[j]
+                        )
+                    if in_window:
+                        apical_layer = apical_sum[layer]
+                        for j in range(n):
+                            apical_layer[j] += apical[j]
+                else:
+                    for j in range(n):
+                        c_layer[j] = hidden_decay * c_layer[j] + hidden_gain * (basal[j] + bias[j])
+            elif target:
+                for j in range(n):
+                    teaching = e_drive if j == label else i_drive
+                    c_layer[j] = (
+                        target_decay * c_layer[j] + target_gain * (basal[j] + bias[j]) + teaching
+                    )
+            else:
+                for j in range(n):
+                    c_layer[j] = out_decay * c_layer[j] + out_gain * (basal[j] + bias[j])
+            n_next = sizes[layer + 1] if layer < n_hidden else 0
+            drive = ring[layer + 1, slot] if layer < n_hidden else ring[layer, slot]
+            for m in range(n_next):
+                drive[m] = zero
+            uniforms = layer_uniforms[layer][r, b, t]
+            if in_window:
+                soma_layer, rate_layer = soma_sum[layer], rate_sum[layer]
+                for j in range(n):
+                    c = c_layer[j]
+                    soma_layer[j] += c
+                    rate_layer[j] += phi_max * (one / (one + np.exp(-c)))
+            # u exp(rate) <= u exp(phi_max) < 1 below ``quiet``: no spike whatever the rate.
+            # Four uniforms in five are below it; the rest are gathered without branches.
+            n_candidates = 0
+            for j in range(n):
+                candidates[n_candidates] = j
+                n_candidates += uniforms[j] >= quiet
+            if layer == n_hidden:
+                for j in range(n):
+                    output_ring[slot, j] = zero
+            # what a spike touches, looked up once per layer and step
+            w_next = weights[layer + 1][r] if layer < n_hidden else w_in
+            psp_row = psp_means[layer][r, b] if layer < n_hidden else output_mean
+            delayed_weight = delayed_weights[k_taps + t]
+            for index in range(n_candidates):
+                j = candidates[index]
+                rate = phi_max * (one / (one + np.exp(-c_layer[j])))
+                count = _poisson(rate, uniforms[j] * np.exp(rate), one, half)
+                if count == 0:
+                    continue
+                value = dtype(count)
+                if layer < n_hidden:
+                    row = w_next[j]
+                    for m in range(n_next):
+                        drive[m] += value * row[m]
+                    psp_row[j] += value * row_weight
+                else:
+                    output_ring[slot, j] = value
+                    output_mean[j] += value * delayed_weight
+                if keep:
+                    layer_spikes[layer][r, b, t, j] = value
+                if keep_row:
+                    new_histories[layer][r, b, row_index, j] = value
+
+    span = dtype(window)
+    for layer in range(n_layers):
+        for j in range(sizes[layer]):
+            new_somas[layer][r, b, j] = potential[layer, j]
+            soma_means[layer][r, b, j] = soma_sum[layer, j] / span
+            rate_means[layer][r, b, j] = rate_sum[layer, j] / span
+    for layer in range(n_hidden):
+        out = apical_means[layer][r, b]
+        if coupled:
+            for j in range(sizes[layer]):
+                out[j] = apical_sum[layer, j] / span
+        else:
+            y = feedback[layer][r]
+            for m in range(n_out):
+                value = output_mean[m]
+                y_row = y[m]
+                for j in range(sizes[layer]):
+                    out[j] += value * y_row[j]
+
+
+@njit(parallel=True, cache=True)
+def _phase(
+    weights, biases, feedback, input_history, somas, histories, input_rates, input_exp,
+    input_uniform, layer_uniforms, labels, kernel, psp_weights, delayed_weights, constants,
+    window, target, coupled, keep, new_input_history, input_psp, new_somas, new_histories,
+    soma_means, rate_means, psp_means, apical_means, input_spikes, layer_spikes,
+):  # pragma: no cover - compiled; fmt: skip
+    replicas, examples = input_rates.shape[0], input_rates.shape[1]
+    for index in prange(replicas * examples):
+        _example(
+            index // examples, index % examples, weights, biases, feedback, input_history,
+            somas, histories, input_rates, input_exp, input_uniform, layer_uniforms, labels,
+            kernel, psp_weights, delayed_weights, constants, window, target, coupled, keep,
+            new_input_history, input_psp, new_somas, new_histories, soma_means, rate_means,
+            psp_means, apical_means, input_spikes, layer_spikes,
+        )  # fmt: skip
+
+
+def phase(
+    weights, biases, feedback, input_history, somas, histories, input_rates, input_uniform,
+    layer_uniforms, labels, kernel, constants, window, coupled, keep, out, input_exp=None,
+) -> None:  # fmt: skip
+    """One phase for every replica and example, written into the arrays of ``out``.
+
+    Arrays are NumPy, one float dtype (float32 or float64), C-contiguous, with the layouts of
+    ``simulate_phase``: ``weights[l]`` (R, n_below, n_l), ``biases[l]`` (R, n_l),
+    ``feedback[l]`` (R, n_out, n_l) per hidden layer, ``input_history`` (R, B, K, n_in),
+    ``somas[l]`` (R, B, n_l), ``histories[l]`` (R, B, K, n_l), ``input_rates`` (R, B, n_in),
+    ``input_uniform`` (R, B, T, n_in), ``layer_uniforms[l]`` (R, B, T, n_l); ``labels`` (R, B)
+    int64 (the target phase) or None; ``kernel`` (K,) the taps, oldest first; ``constants``
+    the model's ``_constants`` (decays and drive gains, phi_max, the apical gain); ``window``
+    the steps averaged; ``coupled``: whether the apical potential drives the soma (``g_a != 0``);
+    ``keep``: whether to record spikes; ``input_exp``: ``exp(input_rates)`` as the reference
+    computes it (PyTorch's exponential may round differently from NumPy's).
+
+    ``out``: zero-filled arrays ``new_input_history``, ``input_psp`` (R, B, n_in),
+    ``new_somas``, ``new_histories``, ``soma_means``, ``rate_means``, ``psp_means`` (per hidden
+    layer, its output train's mean PSP), ``apical_means``, and with ``keep`` ``input_spikes``
+    (R, B, T, n_in) and ``layer_spikes``, in that order (a dict or sequence).
+    """
+    dtype = kernel.dtype
+    steps = input_uniform.shape[2]
+    taps = tuple(float(v) for v in kernel)
+    psp_weights = window_weights(steps, window, taps, 0, dtype)
+    delayed_weights = window_weights(steps, window, taps, 1, dtype)
+    phi_max = float(constants[8])
+    # Uniforms below this cannot give a spike whatever the rate (<= phi_max): u exp(phi_max) is
+    # kept a safe margin below 1 so that an exp rounded differently from PyTorch's cannot matter.
+    quiet = (1.0 - 1e-4) * np.exp(-phi_max)
+    constants = np.asarray([*constants, quiet], dtype=dtype)
+    (
+        new_input_history, input_psp, new_somas, new_histories, soma_means, rate_means,
+        psp_means, apical_means, input_spikes, layer_spikes,
+    ) = out  # fmt: skip
+    n_layers = len(weights)
+    # Numba indexes homogeneous tuples at run time; a tuple needs at least one member to be
+    # typed, so the per-hidden-layer ones get a placeholder in a network without hidden layers.
+    pad3 = np.zeros((1, 1, 1), dtype=dtype)
+    if n_layers == 1:
+        feedback, psp_means, apical_means = (pad3,), (pad3,), (pad3,)
+    if not keep:
+        input_spikes = np.zeros((1, 1, 1, 1), dtype=dtype)
+        layer_spikes = (input_spikes,) * n_layers
+    target = labels is not None
+    if labels is None:
+        labels = np.zeros(input_rates.shape[:2], dtype=np.int64)
+    _phase(
+        tuple(weights), tuple(biases), tuple(feedback), input_history, tuple(somas),
+        tuple(histories), input_rates, np.exp(input_rates) if input_exp is None else input_exp,
+        input_uniform,
+        tuple(layer_uniforms), labels, kernel, psp_weights, delayed_weights, constants,
+        window, target, coupled, keep, new_input_history, input_psp, tuple(new_somas),
+        tuple(new_histories), tuple(soma_means), tuple(rate_means), tuple(psp_means),
+        tuple(apical_means), input_spikes, tuple(layer_spikes),
+    )  # fmt: skip

@@ -1,0 +1,152 @@
+"""The compiled phase of the segregated-dendrite network (``kernels.numba_dendrites``, the ``fast``
+extra) against the readable reference loop, for the same uniforms."""
+
+import pytest
+import torch
+
+pytest.importorskip("numba")
+
+from neuroplastic.credit.plateau import learn_example  # noqa: E402
+from neuroplastic.models.segregated_dendrites import (  # noqa: E402
+    DendriticParams,
+    PhaseAverages,
+    SegregatedDendriteNet,
+    phase_lengths,
+    predict,
+    simulate_phase,
+    simulate_phase_reference,
+)
+
+F64 = torch.float64
+
+DYNAMICS = {
+    "authors": DendriticParams(),
+    "paper": DendriticParams(psp_kernel="paper", integration="exponential"),
+    "apical": DendriticParams(g_a=0.05),  # the apical compartment drives the soma
+    "apical-paper": DendriticParams(g_a=0.05, psp_kernel="paper", integration="exponential"),
+}
+
+
+def make_net(sizes, replicas=3, feedback="random", params=None, dtype=F64, seed=0):
+    gens = [torch.Generator().manual_seed(seed + r) for r in range(replicas)]
+    return SegregatedDendriteNet(sizes, replicas, feedback, params, gens, dtype=dtype)
+
+
+def images(replicas, examples, n, dtype=F64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(replicas, examples, n, generator=g, dtype=dtype)
+    return pixels * (torch.rand(replicas, examples, n, generator=g, dtype=dtype) < 0.3)
+
+
+def assert_phases_equal(ref, fast, rtol, atol):
+    """The same spikes in every layer (exactly), the same averages and state (to ``rtol``)."""
+    for a, b in zip(ref.spikes, fast.spikes, strict=True):
+        assert torch.equal(a, b)
+    for field in PhaseAverages._fields:
+        for a, b in zip(getattr(ref.averages, field), getattr(fast.averages, field), strict=True):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+    for a, b in zip(ref.state, fast.state, strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+def run_phases(net, lengths, window=20, examples=2, dtype=F64, rtol=1e-10, atol=1e-12):
+    """Forward and target phases in turn, each carrying its state into the next, through both
+    simulations; returns the number of hidden and output spikes seen."""
+    x = net.params.phi_max * images(net.replicas, examples, net.sizes[0], dtype)
+    labels = torch.randint(
+        0, net.sizes[-1], (net.replicas, examples), generator=torch.Generator().manual_seed(5)
+    )
+    g = torch.Generator().manual_seed(7)
+    ref_state = fast_state = net.initial_state(examples)
+    fired = 0
+    for phase, steps in enumerate(lengths):
+        noise = net.draw_noise(steps, g, examples=examples)
+        target = labels if phase % 2 else None
+        ref = simulate_phase_reference(net, ref_state, x, noise, window, target, keep_spikes=True)
+        fast = simulate_phase(
+            net, fast_state, x, noise, window, target, keep_spikes=True, backend="numba"
+        )
+        assert_phases_equal(ref, fast, rtol, atol)
+        fired += sum(int(s.sum()) for s in ref.spikes[1:])
+        ref_state, fast_state = ref.state, fast.state
+    return fired
+
+
+@pytest.mark.parametrize("dynamics", list(DYNAMICS))
+@pytest.mark.parametrize("sizes", [(30, 5), (30, 12, 5), (30, 12, 8, 5)])
+def test_compiled_phase_equals_reference_for_the_same_noise(sizes, dynamics):
+    """0, 1 and 2 hidden layers, 3 replicas x 2 examples, forward and target phases in turn, with
+    the authors' and the paper's kernel and integration, and with apical drive (g_a != 0)."""
+    net = make_net(sizes, params=DYNAMICS[dynamics])
+    assert run_phases(net, [53, 50, 61, 52]) > 0  # the network does spike
+
+
+@pytest.mark.parametrize("feedback", ["sparse", "symmetric"])
+def test_compiled_phase_with_other_feedback(feedback):
+    net = make_net((30, 12, 8, 5), feedback=feedback)
+    assert run_phases(net, [53, 52]) > 0
+
+
+def test_phases_shorter_than_the_kernel_carry_the_history_over():
+    """With the paper's 96-tap kernel, phases of a few steps keep most of the history rows of the
+    phase before (and a window longer than the phase averages over all its steps)."""
+    net = make_net((30, 12, 5), params=DYNAMICS["paper"])
+    assert run_phases(net, [120, 3, 7, 1, 40], window=20) > 0
+
+
+def test_compiled_phase_in_single_precision():
+    """float32 all through: averages to single-precision rounding, spikes still equal."""
+    dtype = torch.float32
+    for sizes, params in [((30, 12, 5), DYNAMICS["authors"]), ((30, 12, 8, 5), DYNAMICS["paper"])]:
+        net = make_net(sizes, params=params, dtype=dtype)
+        assert run_phases(net, [53, 50, 61, 52], dtype=dtype, rtol=1e-5, atol=1e-6) > 0
+
+
+@pytest.mark.parametrize("feedback", ["random", "symmetric"])
+def test_training_with_the_compiled_phases_follows_the_torch_path(feedback):
+    """``learn_example`` with each backend: the same weights after eight online examples (the
+    phases give the same spikes, so the plateau updates agree to rounding)."""
+    sizes, rates = (30, 12, 8, 5), (0.23, 0.23, 0.12)
+    nets = [make_net(sizes, feedback=feedback) for _ in range(2)]
+    x = nets[0].params.phi_max * images(3, 8, sizes[0])
+    labels = torch.randint(0, 5, (3, 8), generator=torch.Generator().manual_seed(3))
+    lengths = phase_lengths(nets[0].params, torch.Generator().manual_seed(0), 8).tolist()
+    for net, backend in zip(nets, ["torch", "numba"], strict=True):
+        gens = [torch.Generator().manual_seed(20 + r) for r in range(3)]
+        state = net.initial_state()
+        for example, steps in enumerate(lengths):
+            xi, yi = x[:, example : example + 1], labels[:, example : example + 1]
+            state, _, _ = learn_example(net, state, xi, yi, gens, steps, rates, backend=backend)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert not torch.equal(nets[0].weights[0], make_net(sizes, feedback=feedback).weights[0])
+
+
+def test_prediction_with_the_compiled_phase_agrees_with_the_reference():
+    net = make_net((30, 12, 5), replicas=2)
+    x = images(2, 7, 30)
+    gens = [torch.Generator().manual_seed(r) for r in range(2)]
+    fast = predict(net, x, gens, chunk=4, backend="numba")
+    gens = [torch.Generator().manual_seed(r) for r in range(2)]
+    ref = predict(net, x, gens, chunk=4, reference=True)
+    assert torch.equal(fast, ref)
+
+
+def test_backend_choice():
+    """``auto`` takes Numba on the CPU; ``triton`` and unknown names are refused; a dtype the
+    kernel does not take (bfloat16) runs through PyTorch."""
+    net = make_net((30, 12, 5), replicas=1)
+    x = net.params.phi_max * images(1, 1, 30)
+    noise = net.draw_noise(52, torch.Generator().manual_seed(0))
+    state = net.initial_state()
+    auto = simulate_phase(net, state, x, noise, 20, keep_spikes=True, backend="auto")
+    ref = simulate_phase_reference(net, state, x, noise, 20, keep_spikes=True)
+    assert_phases_equal(ref, auto, 1e-10, 1e-12)
+    for backend in ("triton", "jax"):
+        with pytest.raises(ValueError, match="backend"):
+            simulate_phase(net, state, x, noise, 20, backend=backend)
+    half = make_net((30, 12, 5), replicas=1, dtype=torch.bfloat16)
+    noise = half.draw_noise(52, torch.Generator().manual_seed(0))
+    x = x.to(torch.bfloat16)
+    result = simulate_phase(half, half.initial_state(), x, noise, 20, backend="numba")
+    assert result.averages.soma[-1].dtype == torch.bfloat16
