@@ -38,6 +38,7 @@ from neuroplastic.credit.layers import (
     LocalGradient,
     select_layers,
 )
+from neuroplastic.grads import add_to_grad
 
 LOSSES = ("cross_entropy", "square")
 
@@ -167,10 +168,7 @@ class CreditRule:
 
     @staticmethod
     def _accumulate(param: torch.nn.Parameter, update: Tensor) -> None:
-        if param.grad is None:
-            param.grad = update.detach().clone()
-        else:
-            param.grad.add_(update.detach())
+        add_to_grad(param, update)
 
 
 class LayerLocalRule(CreditRule):

@@ -44,6 +44,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from neuroplastic.grads import add_to_grad
 from neuroplastic.kernels import as_array, check_backend, resolve_backend
 from neuroplastic.models.rsnn import RecurrentLIF
 from neuroplastic.neurons.lif import LIFParameters, LIFState, pseudo_derivative_of
@@ -392,8 +393,7 @@ class StepwiseEProp:
     def write(self) -> None:
         """Add the gradients since the last take to the weights' ``.grad``."""
         for name, grad in self.take().items():
-            weight = self.weights[name]
-            weight.grad = grad.clone() if weight.grad is None else weight.grad + grad
+            add_to_grad(self.weights[name], grad)
 
 
 class EProp:
@@ -589,10 +589,9 @@ class EProp:
 
     def _write(self, grads: dict[str, Tensor]) -> None:
         for name, param in self.model.named_parameters():
-            param.grad = grads[name].clone() if param.grad is None else param.grad + grads[name]
+            add_to_grad(param, grads[name])
         if self.feedback == "adaptive":  # Kolen-Pollack: B gets W_out^T's gradient
-            b = self.feedback_weights
-            b.grad = grads["w_out"].T.clone() if b.grad is None else b.grad + grads["w_out"].T
+            add_to_grad(self.feedback_weights, grads["w_out"].T)
 
     def _zeros(self) -> dict[str, Tensor]:
         return {name: torch.zeros_like(p) for name, p in self.model.named_parameters()}

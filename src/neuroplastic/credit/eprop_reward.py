@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from neuroplastic.credit.eprop import Traces, initial_traces, trace_step
+from neuroplastic.grads import add_to_grad
 from neuroplastic.models.rsnn import RecurrentLIF
 from neuroplastic.neurons.lif import LIFState
 
@@ -164,8 +165,7 @@ class RewardEProp:
         the mean squared TD error (the critic's loss, for monitoring)."""
         episode = self.finish(episode)
         for name, param in self.model.named_parameters():
-            grad = episode.grads[name]
-            param.grad = grad.clone() if param.grad is None else param.grad + grad
+            add_to_grad(param, episode.grads[name])
         return torch.stack(episode.td_errors).pow(2).mean()
 
     def _settle(self, episode: Episode, discounted_next_value: Tensor) -> Episode:

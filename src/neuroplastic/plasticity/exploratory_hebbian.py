@@ -25,6 +25,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from neuroplastic.grads import write_change
+
 
 class EHState(NamedTuple):
     output_average: Tensor
@@ -71,6 +73,4 @@ class ExploratoryHebbian:
 
     @torch.no_grad()
     def write(self) -> None:
-        grad = -self.change
-        self.weight.grad = grad.clone() if self.weight.grad is None else self.weight.grad + grad
-        self.change.zero_()
+        write_change(self.weight, self.change)

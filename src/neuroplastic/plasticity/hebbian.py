@@ -42,6 +42,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from neuroplastic.grads import write_change
+
 RULES = ("hebb", "oja", "sanger")
 
 
@@ -132,7 +134,7 @@ class HebbianRule:
 
     @torch.no_grad()
     def write(self) -> None:
-        _write(self.weight, self.change)
+        write_change(self.weight, self.change)
 
 
 class SimilarityMatching:
@@ -170,10 +172,4 @@ class SimilarityMatching:
     @torch.no_grad()
     def write(self) -> None:
         for parameter, change in zip(self.parameters(), self.changes, strict=True):
-            _write(parameter, change)
-
-
-def _write(parameter: nn.Parameter, change: Tensor) -> None:
-    grad = -change
-    parameter.grad = grad.clone() if parameter.grad is None else parameter.grad + grad
-    change.zero_()
+            write_change(parameter, change)

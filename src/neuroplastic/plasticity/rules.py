@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuroplastic.grads import add_to_grad, write_change
 from neuroplastic.plasticity.reward_stdp import (
     GOLDEN2022,
     RewardSTDPParameters,
@@ -96,9 +97,7 @@ class STDP:
 
     @torch.no_grad()
     def write(self) -> None:
-        grad = -self.change
-        self.weight.grad = grad.clone() if self.weight.grad is None else self.weight.grad + grad
-        self.change.zero_()
+        write_change(self.weight, self.change)
 
 
 class RewardSTDP:
@@ -147,5 +146,5 @@ class RewardSTDP:
             self.weight.detach(), value, self.state, self.initial_outputs, self.params,
             self.balance_outputs,
         )  # fmt: skip
-        self.weight.grad = -change if self.weight.grad is None else self.weight.grad - change
+        add_to_grad(self.weight, -change)
         return change
