@@ -5,12 +5,12 @@ import dataclasses
 import pytest
 import torch
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.experiments import EXPERIMENTS
 from neuroplastic.experiments import bellec2020_evidence as evidence
 from neuroplastic.experiments.base import RunContext
 from neuroplastic.results import Key
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.store import RunRecord
+from neuroplastic.testing import recorded_run
 
 TINY = evidence.Config(
     methods=("bptt", "eprop-symmetric", "eprop-adaptive"), batch_size=2, iterations=2,
@@ -50,27 +50,13 @@ def test_bad_configs_are_refused():
 
 
 def records(errors: dict[str, list[float]]) -> list[RunRecord]:
-    config = config_to_dict(evidence.Config())
     return [
-        RunRecord(
-            id=seed,
-            experiment=evidence.NAME,
-            config=config,
-            config_hash=config_hash(config),
-            seed=seed,
-            quick=False,
-            dataset="none",
-            device="cpu",
-            version="0",
-            git_rev=None,
-            status="finished",
-            started_at="",
-            ended_at="",
-            curves={},
-            curve_x_label=None,
-            error=None,
-            metrics={Key(m, "test_error"): errors[m][seed] for m in errors},
-        )  # fmt: skip
+        recorded_run(
+            evidence.NAME,
+            evidence.Config(),
+            seed,
+            {Key(m, "test_error"): errors[m][seed] for m in errors},
+        )
         for seed in range(5)
     ]
 

@@ -5,13 +5,13 @@ import dataclasses
 import pytest
 import torch
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.experiments import EXPERIMENTS
 from neuroplastic.experiments import bellec2020_pattern as pattern
 from neuroplastic.experiments.base import RunContext
 from neuroplastic.results import Key
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.store import RunRecord
 from neuroplastic.tasks.pattern import PatternTask, normalised_mse
+from neuroplastic.testing import recorded_run
 
 TINY = pattern.Config(
     methods=("bptt", "eprop-random"), n_rec=20, iterations=4, eval_every=2, trials=1,
@@ -49,27 +49,10 @@ def test_bad_configs_are_refused():
 
 
 def records(nmse: dict[str, list[float]]) -> list[RunRecord]:
-    config = config_to_dict(pattern.Config())
     return [
-        RunRecord(
-            id=seed,
-            experiment=pattern.NAME,
-            config=config,
-            config_hash=config_hash(config),
-            seed=seed,
-            quick=False,
-            dataset="none",
-            device="cpu",
-            version="0",
-            git_rev=None,
-            status="finished",
-            started_at="",
-            ended_at="",
-            curves={},
-            curve_x_label=None,
-            error=None,
-            metrics={Key(m, "nmse"): nmse[m][seed] for m in nmse},
-        )  # fmt: skip
+        recorded_run(
+            pattern.NAME, pattern.Config(), seed, {Key(m, "nmse"): nmse[m][seed] for m in nmse}
+        )
         for seed in range(5)
     ]
 

@@ -28,7 +28,16 @@ from neuroplastic.credit import (
 )
 from neuroplastic.models.lenet import LeNet5
 from neuroplastic.models.mlp import MLP
-from neuroplastic.testing import CHECKS, PER_LOSS, CheckFailed, RuleReport, check_rule
+from neuroplastic.results import Key
+from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.testing import (
+    CHECKS,
+    PER_LOSS,
+    CheckFailed,
+    RuleReport,
+    check_rule,
+    recorded_run,
+)
 
 DEPTHS = (1, 2, 3)
 CUDA = torch.cuda.is_available()
@@ -312,3 +321,35 @@ def test_check_rule_leaves_the_global_random_state_alone():
     before = torch.random.get_rng_state()
     check_rule(factory_of(FeedbackAlignment), losses=("square",), skip=["learns"])
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_recorded_run_is_a_finished_run_of_its_config_with_overrides():
+    from neuroplastic.config import config_to_dict
+    from neuroplastic.experiments import hebbian_pca as hp
+
+    metrics = {Key("oja", "overlap"): 0.9}
+    run = recorded_run(hp.NAME, hp.Config(), 3, metrics)
+    assert isinstance(run, RunRecord)
+    assert run.config == config_to_dict(hp.Config())
+    assert run.config_hash == config_hash(config_to_dict(hp.Config()))
+    assert (run.id, run.seed, run.experiment, run.dataset) == (3, 3, hp.NAME, "mnist")
+    assert (run.status, run.quick, run.error, run.curves, run.hyperparameters) == (
+        "finished", False, None, {}, {}
+    )  # fmt: skip
+    assert run.ended_at is not None and run.metrics == metrics and run.metrics is not metrics
+    # a dict config: the same hash; no dataset field reads "none"
+    plain = recorded_run("mine", {"b": [1, 2], "a": 0.5}, 0, {})
+    assert plain.config_hash == config_hash({"a": 0.5, "b": [1, 2]}) and plain.dataset == "none"
+    curves = {Key("oja", "overlap"): {"x": [1, 2], "y": [0.5, 0.9]}}
+    changed = recorded_run(hp.NAME, hp.Config(), 3, metrics, id=40, quick=True, status="failed",
+                           error="diverged", curves=curves, curve_x_label="epoch",
+                           hyperparameters={"oja": {"lr": 0.1}}, dataset="other")  # fmt: skip
+    assert (changed.id, changed.quick, changed.status) == (40, True, "failed")
+    assert changed.error == "diverged" and changed.seed == 3
+    assert changed.curves == curves and changed.curve_x_label == "epoch"
+    assert changed.hyperparameters == {"oja": {"lr": 0.1}} and changed.dataset == "other"
+    assert recorded_run(hp.NAME, hp.Config(), 0, {}, status="running").ended_at is None
+    with pytest.raises(TypeError, match="not RunRecord fields"):
+        recorded_run(hp.NAME, hp.Config(), 0, {}, colour="red")
+    with pytest.raises(ValueError, match="status must be one of"):
+        recorded_run(hp.NAME, hp.Config(), 0, {}, status="done")

@@ -5,11 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from neuroplastic.config import config_fields, config_to_dict
+from neuroplastic.config import config_fields
 from neuroplastic.experiments import EXPERIMENTS, credit_lenet, credit_mnist
 from neuroplastic.experiments.base import RunContext
 from neuroplastic.results import Key
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.testing import recorded_run
 
 TINY = credit_lenet.Config(
     dataset="mnist-mini", rules=("backprop", "fa", "frsf"), arms=("adam",), epochs=1, trials=2,
@@ -65,31 +65,17 @@ def test_unknown_rules_are_refused():
 
 
 def test_verdict_reads_this_experiments_default_runs_beside_biotorch():
-    config = config_to_dict(credit_lenet.Config())
     records = [
-        RunRecord(
-            id=seed,
-            experiment=credit_lenet.NAME,
-            config=config,
-            config_hash=config_hash(config),
-            seed=seed,
-            quick=False,
-            dataset="mnist",
-            device="cpu",
-            version="0",
-            git_rev=None,
-            status="finished",
-            started_at="",
-            ended_at="",
-            curves={},
-            curve_x_label=None,
-            error=None,
-            metrics={
+        recorded_run(
+            credit_lenet.NAME,
+            credit_lenet.Config(),
+            seed,
+            {
                 Key(rule, "test_error", setting=arm): 0.01 + 0.001 * (rule == "dfa")
                 for rule in credit_lenet.Config().rules
                 for arm in credit_mnist.ARMS
             },
-        )  # fmt: skip
+        )
         for seed in range(5)
     ]
     verdict = credit_lenet.verdict(records)

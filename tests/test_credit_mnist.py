@@ -5,12 +5,12 @@ import dataclasses
 import pytest
 import torch
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.experiments import credit_mnist as experiment
 from neuroplastic.experiments.base import RunContext
 from neuroplastic.results import Key
 from neuroplastic.runner import run_experiment
-from neuroplastic.store import RunRecord, Store, config_hash
+from neuroplastic.store import Store
+from neuroplastic.testing import recorded_run
 from neuroplastic.tuning import LogUniform, Uniform
 
 TINY = experiment.Config(
@@ -129,19 +129,13 @@ def test_config_rejects_unknown_rules_and_arms_and_bad_ranges():
 def fake_record(seed, errors):
     """A default-config run with test errors ``{rule: (adam, sgd)}``, plus seed-dependent noise
     shared by all rules (so paired differences are exact)."""
-    config = config_to_dict(experiment.Config())
     noise = 0.001 * (seed % 3)
     metrics = {
         Key(rule, "test_error", setting=arm): value + noise
         for rule, pair in errors.items()
         for arm, value in zip(experiment.ARMS, pair, strict=True)
     }
-    return RunRecord(
-        id=seed, experiment=experiment.NAME, config=config, config_hash=config_hash(config),
-        seed=seed, quick=False, dataset="mnist", device="cpu", version="0", git_rev=None,
-        status="finished", started_at="", ended_at="", curves={}, curve_x_label=None, error=None,
-        metrics=metrics,
-    )  # fmt: skip
+    return recorded_run(experiment.NAME, experiment.Config(), seed, metrics)
 
 
 def runs(**errors):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.envs import ForagingWorlds
 from neuroplastic.experiments import EXPERIMENTS
 from neuroplastic.experiments import golden2022_foraging as golden
 from neuroplastic.experiments.base import RunContext
 from neuroplastic.results import Key
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.store import RunRecord
+from neuroplastic.testing import recorded_run
 
 TINY = golden.Config(unsupervised_cycles=4, task_cycles=20, block_cycles=10, test_cycles=6,
                      test_worlds=2, episode_cycles=8)  # fmt: skip
@@ -75,16 +75,13 @@ def test_the_recorded_episode_replays_in_a_world_from_its_seed():
 
 
 def records(values: dict[tuple[str, str], list[float]], n: int = 10) -> list[RunRecord]:
-    config = config_to_dict(golden.Config())
     return [
-        RunRecord(
-            id=seed, experiment=golden.NAME, config=config, config_hash=config_hash(config),
-            seed=seed, quick=False, dataset="foraging", device="cpu", version="0", git_rev=None,
-            status="finished", started_at="", ended_at="", curves={}, curve_x_label=None,
-            error=None,
-            metrics={Key(c, "discriminability", setting=t): v[seed]
-                     for (c, t), v in values.items()},
-        )  # fmt: skip
+        recorded_run(
+            golden.NAME,
+            golden.Config(),
+            seed,
+            {Key(c, "discriminability", setting=t): v[seed] for (c, t), v in values.items()},
+        )
         for seed in range(n)
     ]
 

@@ -5,7 +5,6 @@ import dataclasses
 import pytest
 import torch
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.errors import ConfigError
 from neuroplastic.experiments import guerguiev2017_mnist as experiment
 from neuroplastic.experiments.base import RunContext
@@ -13,7 +12,8 @@ from neuroplastic.results import Key
 from neuroplastic.runner import run_experiment
 from neuroplastic.seeding import derive_seed
 from neuroplastic.stats import mean_ci
-from neuroplastic.store import RunRecord, Store, config_hash
+from neuroplastic.store import Store
+from neuroplastic.testing import recorded_run
 from neuroplastic.tuning import suggest
 
 TINY = experiment.Config(
@@ -232,13 +232,9 @@ def test_hidden_layers_report_the_angle_to_backprop():
 
 
 def record(seed, errors, **changes):
-    config = config_to_dict(dataclasses.replace(experiment.Config(), **changes))
-    return RunRecord(
-        id=seed, experiment=experiment.NAME, config=config, config_hash=config_hash(config),
-        seed=seed, quick=False, dataset="mnist", device="cpu", version="0", git_rev=None,
-        status="finished", started_at="", ended_at="", curves={}, curve_x_label=None, error=None,
-        metrics={Key(n, "test_error"): e for n, e in errors.items()},
-    )  # fmt: skip
+    config = dataclasses.replace(experiment.Config(), **changes)
+    return recorded_run(experiment.NAME, config, seed,
+                        {Key(n, "test_error"): e for n, e in errors.items()})  # fmt: skip
 
 
 def test_verdict_checks_the_ordering_of_depths():

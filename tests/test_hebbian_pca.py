@@ -4,12 +4,11 @@ import dataclasses
 
 import torch
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.experiments import EXPERIMENTS
 from neuroplastic.experiments import hebbian_pca as hp
 from neuroplastic.experiments.base import RunContext
 from neuroplastic.results import Key
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.testing import recorded_run
 
 TINY = dataclasses.replace(hp.Config(dataset="mnist-mini"), components=4, checkpoints=(300, 2000),
                            trials=2, lr=(0.01, 0.1))  # fmt: skip
@@ -35,18 +34,11 @@ def test_the_measures_on_known_subspaces():
 
 
 def records(errors, overlaps, n=5):
-    config = config_to_dict(hp.Config())
-    return [
-        RunRecord(
-            id=i, experiment=hp.NAME, config=config, config_hash=config_hash(config), seed=i,
-            quick=False, dataset="mnist", device="cpu", version="0", git_rev=None,
-            status="finished", started_at="", ended_at="", curves={}, curve_x_label=None,
-            error=None,
-            metrics={**{Key(r, "relative_error"): e for r, e in zip(hp.RULES, errors, strict=True)},
-                     **{Key(r, "overlap"): o for r, o in zip(hp.RULES, overlaps, strict=True)}},
-        )  # fmt: skip
-        for i in range(n)
-    ]
+    metrics = {
+        **{Key(r, "relative_error"): e for r, e in zip(hp.RULES, errors, strict=True)},
+        **{Key(r, "overlap"): o for r, o in zip(hp.RULES, overlaps, strict=True)},
+    }
+    return [recorded_run(hp.NAME, hp.Config(), i, metrics) for i in range(n)]
 
 
 def test_registered_and_the_verdict_follows_the_criterion():

@@ -6,12 +6,11 @@ import dataclasses
 import pytest
 import torch
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.experiments import EXPERIMENTS
 from neuroplastic.experiments import jaeger2004_mackey_glass as mg
 from neuroplastic.experiments.base import RunContext
 from neuroplastic.results import Key
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.testing import recorded_run
 
 TINY = dataclasses.replace(mg.quick(mg.Config()), units=60, trials=2, train_steps=800,
                            validation_starts=4, test_starts=4, max_horizon=90,
@@ -50,16 +49,16 @@ def test_both_methods_run_and_the_esn_beats_ar_on_the_chaotic_series():
 
 
 def records(esn, ar, n=5):
-    config = config_to_dict(mg.Config())
     return [
-        RunRecord(
-            id=seed, experiment=mg.NAME, config=config, config_hash=config_hash(config),
-            seed=seed, quick=False, dataset="mackey-glass", device="cpu", version="0",
-            git_rev=None, status="finished", started_at="", ended_at="", curves={},
-            curve_x_label=None, error=None,
-            metrics={Key("esn", "test_nrmse", size=mg.HORIZON): esn * (1 + 0.1 * seed),
-                     Key("ar", "test_nrmse", size=mg.HORIZON): ar},
-        )  # fmt: skip
+        recorded_run(
+            mg.NAME,
+            mg.Config(),
+            seed,
+            {
+                Key("esn", "test_nrmse", size=mg.HORIZON): esn * (1 + 0.1 * seed),
+                Key("ar", "test_nrmse", size=mg.HORIZON): ar,
+            },
+        )
         for seed in range(n)
     ]
 

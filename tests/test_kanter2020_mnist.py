@@ -10,7 +10,7 @@ from neuroplastic.experiments.base import RunContext
 from neuroplastic.models.mlp import MLP
 from neuroplastic.models.replica_mlp import ReplicaMLP
 from neuroplastic.results import Key
-from neuroplastic.store import RunRecord
+from neuroplastic.testing import recorded_run
 from neuroplastic.tuning import LogUniform, MemoryRecorder
 
 TINY = experiment.Config(
@@ -172,16 +172,8 @@ def test_config_rejects_unknown_methods_and_unbalanced_sizes():
 
 def record(seed, accelerated, momentum):
     key = lambda m: Key(m, "test_accuracy", size=300, cost="cross_entropy")  # noqa: E731
-    from neuroplastic.config import config_to_dict
-    from neuroplastic.store import config_hash
-
-    config = config_to_dict(experiment.Config())
-    return RunRecord(
-        id=seed, experiment=experiment.NAME, config=config, config_hash=config_hash(config),
-        seed=seed, quick=False, dataset="mnist-mini", device="cpu", version="0", git_rev=None,
-        status="finished", started_at="", ended_at="", curves={}, curve_x_label=None, error=None,
-        metrics={key("accelerated-sign"): accelerated, key("momentum"): momentum, key("adam"): 0.6},
-    )  # fmt: skip
+    metrics = {key("accelerated-sign"): accelerated, key("momentum"): momentum, key("adam"): 0.6}
+    return recorded_run(experiment.NAME, experiment.Config(), seed, metrics)
 
 
 def test_verdict_uses_the_paired_difference():

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from neuroplastic.config import config_fields, config_to_dict
+from neuroplastic.config import config_fields
 from neuroplastic.errors import DivergenceError
 from neuroplastic.experiments import kanter2020_perceptron as kp
 from neuroplastic.experiments.base import RunContext
@@ -32,7 +32,7 @@ from neuroplastic.models.lif_perceptron import (
     sort_inputs,
 )
 from neuroplastic.results import Key
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.testing import recorded_run
 from neuroplastic.tuning import MemoryRecorder, tune
 
 EXACT = {"rtol": 0.0, "atol": 0.0}
@@ -364,26 +364,8 @@ def test_config_is_documented_and_quick_is_shorter():
 
 
 def record(seed, metrics, *, quick=False, config=None, status="finished"):
-    config = config_to_dict(config or kp.Config())
-    return RunRecord(
-        id=seed + 1,
-        experiment=kp.NAME,
-        config=config,
-        config_hash=config_hash(config),
-        seed=seed,
-        quick=quick,
-        dataset="teacher-student",
-        device="cpu",
-        version="0",
-        git_rev=None,
-        status=status,
-        started_at="2026-01-01T00:00:00",
-        ended_at="2026-01-01T00:01:00",
-        metrics=metrics,
-        curves={},
-        curve_x_label="examples",
-        error=None,
-    )
+    return recorded_run(kp.NAME, config or kp.Config(), seed, metrics, id=seed + 1, quick=quick,
+                        status=status, curve_x_label="examples")  # fmt: skip
 
 
 def records(synaptic, dendritic, n=20):

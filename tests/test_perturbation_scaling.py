@@ -17,7 +17,8 @@ from neuroplastic.experiments.base import RunContext
 from neuroplastic.models.mlp import MLP
 from neuroplastic.results import Key
 from neuroplastic.runner import run_experiment
-from neuroplastic.store import RunRecord, Store, config_hash
+from neuroplastic.store import Store
+from neuroplastic.testing import recorded_run
 
 TINY = ps.Config(
     widths=(4, 8),
@@ -186,7 +187,6 @@ def record(
     """A default-config run whose per-layer exponents, losses and linear V / theory are given;
     node perturbation needs ``10 N M`` passes in the linear sweep, weight perturbation
     ``speed_gap`` times ``10 N^2 M``, serial perturbation ``serial_gap`` times weight's."""
-    config = config_to_dict(ps.Config())
     metrics = {}
     default = ps.Config()
     for n in default.speed_inputs:
@@ -205,12 +205,7 @@ def record(
     for width in ps.Config().train_widths:
         for method, loss in losses.items():
             metrics[Key(method, "train_loss", width=width)] = loss + 0.01 * seed
-    return RunRecord(
-        id=seed, experiment=ps.NAME, config=config, config_hash=config_hash(config), seed=seed,
-        quick=False, dataset="mnist-mini", device="cpu", version="0", git_rev=None,
-        status="finished", started_at="", ended_at="", curves={}, curve_x_label=None, error=None,
-        metrics=metrics,
-    )  # fmt: skip
+    return recorded_run(ps.NAME, ps.Config(), seed, metrics)
 
 
 SCALING = {ps.WEIGHT: (1.0, 0.0), ps.NODE: (0.05, 0.95)}

@@ -5,12 +5,11 @@ import dataclasses
 
 import torch
 
-from neuroplastic.config import config_to_dict
 from neuroplastic.experiments import EXPERIMENTS
 from neuroplastic.experiments import sussillo2009_force as fx
 from neuroplastic.experiments.base import RunContext
 from neuroplastic.results import Key
-from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.testing import recorded_run
 
 TINY = dataclasses.replace(fx.quick(fx.Config()), units=200, period=200, train_periods=8,
                            test_periods=2, eh_periods=2)  # fmt: skip
@@ -33,16 +32,10 @@ def test_periodicity_is_zero_for_repeating_rates_and_the_target_has_its_period()
 
 
 def records(errors, before=1.2, after=0.02):
-    config = config_to_dict(fx.Config())
+    shared = {Key("force", "periodicity_before"): before, Key("force", "periodicity_after"): after,
+              Key("eh", "test_error"): 0.5}  # fmt: skip
     return [
-        RunRecord(
-            id=i, experiment=fx.NAME, config=config, config_hash=config_hash(config), seed=i,
-            quick=False, dataset="none", device="cpu", version="0", git_rev=None,
-            status="finished", started_at="", ended_at="", curves={}, curve_x_label=None,
-            error=None,
-            metrics={Key("force", "test_error"): e, Key("force", "periodicity_before"): before,
-                     Key("force", "periodicity_after"): after, Key("eh", "test_error"): 0.5},
-        )  # fmt: skip
+        recorded_run(fx.NAME, fx.Config(), i, {Key("force", "test_error"): e, **shared})
         for i, e in enumerate(errors)
     ]
 

@@ -11,6 +11,7 @@ from neuroplastic.experiments import EXPERIMENTS
 from neuroplastic.experiments import tadros2022_split_mnist as split
 from neuroplastic.results import Key
 from neuroplastic.store import RunRecord, config_hash
+from neuroplastic.testing import recorded_run
 
 TINY = dataclasses.replace(
     split.quick(split.Config(dataset="mnist-mini")), per_task=60, hidden=(40, 30), init=0.1,
@@ -74,16 +75,13 @@ def test_each_tuned_method_gets_the_same_budget_scored_on_validation(tiny_runs):
 
 
 def records(finals: dict[str, list[float]], n: int = 5) -> list[RunRecord]:
-    config = config_to_dict(split.Config())
     return [
-        RunRecord(
-            id=seed, experiment=split.NAME, config=config, config_hash=config_hash(config),
-            seed=seed, quick=False, dataset="mnist", device="cpu", version="0", git_rev=None,
-            status="finished", started_at="", ended_at="", curves={}, curve_x_label=None,
-            error=None,
-            metrics={Key(m, "test_accuracy"): v + 0.01 * ((seed % 3) - 1)
-                     for m, v in finals.items()},
-        )  # fmt: skip
+        recorded_run(
+            split.NAME,
+            split.Config(),
+            seed,
+            {Key(m, "test_accuracy"): v + 0.01 * ((seed % 3) - 1) for m, v in finals.items()},
+        )
         for seed in range(n)
     ]
 

@@ -46,21 +46,30 @@ rules that write ``.grad`` themselves alike. Everything runs on copies of one mo
 ``model_factory`` (never the same object twice), under a forked global random state: a model that
 draws from torch's global generator (dropout) sees the same draws in the runs compared, and the
 caller's global random state is left as it was.
+
+:func:`recorded_run` builds a finished run as the store would return it, for testing an
+experiment's ``verdict`` (or a report) on synthetic runs with chosen metrics, without training.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+import neuroplastic
+from neuroplastic.config import config_to_dict
 from neuroplastic.credit.base import LOSSES, CreditRule, loss_per_example
 from neuroplastic.models.mlp import MLP
+from neuroplastic.results import Key
+from neuroplastic.store import RUN_STATUSES, RunRecord, config_hash
 
 RuleFactory = Callable[[nn.Module, torch.Generator], CreditRule]
 ModelFactory = Callable[[torch.Generator], nn.Module]
@@ -664,3 +673,85 @@ def check_rule(
                 else:
                     report.passed.append(key)
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# recorded_run: a synthetic run, to test a verdict or a report without training
+# ---------------------------------------------------------------------------------------------
+
+RECORDED_STARTED_AT = "2000-01-01T00:00:00.000+00:00"
+RECORDED_ENDED_AT = "2000-01-01T00:01:00.000+00:00"
+
+
+def recorded_run(experiment: str, config: Any, seed: int, metrics: Mapping[Key, float],
+                 **fields: Any) -> RunRecord:  # fmt: skip
+    """A run of ``experiment`` as :class:`~neuroplastic.store.Store` returns it, with the given
+    metrics: for testing an experiment's ``verdict`` (or its report) on synthetic runs, in this
+    library or in your own experiment, without training anything.
+
+    Args:
+        experiment: the experiment's name (its ``NAME``), as recorded.
+        config: the config the run used: a config dataclass instance (stored through
+            :func:`neuroplastic.config.config_to_dict`, as the runner stores it) or a dict.
+            ``config_hash`` is computed from it, so the run counts as a run of exactly this
+            config (a verdict that reads the default config's runs finds it when this is
+            ``Config()``); ``dataset`` is the config's ``dataset`` field (``"none"`` if it has
+            none), as the runner records it.
+        seed: the run's seed.
+        metrics: ``{Key: value}``, what the run measured (copied).
+        **fields: any other :class:`~neuroplastic.store.RunRecord` field, to override the
+            defaults of a finished full run: ``id=seed``, ``quick=False``, ``device="cpu"``,
+            ``version=neuroplastic.__version__``, ``git_rev=None``, ``status="finished"``,
+            fixed ``started_at`` / ``ended_at`` timestamps (``ended_at=None`` when ``status`` is
+            ``"running"``), ``curves={}``, ``curve_x_label=None``, ``error=None``,
+            ``hyperparameters={}``. ``config_hash`` and ``dataset`` can be overridden too.
+
+    Raises:
+        TypeError: a keyword that is not a ``RunRecord`` field.
+        ValueError: a ``status`` that is not one of ``neuroplastic.store.RUN_STATUSES``.
+
+    Example::
+
+        >>> from neuroplastic.experiments import hebbian_pca as hp
+        >>> from neuroplastic.results import Key
+        >>> from neuroplastic.testing import recorded_run
+        >>> runs = [recorded_run(hp.NAME, hp.Config(), seed, {Key("oja", "overlap"): 0.99})
+        ...         for seed in range(5)]
+        >>> runs[0].status, runs[0].dataset, runs[4].id
+        ('finished', 'mnist', 4)
+    """
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        stored = config_to_dict(config)
+    elif isinstance(config, Mapping):
+        stored = copy.deepcopy(dict(config))
+    else:
+        raise TypeError(f"config must be a config dataclass instance or a dict, got {config!r}")
+    known = {f.name for f in dataclasses.fields(RunRecord)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise TypeError(f"recorded_run: {unknown} are not RunRecord fields ({sorted(known)})")
+    status = fields.get("status", "finished")
+    if status not in RUN_STATUSES:
+        raise ValueError(f"recorded_run: status must be one of {RUN_STATUSES}, got {status!r}")
+    values: dict[str, Any] = {
+        "id": seed,
+        "experiment": experiment,
+        "config": stored,
+        "config_hash": config_hash(stored),
+        "seed": seed,
+        "quick": False,
+        "dataset": stored.get("dataset", "none"),
+        "device": "cpu",
+        "version": neuroplastic.__version__,
+        "git_rev": None,
+        "status": status,
+        "started_at": RECORDED_STARTED_AT,
+        "ended_at": None if status == "running" else RECORDED_ENDED_AT,
+        "metrics": dict(metrics),
+        "curves": {},
+        "curve_x_label": None,
+        "error": None,
+        "hyperparameters": {},
+    }
+    values.update(fields)
+    return RunRecord(**values)
