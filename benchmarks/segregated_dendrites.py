@@ -1,7 +1,7 @@
 """Speed of the segregated-dendrite simulation, against the authors' NumPy code on the same machine.
 
     python benchmarks/segregated_dendrites.py [--replicas 1 5 20] [--examples 200]
-        [--reference PATH/TO/deep_learning.py] [--device cpu] [--backend torch numba]
+        [--reference PATH/TO/deep_learning.py] [--device cpu] [--backend torch numba numba-counter]
 
 Measures, on MNIST images (``$NEUROPLASTIC_DATA`` or the bundled mnist-mini), 784-500-10 with
 random feedback and the paper's phase lengths:
@@ -13,6 +13,9 @@ random feedback and the paper's phase lengths:
 
 each for every ``--backend`` of ``simulate_phase`` (``torch``: vectorised over time steps;
 ``numba``: the compiled time loop, the ``fast`` extra), on the same images and random streams.
+``numba-counter``: the counter-based random stream (``kernels.counter_random``) instead of
+torch generators, so that a training example is one compiled call (both phases and the plateau
+update, uniforms drawn in the loop) and a test chunk one compiled phase without pre-drawn noise.
 
 With ``--reference`` (a local copy of ``deep_learning.py`` from
 jordan-g/Segregated-Dendrite-Deep-Learning; never committed here) the same two figures for the
@@ -34,6 +37,7 @@ import torch
 
 from neuroplastic.credit.plateau import learn_example
 from neuroplastic.errors import DataError
+from neuroplastic.kernels.counter_random import CounterStream
 from neuroplastic.models.segregated_dendrites import (
     SegregatedDendriteNet,
     phase_lengths,
@@ -42,10 +46,18 @@ from neuroplastic.models.segregated_dendrites import (
 from neuroplastic.tasks.datasets import load_dataset
 
 
+def streams(backend: str, replicas: int, device):
+    """The random streams of ``backend`` (``numba-counter``: keys of the counter-based stream)
+    and the backend name ``learn_example``/``predict`` take."""
+    if backend == "numba-counter":
+        return CounterStream.of(range(replicas), range(replicas)), "numba"
+    return [torch.Generator(device=device).manual_seed(r) for r in range(replicas)], backend
+
+
 def ours_training(data, replicas: int, examples: int, device, backend: str) -> float:
     net = SegregatedDendriteNet((784, 500, 10), replicas, "random").to(device)
     params = net.params
-    gens = [torch.Generator(device=device).manual_seed(r) for r in range(replicas)]
+    gens, backend = streams(backend, replicas, device)
     lengths = phase_lengths(params, torch.Generator().manual_seed(0), examples + 5).tolist()
     lengths[examples:] = [(50, 50), (51, 52), (53, 50), (50, 56), (60, 51)]  # warm-up lengths
     order = torch.randint(
@@ -60,8 +72,9 @@ def ours_training(data, replicas: int, examples: int, device, backend: str) -> f
         nonlocal state
         index = order[i].to(device)
         x, y = params.phi_max * data.train_x[index], data.train_y[index]
+        stream = gens._replace(example=i) if isinstance(gens, CounterStream) else gens
         state, _, _ = learn_example(
-            net, state, x, y, gens, lengths[i], (0.21, 0.21), backend=backend
+            net, state, x, y, stream, lengths[i], (0.21, 0.21), backend=backend
         )
 
     for i in range(5):
@@ -76,7 +89,7 @@ def ours_training(data, replicas: int, examples: int, device, backend: str) -> f
 
 def ours_testing(data, replicas: int, examples: int, device, backend: str) -> float:
     net = SegregatedDendriteNet((784, 500, 10), replicas, "random").to(device)
-    gens = [torch.Generator(device=device).manual_seed(r) for r in range(replicas)]
+    gens, backend = streams(backend, replicas, device)
     predict(net, data.test_x[:25], gens, backend=backend)
     sync(device)
     start = time.perf_counter()
@@ -142,8 +155,9 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--backend", nargs="+", default=["torch"], choices=["torch", "numba"],
-        help="simulate_phase backends to time (numba: the fast extra, CPU only)",
+        "--backend", nargs="+", default=["torch"], choices=["torch", "numba", "numba-counter"],
+        help="simulate_phase backends to time (numba: the fast extra, CPU only; numba-counter: "
+        "numba on the counter-based stream, one compiled call per training example)",
     )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -6,8 +6,10 @@ import torch
 
 pytest.importorskip("numba")
 
-from neuroplastic.credit.plateau import learn_example  # noqa: E402
+from neuroplastic.credit.plateau import learn_example, plateau_step  # noqa: E402
+from neuroplastic.kernels.counter_random import FORWARD, TARGET, CounterStream  # noqa: E402
 from neuroplastic.models.segregated_dendrites import (  # noqa: E402
+    CounterPhase,
     DendriticParams,
     PhaseAverages,
     SegregatedDendriteNet,
@@ -150,3 +152,143 @@ def test_backend_choice():
     x = x.to(torch.bfloat16)
     result = simulate_phase(half, half.initial_state(), x, noise, 20, backend="numba")
     assert result.averages.soma[-1].dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- the counter-based stream
+
+
+def reference_example(net, state, x, y, stream, steps, rates):
+    """``learn_example``'s math spelled out on the reference loop: the two phases fed the
+    counter stream's uniforms as ``PhaseNoise`` (``counter_noise``), then the plateau step."""
+    window = net.params.integration_steps
+    noise = net.counter_noise(steps[0], stream, FORWARD, input_rates=x)
+    forward = simulate_phase_reference(net, state, x, noise, window)
+    noise = net.counter_noise(steps[1], stream, TARGET, input_rates=x)
+    target = simulate_phase_reference(net, forward.state, x, noise, window, y)
+    plateau_step(net, forward.averages, target.averages, rates)
+    net.sync_feedback()
+    return target.state, forward.averages, target.averages
+
+
+def assert_examples_equal(ref, fast, rtol, atol):
+    """The same state (spike histories exactly: counts), averages to ``rtol``."""
+    (ref_state, *ref_averages), (fast_state, *fast_averages) = ref, fast
+    for a, b in zip(ref_state.spike_history, fast_state.spike_history, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(ref_state.input_history, fast_state.input_history)
+    for a, b in zip(ref_state.soma, fast_state.soma, strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+    for ref_phase, fast_phase in zip(ref_averages, fast_averages, strict=True):
+        for field in PhaseAverages._fields:
+            pairs = zip(getattr(ref_phase, field), getattr(fast_phase, field), strict=True)
+            for a, b in pairs:
+                torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+def train_both(sizes, params, replicas, examples=4, dtype=F64, feedback="random", rtol=1e-10,
+               atol=1e-12):  # fmt: skip
+    """``examples`` online examples through the compiled whole-example path and through the
+    reference, weights and state carried across; returns the hidden and output spikes seen."""
+    rates = (0.23, 0.23, 0.12)[-(len(sizes) - 1) :]
+    nets = [make_net(sizes, replicas, feedback, params, dtype) for _ in range(2)]
+    x = nets[0].params.phi_max * images(replicas, examples, sizes[0], dtype)
+    labels = torch.randint(0, sizes[-1], (replicas, examples),
+                           generator=torch.Generator().manual_seed(3))  # fmt: skip
+    lengths = phase_lengths(nets[0].params, torch.Generator().manual_seed(0), examples).tolist()
+    stream = CounterStream.of(range(11, 11 + replicas), range(replicas))
+    fast_state = ref_state = nets[0].initial_state()
+    fired = 0
+    for example, steps in enumerate(lengths):
+        xi, yi = x[:, example : example + 1], labels[:, example : example + 1]
+        key = stream._replace(example=100 + example)
+        fast = learn_example(nets[0], fast_state, xi, yi, key, steps, rates, backend="numba")
+        ref = reference_example(nets[1], ref_state, xi, yi, key, steps, rates)
+        assert_examples_equal(ref, fast, rtol, atol)
+        for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+        fast_state, ref_state = fast[0], ref[0]
+        fired += sum(int(h.sum()) for h in ref_state.spike_history)
+    assert not torch.equal(nets[0].weights[0], make_net(sizes, replicas, dtype=dtype).weights[0])
+    return fired
+
+
+@pytest.mark.parametrize("dynamics", ["authors", "paper", "apical"])
+@pytest.mark.parametrize("sizes", [(30, 5), (30, 12, 5), (30, 12, 8, 5)])
+def test_compiled_example_equals_the_reference_on_the_counter_stream(sizes, dynamics):
+    """One compiled call per example (two phases drawing their uniforms inside the loop, and
+    the plateau update) against the reference fed the same uniforms: 0, 1 and 2 hidden layers,
+    the authors' and the paper's kernel and integration, apical drive; four examples with the
+    weights carried; 2 replicas (the parallel loop) and 1 (called directly)."""
+    for replicas in (2, 1):
+        assert train_both(sizes, DYNAMICS[dynamics], replicas) > 0
+
+
+def test_compiled_example_in_single_precision_and_with_symmetric_feedback():
+    dtype = torch.float32
+    for sizes, params in [((30, 12, 5), DYNAMICS["authors"]), ((30, 12, 8, 5), DYNAMICS["paper"])]:
+        assert train_both(sizes, params, 2, dtype=dtype, rtol=1e-5, atol=1e-6) > 0
+    assert train_both((30, 12, 8, 5), DYNAMICS["authors"], 2, feedback="symmetric") > 0
+
+
+def test_learn_example_on_the_counter_stream_agrees_across_backends():
+    """``torch`` simulates the phases on ``counter_noise``; ``numba`` runs the compiled example;
+    the same weights after five examples."""
+    sizes, rates = (30, 12, 5), (0.23, 0.12)
+    nets = [make_net(sizes) for _ in range(2)]
+    x = nets[0].params.phi_max * images(3, 5, sizes[0])
+    labels = torch.randint(0, 5, (3, 5), generator=torch.Generator().manual_seed(3))
+    lengths = phase_lengths(nets[0].params, torch.Generator().manual_seed(0), 5).tolist()
+    stream = CounterStream.of([0, 1, 2])
+    for net, backend in zip(nets, ["torch", "numba"], strict=True):
+        state = net.initial_state()
+        for example, steps in enumerate(lengths):
+            xi, yi = x[:, example : example + 1], labels[:, example : example + 1]
+            key = stream._replace(example=example)
+            state, _, _ = learn_example(net, state, xi, yi, key, steps, rates, backend=backend)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dynamics", ["authors", "apical"])
+def test_compiled_phase_on_the_counter_stream_gives_the_same_spikes(dynamics):
+    """``simulate_phase(noise=CounterPhase(...), backend="numba")`` draws in the loop: the same
+    spikes, averages and state as the reference on ``counter_noise``, for a batch of examples."""
+    net = make_net((30, 12, 8, 5), params=DYNAMICS[dynamics])
+    x = net.params.phi_max * images(3, 4, 30)
+    labels = torch.randint(0, 5, (3, 4), generator=torch.Generator().manual_seed(5))
+    stream = CounterStream.of([5, 6, 7], example=40)
+    ref_state = fast_state = net.initial_state(4)
+    for index, (phase, steps) in enumerate([(FORWARD, 53), (TARGET, 51)]):
+        target = labels if index else None
+        noise = net.counter_noise(steps, stream, phase, examples=4, input_rates=x)
+        ref = simulate_phase_reference(net, ref_state, x, noise, 20, target, keep_spikes=True)
+        fast = simulate_phase(net, fast_state, x, CounterPhase(stream, phase, steps), 20, target,
+                              keep_spikes=True, backend="numba")  # fmt: skip
+        assert_phases_equal(ref, fast, 1e-10, 1e-12)
+        ref_state, fast_state = ref.state, fast.state
+
+
+def test_counter_noise_does_not_depend_on_batching():
+    """Example b of a batch starting at example e is example e + b; a replica's uniforms depend
+    on its key, not on its place in the batch or on the other replicas."""
+    net = make_net((30, 12, 5), replicas=3)
+    stream = CounterStream.of([1, 2, 3], example=7)
+    batch = net.counter_noise(20, stream, FORWARD, examples=3)
+    for b in range(3):
+        one = net.counter_noise(20, stream._replace(example=7 + b), FORWARD)
+        for a, c in zip((batch.input, *batch.layers), (one.input, *one.layers), strict=True):
+            assert torch.equal(a[:, b : b + 1], c)
+    alone = make_net((30, 12, 5), replicas=1)
+    single = alone.counter_noise(20, CounterStream(stream.keys[1:2], 7), FORWARD, examples=3)
+    assert torch.equal(single.layers[0], batch.layers[0][1:2])
+    assert not torch.equal(batch.layers[0][0], batch.layers[0][1])
+
+
+def test_prediction_on_the_counter_stream_does_not_depend_on_chunks():
+    net = make_net((30, 12, 5), replicas=2)
+    x = images(2, 7, 30)
+    stream = CounterStream.of([3, 4])
+    ref = predict(net, x, stream, chunk=7, reference=True)
+    for chunk in (1, 3):
+        assert torch.equal(predict(net, x, stream, chunk=chunk, backend="numba"), ref)
+    assert torch.equal(predict(net, x, stream, chunk=2, backend="torch"), ref)

@@ -1,7 +1,8 @@
 """Fast paths: compiled loops that replace a readable PyTorch reference, each tested equal to it.
 ``numba_rsnn``: the recurrent spiking network's time loop on the CPU (the ``fast`` extra);
 ``triton_rsnn``: the same loop fused into one GPU kernel (the ``triton`` extra);
-``numba_dendrites``: a phase of the segregated-dendrite network on the CPU (the ``fast`` extra);
+``numba_dendrites``: a phase of the segregated-dendrite network on the CPU, or a whole training
+example on the counter-based random stream of ``counter_random`` (the ``fast`` extra);
 ``rsnn_functions``: both as autograd Functions."""
 
 from __future__ import annotations

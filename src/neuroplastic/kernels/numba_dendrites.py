@@ -27,6 +27,13 @@ Poisson counts invert the CDF at the uniform as ``poisson_from_uniform`` does, w
 float operations in the same order, so the same uniforms give the same spikes: exactly for the
 input (its rates are given), and for the layers unless a uniform falls within rounding of a
 threshold (their potentials are summed in another order than PyTorch's).
+
+The uniforms come either pre-drawn (``PhaseNoise``, :func:`phase`) or from the counter-based
+stream of :mod:`neuroplastic.kernels.counter_random`, hashed inside the loop step by step: only
+for the inputs with a non-zero rate, and without any array of uniforms. With the stream a whole
+online training example is one call (:func:`learn`): the forward phase, the target phase and
+the plateau update of ``credit.plateau`` (``dW_l = P_l E_l (x) PSP_below``, rows whose mean PSP
+is zero skipped), so nothing returns to Python between the phases.
 """
 
 from __future__ import annotations
@@ -36,8 +43,20 @@ import functools
 import numpy as np
 from numba import njit, prange
 
+from neuroplastic.kernels import counter_random
+from neuroplastic.kernels.counter_random import GOLDEN
+
 MAX_COUNT = 16
 """``poisson_from_uniform``'s ``max_count``."""
+
+# The counter-based stream one value at a time: the very function NumPy runs vectorised.
+_mix = njit(cache=True, inline="always")(counter_random.mix)
+
+
+@njit(cache=True, inline="always")
+def _combine(key, part):  # pragma: no cover - compiled
+    """``counter_random.combine`` of two uint64 words."""
+    return _mix(key ^ _mix(part + GOLDEN))
 
 
 @functools.lru_cache(maxsize=64)
@@ -90,9 +109,14 @@ def _example(
     r, b, weights, biases, feedback, input_history, somas, histories, input_rates, input_exp,
     input_uniform, layer_uniforms, labels, kernel, psp_weights, delayed_weights, constants,
     window, target, coupled, keep, new_input_history, input_psp, new_somas, new_histories,
-    soma_means, rate_means, psp_means, apical_means, input_spikes, layer_spikes,
+    soma_means, rate_means, psp_means, apical_means, input_spikes, layer_spikes, steps, counter,
+    phase_key, codes, shift, scale,
 ):  # pragma: no cover - compiled; fmt: skip
-    """One phase of replica ``r``, example ``b`` (see :func:`phase` for the arguments)."""
+    """One phase of replica ``r``, example ``b`` (see :func:`phase` for the arguments), of
+    ``steps`` steps. With ``counter`` the uniforms are not read from ``input_uniform`` and
+    ``layer_uniforms`` but drawn step by step from the counter-based stream of ``phase_key``
+    (``kernels.counter_random``: ``codes[j] = mix(j + G)``, the hash's top bits ``>> shift``
+    times ``scale``)."""
     dtype = kernel.dtype.type
     one, half = dtype(1.0), dtype(0.5)
     zero = one - one
@@ -105,7 +129,6 @@ def _example(
     n_layers = len(weights)
     n_hidden = n_layers - 1
     k_taps = kernel.shape[0]
-    steps = input_uniform.shape[2]
     n_in = input_rates.shape[2]
     n_out = weights[n_layers - 1].shape[2]
 
@@ -123,6 +146,7 @@ def _example(
     basal = np.empty(widest, dtype=kernel.dtype)
     apical = np.empty(widest, dtype=kernel.dtype)
     candidates = np.empty(widest, dtype=np.int64)
+    rates = np.empty(widest, dtype=kernel.dtype)
     output_ring = np.zeros((k_taps, n_out), dtype=kernel.dtype)  # output counts, step t at t % K
     output_psp = np.empty(n_out, dtype=kernel.dtype)
     output_mean = np.zeros(n_out, dtype=kernel.dtype)  # window mean of PSP_out(t - 1)
@@ -144,6 +168,15 @@ def _example(
             n_active += 1
     w_in = weights[0][r]
     n_first = sizes[0]
+    # Counter-based uniforms: an input's is hashed where it is used (only active inputs need
+    # one; ``step_input`` only stands in for the pre-drawn row), a layer's go into
+    # ``step_layer``, which stands where the pre-drawn row of ``layer_uniforms`` would.
+    step_input = np.zeros(1, dtype=kernel.dtype)
+    step_layer = np.empty(widest, dtype=kernel.dtype)
+    input_key = _combine(phase_key, np.uint64(0))
+    layer_keys = np.empty(n_layers, dtype=np.uint64)
+    for layer in range(n_layers):
+        layer_keys[layer] = _combine(phase_key, np.uint64(layer + 1))
     for h in range(k_taps):
         drive = ring[0, h]
         counts = input_history[r, b, h]
@@ -186,10 +219,16 @@ def _example(
         drive = ring[0, slot]
         for j in range(n_first):
             drive[j] = zero
-        uniform_in = input_uniform[r, b, t]
+        uniform_in = input_uniform[r, b, t] if not counter else step_input
+        row_key = _combine(input_key, np.uint64(t))
         for a in range(n_active):
             i = active[a]
-            count = _poisson(rates_in[i], uniform_in[i] * exp_in[i], one, half)
+            # the counter-based uniform is hashed where it is used (no row of them to fill)
+            if counter:
+                uniform = dtype(_mix(row_key ^ codes[i]) >> shift) * scale
+            else:
+                uniform = uniform_in[i]
+            count = _poisson(rates_in[i], uniform * exp_in[i], one, half)
             if count == 0:
                 continue
             value = dtype(count)
@@ -257,13 +296,21 @@ def _example(
             drive = ring[layer + 1, slot] if layer < n_hidden else ring[layer, slot]
             for m in range(n_next):
                 drive[m] = zero
-            uniforms = layer_uniforms[layer][r, b, t]
+            if counter:
+                row_key = _combine(layer_keys[layer], np.uint64(t))
+                for j in range(n):
+                    step_layer[j] = dtype(_mix(row_key ^ codes[j]) >> shift) * scale
+                uniforms = step_layer
+            else:
+                uniforms = layer_uniforms[layer][r, b, t]
             if in_window:
                 soma_layer, rate_layer = soma_sum[layer], rate_sum[layer]
                 for j in range(n):
                     c = c_layer[j]
                     soma_layer[j] += c
-                    rate_layer[j] += phi_max * (one / (one + np.exp(-c)))
+                    rate = phi_max * (one / (one + np.exp(-c)))
+                    rates[j] = rate  # the spikes below need it too: one exponential, not two
+                    rate_layer[j] += rate
             # u exp(rate) <= u exp(phi_max) < 1 below ``quiet``: no spike whatever the rate.
             # Four uniforms in five are below it; the rest are gathered without branches.
             n_candidates = 0
@@ -279,7 +326,10 @@ def _example(
             delayed_weight = delayed_weights[k_taps + t]
             for index in range(n_candidates):
                 j = candidates[index]
-                rate = phi_max * (one / (one + np.exp(-c_layer[j])))
+                if in_window:
+                    rate = rates[j]
+                else:
+                    rate = phi_max * (one / (one + np.exp(-c_layer[j])))
                 count = _poisson(rate, uniforms[j] * np.exp(rate), one, half)
                 if count == 0:
                     continue
@@ -322,22 +372,29 @@ def _phase(
     weights, biases, feedback, input_history, somas, histories, input_rates, input_exp,
     input_uniform, layer_uniforms, labels, kernel, psp_weights, delayed_weights, constants,
     window, target, coupled, keep, new_input_history, input_psp, new_somas, new_histories,
-    soma_means, rate_means, psp_means, apical_means, input_spikes, layer_spikes,
+    soma_means, rate_means, psp_means, apical_means, input_spikes, layer_spikes, steps,
+    counter, keys, example, phase_index, codes, shift, scale,
 ):  # pragma: no cover - compiled; fmt: skip
     replicas, examples = input_rates.shape[0], input_rates.shape[1]
     for index in prange(replicas * examples):
+        r, b = index // examples, index % examples
+        phase_key = np.uint64(0)
+        if counter:  # example b of the batch is example ``example + b`` of the stream
+            phase_key = _combine(_combine(keys[r], np.uint64(example + b)), np.uint64(phase_index))
         _example(
-            index // examples, index % examples, weights, biases, feedback, input_history,
-            somas, histories, input_rates, input_exp, input_uniform, layer_uniforms, labels,
-            kernel, psp_weights, delayed_weights, constants, window, target, coupled, keep,
-            new_input_history, input_psp, new_somas, new_histories, soma_means, rate_means,
-            psp_means, apical_means, input_spikes, layer_spikes,
+            r, b, weights, biases, feedback, input_history, somas, histories, input_rates,
+            input_exp, input_uniform, layer_uniforms, labels, kernel, psp_weights,
+            delayed_weights, constants, window, target, coupled, keep, new_input_history,
+            input_psp, new_somas, new_histories, soma_means, rate_means, psp_means,
+            apical_means, input_spikes, layer_spikes, steps, counter, phase_key, codes, shift,
+            scale,
         )  # fmt: skip
 
 
 def phase(
     weights, biases, feedback, input_history, somas, histories, input_rates, input_uniform,
     layer_uniforms, labels, kernel, constants, window, coupled, keep, out, input_exp=None,
+    counter=None,
 ) -> None:  # fmt: skip
     """One phase for every replica and example, written into the arrays of ``out``.
 
@@ -352,26 +409,35 @@ def phase(
     ``keep``: whether to record spikes; ``input_exp``: ``exp(input_rates)`` as the reference
     computes it (PyTorch's exponential may round differently from NumPy's).
 
+    ``counter``: None, or ``(keys, example, phase, steps)`` to draw the uniforms inside the loop
+    from the counter-based stream instead (``kernels.counter_random``: replica ``r``, example
+    ``b`` at ``keys[r] -> example + b -> phase``; ``keys`` (R,) uint64); the uniform arguments
+    are then ignored (None).
+
     ``out``: zero-filled arrays ``new_input_history``, ``input_psp`` (R, B, n_in),
     ``new_somas``, ``new_histories``, ``soma_means``, ``rate_means``, ``psp_means`` (per hidden
     layer, its output train's mean PSP), ``apical_means``, and with ``keep`` ``input_spikes``
     (R, B, T, n_in) and ``layer_spikes``, in that order (a dict or sequence).
     """
     dtype = kernel.dtype
-    steps = input_uniform.shape[2]
-    taps = tuple(float(v) for v in kernel)
-    psp_weights = window_weights(steps, window, taps, 0, dtype)
-    delayed_weights = window_weights(steps, window, taps, 1, dtype)
-    phi_max = float(constants[8])
-    # Uniforms below this cannot give a spike whatever the rate (<= phi_max): u exp(phi_max) is
-    # kept a safe margin below 1 so that an exp rounded differently from PyTorch's cannot matter.
-    quiet = (1.0 - 1e-4) * np.exp(-phi_max)
-    constants = np.asarray([*constants, quiet], dtype=dtype)
+    n_layers = len(weights)
+    if counter is None:
+        steps = input_uniform.shape[2]
+        keys, example, phase_index = np.zeros(1, dtype=np.uint64), 0, 0
+        codes, shift, scale = keys, np.uint64(0), dtype.type(0.0)
+    else:
+        keys, example, phase_index, steps = counter
+        bits = counter_random.mantissa_bits(dtype)
+        widest = max(input_rates.shape[2], *(w.shape[2] for w in weights))
+        codes, shift, scale = _codes(widest), np.uint64(64 - bits), dtype.type(2.0**-bits)
+        input_uniform = np.zeros((1, 1, 1, 1), dtype=dtype)
+        layer_uniforms = (input_uniform,) * n_layers
+    psp_weights, delayed_weights = _phase_window(steps, window, kernel.tobytes(), dtype)
+    constants = _phase_constants(tuple(constants), dtype)
     (
         new_input_history, input_psp, new_somas, new_histories, soma_means, rate_means,
         psp_means, apical_means, input_spikes, layer_spikes,
     ) = out  # fmt: skip
-    n_layers = len(weights)
     # Numba indexes homogeneous tuples at run time; a tuple needs at least one member to be
     # typed, so the per-hidden-layer ones get a placeholder in a network without hidden layers.
     pad3 = np.zeros((1, 1, 1), dtype=dtype)
@@ -390,5 +456,204 @@ def phase(
         tuple(layer_uniforms), labels, kernel, psp_weights, delayed_weights, constants,
         window, target, coupled, keep, new_input_history, input_psp, tuple(new_somas),
         tuple(new_histories), tuple(soma_means), tuple(rate_means), tuple(psp_means),
-        tuple(apical_means), input_spikes, tuple(layer_spikes),
+        tuple(apical_means), input_spikes, tuple(layer_spikes), steps, counter is not None,
+        np.asarray(keys, dtype=np.uint64), example, phase_index, codes, shift, scale,
     )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _phase_constants(constants: tuple[float, ...], dtype: np.dtype) -> np.ndarray:
+    """``_constants`` and the quiet uniform, as the kernel's dtype (built once per setting)."""
+    phi_max = float(constants[8])
+    # Uniforms below this cannot give a spike whatever the rate (<= phi_max): u exp(phi_max) is
+    # kept a safe margin below 1 so that an exp rounded differently from PyTorch's cannot matter.
+    quiet = (1.0 - 1e-4) * np.exp(-phi_max)
+    return np.asarray([*constants, quiet], dtype=dtype)
+
+
+@njit(cache=True, inline="always")
+def _sigmoid(x, one):  # pragma: no cover - compiled
+    return one / (one + np.exp(-x))
+
+
+@njit(cache=True)
+def _plateau(
+    r, weights, biases, forward_soma, target_rate, forward_apical, target_apical, input_psp,
+    psp_means, rule,
+):  # pragma: no cover - compiled; fmt: skip
+    """``credit.plateau.plateau_step`` for replica ``r`` (one example): the errors
+
+        E_out = -(rate_t - phi_max sigmoid(C_f)) k_d phi_max sigmoid'(C_f)
+        E_l   = -(sigmoid(A_t) - sigmoid(A_f)) k_b phi_max sigmoid'(C_f)
+
+    and ``W_l += alpha_l PSP_below (x) E_l``, ``b_l += alpha_l E_l`` with
+    ``alpha_l = -eta_l P_l`` (``rule``: k_d, k_b, phi_max, then alpha_l per layer). Rows whose
+    mean PSP is 0 are skipped: their change is exactly 0. The products are taken in PyTorch's
+    order (``-(difference) k phi_max``, then the slope), so float64 agrees to rounding."""
+    one = rule.dtype.type(1.0)
+    zero = one - one
+    k_d, k_b, phi_max = rule[0], rule[1], rule[2]
+    n_layers = len(weights)
+    n_hidden = n_layers - 1
+    widest = 0
+    for layer in range(n_layers):
+        widest = max(widest, weights[layer].shape[2])
+    error = np.empty(widest, dtype=rule.dtype)
+    for layer in range(n_layers):
+        n = weights[layer].shape[2]
+        c_f = forward_soma[layer][r, 0]
+        if layer < n_hidden:
+            a_f, a_t = forward_apical[layer][r, 0], target_apical[layer][r, 0]
+            for j in range(n):
+                s = _sigmoid(c_f[j], one)
+                plateau = _sigmoid(a_t[j], one) - _sigmoid(a_f[j], one)
+                error[j] = -plateau * k_b * phi_max * (s * (one - s))
+        else:
+            rate_t = target_rate[layer][r, 0]
+            for j in range(n):
+                s = _sigmoid(c_f[j], one)
+                error[j] = -(rate_t[j] - phi_max * s) * k_d * phi_max * (s * (one - s))
+        alpha = rule[3 + layer]
+        below = input_psp[r, 0] if layer == 0 else psp_means[layer - 1][r, 0]
+        w = weights[layer][r]
+        for i in range(below.shape[0]):
+            value = below[i]
+            if value == zero:
+                continue
+            row = w[i]
+            for j in range(n):
+                row[j] += alpha * (value * error[j])
+        bias = biases[layer][r]
+        for j in range(n):
+            bias[j] += alpha * error[j]
+
+
+@njit(cache=True)
+def _learn(
+    r, weights, biases, feedback, input_history, somas, histories, input_rates, input_exp,
+    labels, kernel, forward_psp, forward_delayed, target_psp, target_delayed, constants, rule,
+    window, coupled, keys, example, forward_steps, target_steps, codes, shift, scale,
+    middle_history, middle_somas, middle_histories, f_psp, f_soma, f_rate, f_psp_means,
+    f_apical, new_input_history, new_somas, new_histories, t_psp, t_soma, t_rate, t_psp_means,
+    t_apical, spikes, layer_spikes,
+):  # pragma: no cover - compiled; fmt: skip
+    """One online example of replica ``r``: the forward phase (state -> ``middle_*``), the
+    target phase (``middle_*`` -> ``new_*``), both drawing from the counter-based stream, then
+    the plateau update of the weights in place. ``f_*`` and ``t_*``: the input PSP, soma, rate, PSP
+    and apical means of the forward and the target phase."""
+    example_key = _combine(keys[r], np.uint64(example))
+    _example(
+        r, 0, weights, biases, feedback, input_history, somas, histories, input_rates, input_exp,
+        spikes, layer_spikes, labels, kernel, forward_psp, forward_delayed, constants, window,
+        False, coupled, False, middle_history, f_psp, middle_somas, middle_histories, f_soma,
+        f_rate, f_psp_means, f_apical, spikes, layer_spikes, forward_steps, True,
+        _combine(example_key, np.uint64(0)), codes, shift, scale,
+    )  # fmt: skip
+    _example(
+        r, 0, weights, biases, feedback, middle_history, middle_somas, middle_histories,
+        input_rates, input_exp, spikes, layer_spikes, labels, kernel, target_psp,
+        target_delayed, constants, window, True, coupled, False, new_input_history, t_psp,
+        new_somas, new_histories, t_soma, t_rate, t_psp_means, t_apical, spikes, layer_spikes,
+        target_steps, True, _combine(example_key, np.uint64(1)), codes, shift, scale,
+    )  # fmt: skip
+    _plateau(r, weights, biases, f_soma, t_rate, f_apical, t_apical, f_psp, f_psp_means, rule)
+
+
+@njit(parallel=True, cache=True)
+def _learn_batch(
+    weights, biases, feedback, input_history, somas, histories, input_rates, input_exp,
+    labels, kernel, forward_psp, forward_delayed, target_psp, target_delayed, constants, rule,
+    window, coupled, keys, example, forward_steps, target_steps, codes, shift, scale,
+    middle_history, middle_somas, middle_histories, f_psp, f_soma, f_rate, f_psp_means,
+    f_apical, new_input_history, new_somas, new_histories, t_psp, t_soma, t_rate, t_psp_means,
+    t_apical, spikes, layer_spikes,
+):  # pragma: no cover - compiled; fmt: skip
+    for r in prange(input_rates.shape[0]):
+        _learn(
+            r, weights, biases, feedback, input_history, somas, histories, input_rates,
+            input_exp, labels, kernel, forward_psp, forward_delayed, target_psp, target_delayed,
+            constants, rule, window, coupled, keys, example, forward_steps, target_steps, codes,
+            shift, scale, middle_history, middle_somas, middle_histories, f_psp, f_soma, f_rate,
+            f_psp_means, f_apical, new_input_history, new_somas, new_histories, t_psp, t_soma,
+            t_rate, t_psp_means, t_apical, spikes, layer_spikes,
+        )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=16)
+def _codes(units: int) -> np.ndarray:
+    """``mix(j + G)`` for ``j < units``: the per-unit half of ``combine(row key, j)``."""
+    return counter_random.mix(np.arange(units, dtype=np.uint64) + GOLDEN)
+
+
+@functools.lru_cache(maxsize=256)
+def _phase_window(steps: int, window: int, kernel: bytes, dtype: np.dtype):
+    """:func:`window_weights` of a phase of ``steps`` steps, undelayed and one step late, for
+    the taps ``kernel`` (their bytes: a key that is cheap to hash)."""
+    taps = tuple(float(v) for v in np.frombuffer(kernel, dtype=dtype))
+    return (
+        window_weights(steps, window, taps, 0, dtype),
+        window_weights(steps, window, taps, 1, dtype),
+    )
+
+
+def learn(
+    weights, biases, feedback, state, input_rates, labels, kernel, constants, rule, window,
+    coupled, keys, example, phase_steps, forward, target, input_exp=None,
+) -> None:  # fmt: skip
+    """One online training example of every replica, in one compiled call: the forward phase,
+    the target phase and the plateau update (weights and biases changed in place), with the
+    uniforms of replica ``r`` drawn inside the loop from the counter-based stream
+    ``keys[r] -> example -> phase (0 forward, 1 target) -> population -> step -> unit``
+    (``kernels.counter_random``; the values the model's ``counter_noise`` puts in a
+    ``PhaseNoise``).
+
+    Layouts as in :func:`phase`, one example per replica (B = 1): ``state`` the arrays
+    ``(input_history, somas, histories)``; ``labels`` (R, 1) int64; ``constants`` the model's
+    ``_constants`` (a tuple); ``rule`` (k_d, k_b, phi_max, then ``-eta_l P_l`` per layer);
+    ``keys`` (R,) uint64; ``phase_steps`` the two lengths. ``forward``: zero-filled
+    ``(new_input_history, input_psp, new_somas, new_histories, soma_means, rate_means,
+    psp_means, apical_means)`` of the forward phase (its state is where the target phase
+    starts), ``target`` the same for the target phase.
+    """
+    dtype = kernel.dtype
+    replicas, examples = input_rates.shape[:2]
+    if examples != 1:
+        raise ValueError(f"online learning takes one example per replica, got {examples}")
+    f_steps, t_steps = (int(s) for s in phase_steps)
+    taps = kernel.tobytes()
+    bits = counter_random.mantissa_bits(dtype)
+    n_layers = len(weights)
+    pad3 = np.zeros((1, 1, 1), dtype=dtype)
+    if n_layers == 1:
+        feedback = (pad3,)
+    spikes = np.zeros((1, 1, 1, 1), dtype=dtype)
+    input_history, somas, histories = state
+
+    def averages(out):
+        _, input_psp, _, _, soma_means, rate_means, psp_means, apical_means = out
+        if n_layers == 1:
+            psp_means, apical_means = (pad3,), (pad3,)
+        return (
+            input_psp,
+            tuple(soma_means),
+            tuple(rate_means),
+            tuple(psp_means),
+            tuple(apical_means),
+        )
+
+    widest = max(input_rates.shape[2], *(w.shape[2] for w in weights))
+    arguments = (
+        tuple(weights), tuple(biases), tuple(feedback), input_history, tuple(somas),
+        tuple(histories), input_rates, np.exp(input_rates) if input_exp is None else input_exp,
+        labels, kernel, *_phase_window(f_steps, window, taps, dtype),
+        *_phase_window(t_steps, window, taps, dtype), _phase_constants(tuple(constants), dtype),
+        np.asarray(rule, dtype=dtype), window, coupled, keys, example, f_steps, t_steps,
+        _codes(widest), np.uint64(64 - bits), dtype.type(2.0**-bits), forward[0],
+        tuple(forward[2]), tuple(forward[3]), *averages(forward), target[0], tuple(target[2]),
+        tuple(target[3]), *averages(target), spikes, (spikes,) * n_layers,
+    )  # fmt: skip
+    # one network: no parallel region to enter (its start costs more than a thread saves here)
+    if replicas == 1:
+        _learn(0, *arguments)
+    else:
+        _learn_batch(*arguments)

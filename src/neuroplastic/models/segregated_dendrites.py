@@ -58,6 +58,12 @@ Two simulations of a phase give the same result for the same uniforms (see :clas
   time, event-driven: the weights are applied to each step's spikes as they occur, and a ring
   buffer of those products is filtered by the kernel's taps. It also runs ``g_a != 0``.
 
+Random streams: :meth:`SegregatedDendriteNet.draw_noise` draws a phase's uniforms from torch
+generators; :meth:`SegregatedDendriteNet.counter_noise` gives each uniform as a hash of (key,
+example, phase, population, step, unit) (:mod:`neuroplastic.kernels.counter_random`), so that
+results do not depend on how replicas and examples are batched, and the compiled paths can draw
+them inside their loops (:class:`CounterPhase`; ``credit.plateau.learn_example``).
+
 Shapes: every tensor has a leading replica dimension ``R`` (independent networks: seeds or
 settings) and an example dimension ``B`` (1 while training online; many at test time).
 """
@@ -70,10 +76,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from neuroplastic.kernels import as_array, resolve_backend
+from neuroplastic.kernels import counter_random as crandom
+from neuroplastic.kernels.counter_random import CounterStream
 
 FeedbackKind = Literal["random", "sparse", "symmetric"]
 PspKernel = Literal["authors", "paper"]
@@ -245,6 +254,18 @@ class PhaseNoise(NamedTuple):
         return self.input.shape[-2]
 
 
+class CounterPhase(NamedTuple):
+    """A phase's uniforms named by their place in the counter-based stream instead of drawn:
+    ``stream`` (a key per replica, and the index of the batch's first example), ``phase``
+    (``counter_random.FORWARD``, ``TARGET`` or ``TEST``) and ``steps``. ``simulate_phase``
+    with the Numba backend draws them inside its loop; every other path materialises them with
+    :meth:`SegregatedDendriteNet.counter_noise` (the same values)."""
+
+    stream: CounterStream
+    phase: int
+    steps: int
+
+
 class PhaseResult(NamedTuple):
     state: NetworkState
     averages: PhaseAverages
@@ -412,6 +433,52 @@ class SegregatedDendriteNet(nn.Module):
             torch.cat(inputs), tuple(torch.cat(parts) for parts in zip(*layers, strict=True))
         )
 
+    def counter_noise(
+        self,
+        steps: int,
+        stream: CounterStream,
+        phase: int,
+        examples: int = 1,
+        input_rates: torch.Tensor | None = None,
+    ) -> PhaseNoise:
+        """Uniforms for one phase from the counter-based stream (:mod:`neuroplastic.kernels.
+        counter_random`): replica ``r``, example ``b`` of the batch, population ``l`` (0 the
+        input), step ``t``, unit ``j`` at ``stream.keys[r] -> stream.example + b -> phase -> l
+        -> t -> j``; ``phase`` is ``counter_random.FORWARD``, ``TARGET`` or ``TEST``. These are
+        the values that ``learn_example(..., backend="numba")`` draws inside its compiled loop,
+        so the reference simulation fed this noise is its check. Unlike :meth:`draw_noise` the
+        values do not depend on what else is drawn, or on how replicas and examples are
+        batched. Given ``input_rates``, inputs at rate 0 everywhere get 0 (they never spike).
+        Float32 and float64 exactly; other dtypes get the float64 values rounded."""
+        ref = self.weights[0]
+        if len(stream.keys) != self.replicas:
+            raise ValueError(f"need one key per replica ({self.replicas}), got {len(stream.keys)}")
+        dtype = ref.dtype if ref.dtype in (torch.float32, torch.float64) else torch.float64
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        examples_index = int(stream.example) + np.arange(examples, dtype=np.uint64)
+        node = crandom.combine(
+            crandom.combine(stream.words()[:, None], examples_index[None, :]), [phase]
+        )  # (R, B)
+        time = np.arange(steps, dtype=np.uint64)
+
+        def population(layer: int, units: np.ndarray) -> torch.Tensor:
+            rows = crandom.combine(crandom.combine(node, [layer])[..., None], time)  # (R, B, T)
+            values = crandom.to_uniform(crandom.combine(rows[..., None], units), np_dtype)
+            return torch.from_numpy(values).to(device=ref.device, dtype=ref.dtype)
+
+        n_in = self.sizes[0]
+        if input_rates is None:
+            inputs = population(0, np.arange(n_in, dtype=np.uint64))
+        else:
+            columns = (input_rates != 0).flatten(0, -2).any(dim=0).nonzero().squeeze(1)
+            inputs = ref.new_zeros(self.replicas, examples, steps, n_in)
+            inputs[..., columns] = population(0, columns.cpu().numpy().astype(np.uint64))
+        layers = tuple(
+            population(layer + 1, np.arange(n, dtype=np.uint64))
+            for layer, n in enumerate(self.sizes[1:])
+        )
+        return PhaseNoise(inputs, layers)
+
 
 def _poisson_low_counts(
     rate: torch.Tensor, uniform: torch.Tensor
@@ -472,6 +539,16 @@ def teaching_conductances(
 # --------------------------------------------------------------------------- reference path
 
 
+def _materialise(
+    net: SegregatedDendriteNet, noise: PhaseNoise | CounterPhase, input_rates: torch.Tensor
+) -> PhaseNoise:
+    """The uniforms of ``noise``, drawn if it is a :class:`CounterPhase`."""
+    if isinstance(noise, CounterPhase):
+        examples = input_rates.shape[1]
+        return net.counter_noise(noise.steps, noise.stream, noise.phase, examples, input_rates)
+    return noise
+
+
 def _exact_step(
     c: torch.Tensor, conductance: float | torch.Tensor, drive: torch.Tensor, dt: float
 ) -> torch.Tensor:
@@ -487,7 +564,7 @@ def simulate_phase_reference(
     net: SegregatedDendriteNet,
     state: NetworkState,
     input_rates: torch.Tensor,
-    noise: PhaseNoise,
+    noise: PhaseNoise | CounterPhase,
     window: int,
     labels: torch.Tensor | None = None,
     keep_spikes: bool = False,
@@ -495,10 +572,12 @@ def simulate_phase_reference(
     """One phase, one time step after another, exactly as the module docstring writes it.
 
     ``input_rates``: (R, B, n_in) spikes per step (phi_max times the pixel intensity);
+    ``noise``: the uniforms (or a :class:`CounterPhase`, drawn with ``counter_noise``);
     ``labels``: (R, B) class indices to switch the teaching current on (target phase), or None
     (forward phase). Averages cover the last ``window`` steps.
     """
     p = net.params
+    noise = _materialise(net, noise, input_rates)
     exact = p.integration == "exponential"
     kernel = p.kernel(input_rates.dtype, input_rates.device)  # (K,) oldest first
     n_layers = len(net.weights)
@@ -662,7 +741,7 @@ def simulate_phase(
     net: SegregatedDendriteNet,
     state: NetworkState,
     input_rates: torch.Tensor,
-    noise: PhaseNoise,
+    noise: PhaseNoise | CounterPhase,
     window: int,
     labels: torch.Tensor | None = None,
     keep_spikes: bool = False,
@@ -674,7 +753,8 @@ def simulate_phase(
     ``backend``: ``torch`` (each layer vectorised over the phase's time steps; the reference loop
     when ``g_a != 0``), ``numba`` (the time loop compiled, :mod:`neuroplastic.kernels.
     numba_dendrites`; float32 or float64 on the CPU, PyTorch otherwise) or ``auto`` (Numba on the
-    CPU when it is installed)."""
+    CPU when it is installed). ``noise`` may be a :class:`CounterPhase`: the Numba backend then
+    draws the uniforms inside its loop."""
     p = net.params
     if backend not in ("auto", "torch", "numba"):
         raise ValueError(f"backend must be auto, torch or numba, got {backend!r}")
@@ -683,11 +763,14 @@ def simulate_phase(
         backend = "torch"
     if resolve_backend(backend, device) == "numba":
         dtype = net.weights[0].dtype
-        tensors = (input_rates, noise.input, state.input_history, *state.soma)
+        tensors = (input_rates, state.input_history, *state.soma)
+        if isinstance(noise, PhaseNoise):
+            tensors = (*tensors, noise.input)
         if dtype in (torch.float32, torch.float64) and all(x.dtype == dtype for x in tensors):
             return _simulate_phase_numba(
                 net, state, input_rates, noise, window, labels, keep_spikes
             )
+    noise = _materialise(net, noise, input_rates)
     if p.g_a != 0.0:
         return simulate_phase_reference(net, state, input_rates, noise, window, labels, keep_spikes)
     # Only inputs with a non-zero rate, or spikes still in their history, can touch the basal
@@ -730,7 +813,7 @@ def _simulate_phase_numba(
     net: SegregatedDendriteNet,
     state: NetworkState,
     input_rates: torch.Tensor,
-    noise: PhaseNoise,
+    noise: PhaseNoise | CounterPhase,
     window: int,
     labels: torch.Tensor | None,
     keep_spikes: bool,
@@ -750,6 +833,16 @@ def _simulate_phase_numba(
 
     k = p.kernel_length
     sizes = net.sizes
+    counter = None
+    if isinstance(noise, CounterPhase):
+        stream, steps = noise.stream, noise.steps
+        if len(stream.keys) != net.replicas:
+            raise ValueError(f"need one key per replica ({net.replicas}), got {len(stream.keys)}")
+        counter = (stream.words(), stream.example, noise.phase, steps)
+        shapes = [(replicas, examples, steps, n) for n in sizes]
+        noise = None
+    else:
+        shapes = [tuple(noise.input.shape), *(tuple(u.shape) for u in noise.layers)]
     out = {
         "new_input_history": zeros(*state.input_history.shape),
         "input_psp": zeros(*input_rates.shape),
@@ -759,8 +852,8 @@ def _simulate_phase_numba(
         "rate_means": tuple(zeros(replicas, examples, n) for n in sizes[1:]),
         "psp_means": tuple(zeros(replicas, examples, n) for n in sizes[1:-1]),
         "apical_means": tuple(zeros(replicas, examples, n) for n in sizes[1:-1]),
-        "input_spikes": zeros(*noise.input.shape) if keep_spikes else None,
-        "layer_spikes": tuple(zeros(*u.shape) for u in noise.layers) if keep_spikes else None,
+        "input_spikes": zeros(*shapes[0]) if keep_spikes else None,
+        "layer_spikes": tuple(zeros(*shape) for shape in shapes[1:]) if keep_spikes else None,
     }
 
     def arrays(value):
@@ -773,10 +866,12 @@ def _simulate_phase_numba(
         [as_array(w) for w in net.weights], [as_array(b) for b in net.biases],
         [as_array(y) for y in net.feedback[:n_hidden]], as_array(state.input_history),
         [as_array(c) for c in state.soma], [as_array(h) for h in state.spike_history],
-        as_array(input_rates), as_array(noise.input), [as_array(u) for u in noise.layers],
+        as_array(input_rates), None if noise is None else as_array(noise.input),
+        None if noise is None else [as_array(u) for u in noise.layers],
         None if labels is None else as_array(labels.to(torch.int64)),
         _kernel_taps(p, ref.dtype), _constants(p), window, p.g_a != 0.0, keep_spikes,
         [arrays(v) for v in out.values()], input_exp=as_array(torch.exp(input_rates)),
+        counter=counter,
     )  # fmt: skip
     averages = PhaseAverages(
         out["soma_means"], out["rate_means"], (out["input_psp"], *out["psp_means"]),
@@ -793,6 +888,7 @@ def _kernel_taps(p: DendriticParams, dtype: torch.dtype):
     return p.kernel(dtype).numpy()
 
 
+@functools.lru_cache(maxsize=16)
 def _constants(p: DendriticParams) -> tuple[float, ...]:
     """The decays and drive scales of the somatic recurrences (:meth:`DendriticParams.soma_step`
     of each compartment's total conductance), phi_max, and the apical potential's drive scale
@@ -894,7 +990,7 @@ def phase_lengths(params: DendriticParams, generator: torch.Generator, count: in
 def predict(
     net: SegregatedDendriteNet,
     images: torch.Tensor,
-    generator: torch.Generator | Sequence[torch.Generator],
+    generator: torch.Generator | Sequence[torch.Generator] | CounterStream,
     chunk: int = 0,
     reference: bool = False,
     backend: str = "torch",
@@ -906,6 +1002,9 @@ def predict(
     ``test_steps - settle_steps`` steps (the code's test; the paper reads rates, the same order).
     ``chunk`` images per replica are simulated at once (0: a size chosen for the CPU cache);
     ``backend``: that of :func:`simulate_phase` (with ``reference``, the reference loop instead).
+    ``generator`` a :class:`~neuroplastic.kernels.counter_random.CounterStream`: image ``i``
+    takes the uniforms of example ``stream.example + i``, phase ``TEST``, whatever the chunks
+    (the Numba backend draws them inside its loop).
     """
     p = net.params
     if images.dim() == 2:
@@ -916,7 +1015,11 @@ def predict(
     for start in range(0, images.shape[1], chunk):
         rates = p.phi_max * images[:, start : start + chunk]
         state = net.initial_state(rates.shape[1])
-        noise = net.draw_noise(p.test_steps, generator, rates.shape[1], rates)
+        if isinstance(generator, CounterStream):
+            stream = generator._replace(example=generator.example + start)
+            noise = CounterPhase(stream, crandom.TEST, p.test_steps)
+        else:
+            noise = net.draw_noise(p.test_steps, generator, rates.shape[1], rates)
         if reference:
             result = simulate_phase_reference(net, state, rates, noise, p.test_integration_steps)
         else:
