@@ -8,6 +8,7 @@ import torch
 from neuroplastic.errors import ConfigError
 from neuroplastic.experiments import guerguiev2017_mnist as experiment
 from neuroplastic.experiments.base import RunContext
+from neuroplastic.kernels import numba_available
 from neuroplastic.results import Key
 from neuroplastic.runner import run_experiment
 from neuroplastic.seeding import derive_seed
@@ -27,6 +28,17 @@ TINY = experiment.Config(
     validation_examples=200,
     baseline_lrs=(0.03, 0.3),
 )
+
+needs_numba = pytest.mark.skipif(not numba_available(), reason="needs the fast extra (Numba)")
+CPU = torch.device("cpu")
+
+
+def assert_curves_close(a, b, rel=1e-5):
+    """The same curves, measured at the same points, with values equal to float32 rounding."""
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name]["x"] == b[name]["x"], name
+        assert a[name]["y"] == pytest.approx(b[name]["y"], rel=rel, abs=1e-6), name
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +67,83 @@ def test_learns_visibly_and_reports_every_curve(outcome):
         assert 0 <= result.metrics[Key("1-hidden-fa", "test_error")] <= 1
     assert results[0].metrics != results[1].metrics  # seeds differ
     assert not list(context.checkpoint_dir.iterdir())  # checkpoints removed once finished
+
+
+def test_the_torch_stream_runs_end_to_end(outcome):
+    """``random_stream=torch``, the protocol of the runs recorded before the counter stream:
+    the same curves, other spikes than the default counter stream's."""
+    config = dataclasses.replace(TINY, baselines=(), random_stream="torch")
+    results = experiment.run_batch(config, [0, 1], RunContext(device=CPU))
+    counter, _ = outcome
+    for result, default in zip(results, counter, strict=True):
+        test_curve = result.curves[Key("0-hidden", "test_error")]
+        assert test_curve["x"] == [150, 300, 450, 600]
+        assert result.metrics[Key("0-hidden", "test_error")] < 0.6  # chance is 0.9
+        assert test_curve != default.curves[Key("0-hidden", "test_error")]
+    assert results[0].metrics != results[1].metrics
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("numba", marks=needs_numba)])
+def test_on_the_counter_stream_a_seed_does_not_depend_on_its_batch(backend):
+    """The point of the counter stream: seeds 0 and 1 as two replicas of one batch give each
+    seed what it gives alone (to rounding), a hidden layer's angle included."""
+    config = dataclasses.replace(
+        TINY, networks=("1-hidden",), baselines=(), epochs=1, examples_per_epoch=40,
+        test_examples=20, eval_every=20, backend=backend,
+    )  # fmt: skip
+    both = experiment.train_dendritic(config, "1-hidden", [0, 1], RunContext(device=CPU))
+    for r, seed in enumerate([0, 1]):
+        alone = experiment.train_dendritic(config, "1-hidden", [seed], RunContext(device=CPU))
+        assert_curves_close(both[r], alone[0])
+    assert both[0] != both[1]
+
+
+def test_on_the_counter_stream_the_tiny_run_does_not_depend_on_its_batch(outcome):
+    """The end-to-end run of seeds 0 and 1 against seed 1 alone."""
+    results, _ = outcome
+    alone = experiment.train_dendritic(TINY, "0-hidden", [1], RunContext(device=CPU))
+    for name, curve in alone[0].items():
+        assert_curves_close({name: results[1].curves[Key("0-hidden", name)]}, {name: curve})
+
+
+@needs_numba
+@pytest.mark.parametrize("random_stream", ["counter", "torch"])
+def test_the_backends_agree_to_rounding(random_stream):
+    """PyTorch and Numba simulate the same spikes: the same curves on the tiny config, and
+    for a hidden layer."""
+    for network, config in [
+        ("0-hidden", dataclasses.replace(TINY, baselines=())),
+        ("1-hidden", dataclasses.replace(
+            TINY, networks=("1-hidden",), baselines=(), epochs=1, examples_per_epoch=40,
+            test_examples=20, eval_every=20,
+        )),
+    ]:  # fmt: skip
+        config = dataclasses.replace(config, random_stream=random_stream)
+        torch_run, numba_run = (
+            experiment.train_dendritic(
+                dataclasses.replace(config, backend=backend), network, [0, 1],
+                RunContext(device=CPU),
+            )
+            for backend in ("torch", "numba")
+        )  # fmt: skip
+        for a, b in zip(torch_run, numba_run, strict=True):
+            assert_curves_close(a, b)
+
+
+def test_checkpoints_are_keyed_by_the_random_stream_not_the_backend(tmp_path):
+    """The backend changes only rounding: a run may resume under another one."""
+    context = RunContext(device=CPU, checkpoint_dir=tmp_path)
+
+    def path(**changes):
+        config = dataclasses.replace(TINY, **changes)
+        return experiment._checkpoint_path(context, config, "0-hidden", [0])
+
+    assert path(backend="torch") == path(backend="numba") == path()
+    assert path(random_stream="torch") != path()
+    with pytest.raises(ValueError, match="random_stream"):
+        dataclasses.replace(TINY, random_stream="numpy")
+    with pytest.raises(ValueError, match="backend"):
+        dataclasses.replace(TINY, backend="triton")
 
 
 BASELINES_ONLY = dataclasses.replace(
@@ -144,8 +233,13 @@ class StopAtEpoch:
         pass
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
-    config = dataclasses.replace(TINY, baselines=(), examples_per_epoch=150, test_examples=100)
+@pytest.mark.parametrize("random_stream", ["counter", "torch"])
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, random_stream):
+    """The counter stream has no state to save (its position is the images seen); the torch
+    generators' states are saved with the checkpoint."""
+    config = dataclasses.replace(
+        TINY, baselines=(), examples_per_epoch=150, test_examples=100, random_stream=random_stream
+    )
     whole = experiment.train_dendritic(
         config, "0-hidden", [3], RunContext(device=torch.device("cpu"))
     )
@@ -203,13 +297,16 @@ def test_a_run_interrupted_within_an_epoch_redoes_its_tests_once(tmp_path):
 
 
 def test_the_papers_dynamics_are_a_config_change():
+    """A hidden layer's angle to backprop tells the dynamics apart (on the counter stream both
+    see the same uniforms, so 20 images' error rates may well agree)."""
     config = dataclasses.replace(
-        TINY, baselines=(), epochs=1, examples_per_epoch=20, test_examples=10,
-        psp_kernel="paper", integration="exponential",
+        TINY, networks=("1-hidden",), baselines=(), epochs=1, examples_per_epoch=20,
+        test_examples=10, psp_kernel="paper", integration="exponential",
     )  # fmt: skip
-    curves = experiment.train_dendritic(config, "0-hidden", [0], RunContext(device="cpu"))
+    curves = experiment.train_dendritic(config, "1-hidden", [0], RunContext(device="cpu"))
     default = dataclasses.replace(config, psp_kernel="authors", integration="euler")
-    assert curves != experiment.train_dendritic(default, "0-hidden", [0], RunContext(device="cpu"))
+    authors = experiment.train_dendritic(default, "1-hidden", [0], RunContext(device="cpu"))
+    assert curves[0]["hidden_angle"] != authors[0]["hidden_angle"]
     with pytest.raises(ValueError, match="integration"):
         dataclasses.replace(config, integration="rk4")
     with pytest.raises(ValueError, match="eval_every"):

@@ -25,23 +25,18 @@ two.
 
 from __future__ import annotations
 
-import functools
-import itertools
-import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-from neuroplastic.kernels import as_array, resolve_backend
 from neuroplastic.kernels.counter_random import FORWARD, TARGET, CounterStream
+from neuroplastic.kernels.dendrite_example import learn_example_compiled
 from neuroplastic.models.segregated_dendrites import (
     CounterPhase,
     NetworkState,
     PhaseAverages,
+    PhaseNoise,
     SegregatedDendriteNet,
-    _constants,
-    _kernel_taps,
     simulate_phase,
 )
 
@@ -165,144 +160,31 @@ def learn_example(
     of (key, example, phase, population, step, unit) alone (``counter_noise``). With it,
     ``backend="numba"`` (or ``auto`` on the CPU with Numba installed; float32 or float64, one
     example per replica) runs the whole example in one compiled call, drawing the uniforms
-    inside the loop (:func:`neuroplastic.kernels.numba_dendrites.learn`); otherwise the phases
-    are simulated on the same uniforms (:class:`CounterPhase`), with the same result up to
-    rounding. Example ``b`` of a batch of B takes ``stream.example + b``.
+    inside the loop (:func:`neuroplastic.kernels.dendrite_example.learn_example_compiled`);
+    otherwise the phases are simulated on the same uniforms (:class:`CounterPhase`), with the
+    same result up to rounding. Example ``b`` of a batch of B takes ``stream.example + b``.
     """
+    counter = isinstance(generators, CounterStream)
+    if counter:
+        compiled = learn_example_compiled(
+            net, state, input_rates, labels, generators, phase_steps, learning_rates, backend
+        )
+        if compiled is not None:
+            return compiled
+
+    def noise(phase: int, steps: int) -> PhaseNoise | CounterPhase:
+        if counter:
+            return CounterPhase(generators, phase, steps)
+        return net.draw_noise(steps, generators, input_rates=input_rates)
+
     window = net.params.integration_steps
     f_steps, t_steps = phase_steps
-    if isinstance(generators, CounterStream):
-        if _compiled_example(net, input_rates, backend):
-            result = _learn_example_compiled(
-                net, state, input_rates, labels, generators, phase_steps, learning_rates
-            )
-            if result is not None:
-                return result
-        noise = CounterPhase(generators, FORWARD, f_steps)
-    else:
-        noise = net.draw_noise(f_steps, generators, input_rates=input_rates)
-    forward = simulate_phase(net, state, input_rates, noise, window, backend=backend)
-    if isinstance(generators, CounterStream):
-        noise = CounterPhase(generators, TARGET, t_steps)
-    else:
-        noise = net.draw_noise(t_steps, generators, input_rates=input_rates)
-    target = simulate_phase(net, forward.state, input_rates, noise, window, labels, backend=backend)
+    forward = simulate_phase(
+        net, state, input_rates, noise(FORWARD, f_steps), window, backend=backend
+    )
+    target = simulate_phase(
+        net, forward.state, input_rates, noise(TARGET, t_steps), window, labels, backend=backend
+    )
     plateau_step(net, forward.averages, target.averages, learning_rates)
     net.sync_feedback()
     return target.state, forward.averages, target.averages
-
-
-def _compiled_example(net: SegregatedDendriteNet, input_rates: torch.Tensor, backend: str) -> bool:
-    """Whether :func:`learn_example` can run the whole example compiled: the Numba backend on
-    the CPU, one example per replica, float32 or float64 (the parameters' contiguity is checked
-    when they are read)."""
-    if backend not in ("auto", "torch", "numba"):
-        raise ValueError(f"backend must be auto, torch or numba, got {backend!r}")
-    if backend == "auto" and input_rates.device.type != "cpu":
-        return False
-    if resolve_backend(backend, input_rates.device) != "numba" or input_rates.shape[1] != 1:
-        return False
-    dtype = input_rates.dtype
-    return dtype in (torch.float32, torch.float64)
-
-
-@functools.lru_cache(maxsize=16)
-def _example_layout(
-    sizes: tuple[int, ...], replicas: int, taps: int
-) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
-    """Shapes and offsets, in one flat buffer, of what a compiled example writes: for each
-    phase its state (input history, somas, spike histories) and averages (input PSP, soma,
-    rate, PSP, apical means)."""
-    n_in, layers = sizes[0], sizes[1:]
-    phase = (
-        [(replicas, 1, taps, n_in)] + [(replicas, 1, n) for n in layers]
-        + [(replicas, 1, taps, n) for n in layers] + [(replicas, 1, n_in)]
-        + [(replicas, 1, n) for n in layers] * 2 + [(replicas, 1, n) for n in layers[:-1]] * 2
-    )  # fmt: skip
-    shapes = tuple(phase) * 2
-    offsets = (0, *itertools.accumulate(math.prod(shape) for shape in shapes))
-    return shapes, offsets
-
-
-def _learn_example_compiled(
-    net: SegregatedDendriteNet,
-    state: NetworkState,
-    input_rates: torch.Tensor,
-    labels: torch.Tensor,
-    stream: CounterStream,
-    phase_steps: tuple[int, int],
-    learning_rates: Sequence[float],
-) -> tuple[NetworkState, PhaseAverages, PhaseAverages] | None:
-    """:func:`learn_example` in one call of the compiled kernel: tensors in and out, the update
-    written into NumPy views of the parameters; None where the parameters are not all
-    contiguous tensors of one dtype (the caller then takes the phase by phase path). The
-    results are views of one zeroed buffer: a phase of a 784-500-10 network takes about 0.25 ms
-    compiled, so the two dozen allocations per example would be a noticeable share."""
-    from neuroplastic.kernels.numba_dendrites import learn
-    from neuroplastic.kernels.numba_rsnn import follow_torch_threads
-
-    p = net.params
-    weights, biases, feedback = list(net.weights), list(net.biases), net.feedback
-    dtype = input_rates.dtype
-    if not all(x.dtype == dtype and x.is_contiguous() for x in (*weights, *biases, *feedback)):
-        return None
-    if len(learning_rates) != len(weights):
-        raise ValueError(
-            f"need one learning rate per layer ({len(weights)}), got {len(learning_rates)}"
-        )
-    if len(stream.keys) != net.replicas:
-        raise ValueError(f"need one key per replica ({net.replicas}), got {len(stream.keys)}")
-    layers = len(weights)
-    shapes, offsets = _example_layout(net.sizes, net.replicas, p.kernel_length)
-    flat = np.zeros(offsets[-1], dtype=np.float32 if dtype == torch.float32 else np.float64)
-    bounds = zip(offsets[:-1], offsets[1:], shapes, strict=True)
-    views = [flat[a:b].reshape(shape) for a, b, shape in bounds]
-
-    def phase(out: list) -> list:
-        """The kernel's grouping: input history, input PSP, somas, histories, then the soma,
-        rate, PSP and apical means (tuples per layer)."""
-        n = layers
-        return [
-            out[0], out[1 + 2 * n], out[1 : 1 + n], out[1 + n : 1 + 2 * n],
-            out[2 + 2 * n : 2 + 3 * n], out[2 + 3 * n : 2 + 4 * n],
-            out[2 + 4 * n : 1 + 5 * n], out[1 + 5 * n : 6 * n],
-        ]  # fmt: skip
-
-    half = len(views) // 2
-    forward, target = phase(views[:half]), phase(views[half:])
-    scales = [p.p_hidden] * net.n_hidden + [p.p_output]
-    steps = [-eta * s for eta, s in zip(learning_rates, scales, strict=True)]  # alpha_l
-    follow_torch_threads()
-    learn(
-        [w.detach().numpy() for w in weights], [b.detach().numpy() for b in biases],
-        [y.numpy() for y in feedback],
-        (as_array(state.input_history), [as_array(c) for c in state.soma],
-         [as_array(h) for h in state.spike_history]),
-        as_array(input_rates), as_array(labels.to(torch.int64)), _kernel_taps(p, dtype),
-        _constants(p), (p.k_d, p.k_b, p.phi_max, *steps), p.integration_steps, p.g_a != 0.0,
-        stream.words(), stream.example, phase_steps, forward, target,
-        input_exp=as_array(torch.exp(input_rates)),
-    )  # fmt: skip
-    net.sync_feedback()
-
-    def averages(out: list) -> PhaseAverages:
-        """The input PSP, then the soma, rate, PSP and apical means, as tensors."""
-        tensors = [torch.from_numpy(x) for x in out]
-        n = layers
-        return PhaseAverages(
-            tuple(tensors[1 : 1 + n]), tuple(tensors[1 + n : 1 + 2 * n]),
-            (tensors[0], *tensors[1 + 2 * n : 3 * n]), tuple(tensors[3 * n :]),
-        )  # fmt: skip
-
-    # each phase: its state (input history, somas, histories: 1 + 2n views), then its averages
-    state_views = views[half : half + 1 + 2 * layers]
-    new_state = NetworkState(
-        torch.from_numpy(state_views[0]),
-        tuple(torch.from_numpy(x) for x in state_views[1 : 1 + layers]),
-        tuple(torch.from_numpy(x) for x in state_views[1 + layers :]),
-    )
-    return (
-        new_state,
-        averages(views[1 + 2 * layers : half]),
-        averages(views[half + 1 + 2 * layers :]),
-    )

@@ -20,6 +20,15 @@ Protocol:
   plus a Wald(2, 1) extra. The phase lengths are part of the task (the same sequence for every
   seed); the image order, initial weights and spikes come from the seed. The seeds of one network
   type run as one batch of replicas, each with its own random streams.
+- Spikes (``random_stream``, ``backend``): by default every uniform behind a spike is a hash of
+  its place (:mod:`neuroplastic.kernels.counter_random`): a network's key is (its seed, a number
+  derived from the network's name), a training image's index the number of images seen before
+  it (phases ``FORWARD``, ``TARGET``), test image ``i`` of the test after ``s`` training images
+  example ``s * N_test + i`` (phase ``TEST``). A seed's results do not depend on which seeds
+  share its batch, and the stream has no state to checkpoint. ``random_stream=torch``: a torch
+  generator per seed and network, as before the option (with ``backend=torch``, bit for bit).
+  ``backend=auto`` runs the Numba kernels on the CPU when installed (on the counter stream a
+  training image in one compiled call), PyTorch otherwise; the two agree to rounding.
 - Dynamics (``psp_kernel``, ``integration``): the authors' code by default (a PSP kernel cut
   after 10 taps, about half of its mass; Euler steps of the somatic ODEs, whose target-phase
   transient alternates in sign); ``psp_kernel=paper`` and ``integration=exponential`` give the
@@ -33,10 +42,11 @@ Protocol:
   backprop would send it through the same averages (mean over the epoch). Curves are plotted
   against training images seen; the metrics are the last epoch's end-of-epoch values, and
   ``test_error_epoch_mean`` the mean of the last epoch's test measurements (less snapshot
-  noise). A measurement's test spikes come from a stream keyed by seed, network and training
-  images seen, so it does not depend on how many were taken before it. A checkpoint is written
-  after every epoch; an interrupted run resumes from it, redoing the interrupted epoch, its
-  within-epoch measurements included (recomputed identically, recorded once).
+  noise). A measurement's test spikes depend only on seed, network and training images seen,
+  so it does not depend on how many were taken before it. A checkpoint is written after every
+  epoch (keyed by what changes results: not ``backend``); an interrupted run resumes from it,
+  redoing the interrupted epoch, its within-epoch measurements included (recomputed
+  identically, recorded once).
 - Baselines (``baselines``): the same architectures as ``1-hidden`` and ``2-hidden`` (sigmoid
   units) trained by backprop and by feedback alignment, SGD on minibatches of ``baseline_batch``
   (default 10; 1 is online), with the same number of
@@ -81,6 +91,7 @@ from neuroplastic.experiments.base import (
     chosen_hyperparameter,
     finished_by_config,
 )
+from neuroplastic.kernels.counter_random import CounterStream
 from neuroplastic.metrics import error_rate
 from neuroplastic.models.mlp import MLP
 from neuroplastic.models.segregated_dendrites import (
@@ -165,7 +176,18 @@ class Config:
     """Cost of the baselines: ``cross_entropy`` or ``square``."""
     chunk: int = 0
     """Test images per replica simulated at once (0: a size chosen for the CPU cache; larger
-    values suit a GPU)."""
+    values suit a GPU). With ``random_stream=torch`` it changes the test spikes; with
+    ``counter`` it does not."""
+    random_stream: Literal["counter", "torch"] = "counter"
+    """Where the dendritic networks' spikes come from: ``counter`` (every uniform a hash of the
+    seed, the network, the image's index and its place: results do not depend on how seeds are
+    batched, and the compiled path draws them inside its loop) or ``torch`` (stateful torch
+    generators, one per seed and network: the protocol of runs recorded before this option)."""
+    backend: Literal["auto", "torch", "numba"] = "auto"
+    """How the dendritic networks' phases are simulated: ``numba`` (compiled, on the CPU; the
+    ``fast`` extra), ``torch``, or ``auto`` (Numba on the CPU when it is installed, PyTorch
+    otherwise). The results agree up to rounding; ``random_stream=torch`` with ``backend=torch``
+    reproduces runs recorded before these options bit for bit."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.networks) - set(NETWORKS))
@@ -177,6 +199,10 @@ class Config:
         for name in ("epochs", "examples_per_epoch", "test_examples", "baseline_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.random_stream not in ("counter", "torch"):
+            raise ValueError(f"random_stream must be counter or torch, got {self.random_stream!r}")
+        if self.backend not in ("auto", "torch", "numba"):
+            raise ValueError(f"backend must be auto, torch or numba, got {self.backend!r}")
         if self.chunk < 0:
             raise ValueError(f"chunk must be 0 (automatic) or positive, got {self.chunk}")
         if self.eval_every < 0:
@@ -213,9 +239,13 @@ def quick(config: Config) -> Config:
 
 CHECKPOINT_FIELDS = (
     "dataset", "examples_per_epoch", "test_examples", "chunk", "eval_every", "psp_kernel",
-    "integration",
+    "integration", "random_stream",
 )  # fmt: skip
-"""The config fields a dendritic network's checkpoint is keyed by."""
+"""The config fields a dendritic network's checkpoint is keyed by: those that change its
+training or its curves. ``backend`` is left out: it changes only rounding (as the machine or
+the thread count may), so an interrupted run may resume under another backend, on a machine
+without Numba for instance (from then on it follows the uninterrupted run only statistically:
+a potential rounded otherwise can move a spike)."""
 
 
 def _checkpoint_path(
@@ -232,6 +262,18 @@ def _checkpoint_path(
     )
 
 
+def _spike_stream(network: str, seeds: Sequence[int], example: int) -> CounterStream:
+    """The counter-based stream of every seed's ``network`` (``random_stream=counter``), at
+    ``example``: replica ``r`` keyed by (its seed, the network), the seed's network named by a
+    number derived from its name, not by its place in a batch (so a seed's spikes are the same
+    whichever seeds share its batch)."""
+    return CounterStream.of(
+        [derive_seed(NAME, "spikes", s) for s in seeds],
+        [derive_seed(NAME, "network", network)] * len(seeds),
+        example,
+    )
+
+
 def _angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Degrees between the rows of a and b over their last dimension, (R,)."""
     cosine = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-30)
@@ -244,13 +286,20 @@ def _test_error(
 ) -> torch.Tensor:  # fmt: skip
     """Test error of every replica, (R,), on the first ``test_examples`` test images.
 
-    The test spikes come from a stream keyed by the seed, the network and ``images_seen``: a
-    measurement does not depend on how many were taken before it (``eval_every``), and an epoch
-    redone after a resume measures exactly what it measured the first time."""
+    The test spikes depend on the seed, the network and ``images_seen`` only: a measurement does
+    not depend on how many were taken before it (``eval_every``), and an epoch redone after a
+    resume measures exactly what it measured the first time. With ``random_stream=counter``
+    test image ``i`` takes example ``images_seen * N + i`` (``N`` the size of the test set) of
+    the seeds' streams, phase ``TEST``: no two measurements share an example, and the phase
+    keeps them apart from the training draws (``FORWARD``, ``TARGET``) of the same index. With
+    ``torch`` they come from a generator seeded by the same four."""
     data = context.load_dataset(config.dataset)
-    spikes = [generator(NAME, "test", network, seed, images_seen) for seed in seeds]
+    if config.random_stream == "counter":
+        spikes = _spike_stream(network, seeds, images_seen * len(data.test_y))
+    else:
+        spikes = [generator(NAME, "test", network, seed, images_seen) for seed in seeds]
     test_x = data.test_x[: config.test_examples]
-    predicted = predict(net, test_x, spikes, chunk=config.chunk)
+    predicted = predict(net, test_x, spikes, chunk=config.chunk, backend=config.backend)
     return (predicted != data.test_y[: config.test_examples]).float().mean(dim=1)
 
 
@@ -275,7 +324,10 @@ def train_dendritic(
     net = SegregatedDendriteNet(
         sizes, replicas, feedback, params, [generator(NAME, "init", network, s) for s in seeds]
     ).to(device)
-    spikes = [generator(NAME, "spikes", network, s) for s in seeds]
+    # the spikes: a counter-based stream, whose position is the number of images seen (nothing
+    # to save in a checkpoint), or a torch generator per seed
+    counter = _spike_stream(network, seeds, 0) if config.random_stream == "counter" else None
+    spikes = [] if counter is not None else [generator(NAME, "spikes", network, s) for s in seeds]
     orders = [generator(NAME, "order", s) for s in seeds]
     names = ["test_error", "train_error"] + (["hidden_angle"] if net.n_hidden else [])
     curves = [{name: {"x": [], "y": []} for name in names} for _ in seeds]
@@ -311,8 +363,10 @@ def train_dendritic(
             index = order[:, step : step + 1]  # (R, 1)
             rates = params.phi_max * data.train_x[index]  # (R, 1, 784)
             labels = data.train_y[index]  # (R, 1)
+            # the counter stream's example: the images seen before this one
+            stream = spikes if counter is None else counter._replace(example=epoch * n + step)
             state, forward, target = learn_example(
-                net, state, rates, labels, spikes, lengths[step], learning_rates
+                net, state, rates, labels, stream, lengths[step], learning_rates, config.backend
             )
             correct += (forward.soma[-1].argmax(-1) == labels).squeeze(1)
             if net.n_hidden:

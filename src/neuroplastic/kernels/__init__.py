@@ -2,7 +2,8 @@
 ``numba_rsnn``: the recurrent spiking network's time loop on the CPU (the ``fast`` extra);
 ``triton_rsnn``: the same loop fused into one GPU kernel (the ``triton`` extra);
 ``numba_dendrites``: a phase of the segregated-dendrite network on the CPU, or a whole training
-example on the counter-based random stream of ``counter_random`` (the ``fast`` extra);
+example on the counter-based random stream of ``counter_random`` (the ``fast`` extra), its
+tensors in and out in ``dendrite_example``;
 ``rsnn_functions``: both as autograd Functions."""
 
 from __future__ import annotations
