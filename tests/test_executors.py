@@ -170,8 +170,8 @@ PS_TINY = {"widths": (4, 8), "input_sides": (7,), "input_sweep_width": 4, "batch
            "n_train_eval": 200, "lrs": (1e-3, 1e-2, 3e-2, 1e-1, 3e-1),
            "speed_inputs": (4, 8), "speed_outputs": (2, 3), "speed_lrs": (0.125, 0.03125),
            "speed_max_passes": 8000}  # fmt: skip
-"""perturbation-scaling in seconds: 3 studies of 5 trials, in rounds of 4 (two waves), and 12
-linear learning-speed studies of 2 rates (one batch each)."""
+"""perturbation-scaling in seconds: 4 studies of 5 trials (one per method), in rounds of 4 (two
+waves), and 16 linear learning-speed studies of 2 rates (one batch each)."""
 
 
 def test_studies_tuned_through_the_pool_equal_in_process(tmp_path, one_thread):
@@ -183,7 +183,7 @@ def test_studies_tuned_through_the_pool_equal_in_process(tmp_path, one_thread):
             run_experiment(experiment, config, [0], store, device="cpu", executor=executor)
             (run,) = store.runs()
             results[name] = (trial_rows(store), run.hyperparameters, run.metrics)
-    assert len(results["in"][0]) == 15 + 24
+    assert len(results["in"][0]) == 4 * 5 + 16 * 2
     assert results["pool"] == results["in"]  # trials, chosen rates, metrics: bit for bit
 
 
@@ -216,7 +216,7 @@ def test_a_worker_killed_while_tuning_is_retried_and_each_trial_finishes_once(tm
     assert killed, "no worker was killed"
     assert not outcome.failures and len(outcome.records) == 1
     done = [(t.method, t.number) for t in trials if t.status in ("finished", "failed")]
-    assert len(done) == len(set(done)) == 15 + 24  # every trial once, none recorded twice
+    assert len(done) == len(set(done)) == 4 * 5 + 16 * 2  # every trial once, none recorded twice
     interrupted = [t for t in trials if t.status == "interrupted"]
     assert interrupted and all("worker lost" in t.error for t in interrupted)
     assert {t.status for t in trials} <= {"finished", "failed", "interrupted"}
