@@ -40,6 +40,28 @@ def images(replicas, examples, n, seed=1):
     return pixels * (torch.rand(replicas, examples, n, generator=g, dtype=F64) < 0.3)
 
 
+def assert_fast_phases_equal_reference(net, x, labels, g, lengths):
+    """Forward and target phases in turn (state carried), both simulations on the same noise:
+    the same spikes in every layer, the same averages and end states."""
+    ref_state = fast_state = net.initial_state(2)
+    for phase, steps in enumerate(lengths):
+        noise = net.draw_noise(steps, g, examples=2)
+        target = labels if phase % 2 else None
+        ref = simulate_phase_reference(net, ref_state, x, noise, 20, target, keep_spikes=True)
+        fast = simulate_phase(net, fast_state, x, noise, 20, target, keep_spikes=True)
+        assert sum(s.sum() for s in ref.spikes[1:]) > 0  # the network does spike
+        for a, b in zip(ref.spikes, fast.spikes, strict=True):
+            assert torch.equal(a, b)
+        for field in PhaseAverages._fields:
+            for a, b in zip(
+                getattr(ref.averages, field), getattr(fast.averages, field), strict=True
+            ):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        for a, b in zip(ref.state, fast.state, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        ref_state, fast_state = ref.state, fast.state
+
+
 @pytest.mark.parametrize(
     ("sizes", "feedback"),
     [
@@ -59,23 +81,7 @@ def test_fast_phase_equals_reference_for_the_same_noise(sizes, feedback):
     x = p.phi_max * images(3, 2, sizes[0])
     labels = torch.tensor([[0, 3], [4, 1], [2, 2]])
     g = torch.Generator().manual_seed(7)
-    ref_state = fast_state = net.initial_state(2)
-    for phase, steps in enumerate([53, 50, 61, 52]):
-        noise = net.draw_noise(steps, g, examples=2)
-        target = labels if phase % 2 else None
-        ref = simulate_phase_reference(net, ref_state, x, noise, 20, target, keep_spikes=True)
-        fast = simulate_phase(net, fast_state, x, noise, 20, target, keep_spikes=True)
-        assert sum(s.sum() for s in ref.spikes[1:]) > 0  # the network does spike
-        for a, b in zip(ref.spikes, fast.spikes, strict=True):
-            assert torch.equal(a, b)
-        for field in PhaseAverages._fields:
-            for a, b in zip(
-                getattr(ref.averages, field), getattr(fast.averages, field), strict=True
-            ):
-                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-        for a, b in zip(ref.state, fast.state, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-        ref_state, fast_state = ref.state, fast.state
+    assert_fast_phases_equal_reference(net, x, labels, g, [53, 50, 61, 52])
 
 
 @pytest.mark.parametrize("feedback", ["random", "symmetric"])
@@ -288,22 +294,8 @@ def test_fast_phase_equals_reference_with_the_papers_dynamics(sizes):
     x = params.phi_max * images(3, 2, sizes[0])
     labels = torch.tensor([[0, 3], [4, 1], [2, 2]])
     g = torch.Generator().manual_seed(7)
-    ref_state = fast_state = net.initial_state(2)
-    assert ref_state.input_history.shape[2] == params.kernel_length
-    for phase, steps in enumerate([53, 61, 50, 52]):
-        noise = net.draw_noise(steps, g, examples=2)
-        target = labels if phase % 2 else None
-        ref = simulate_phase_reference(net, ref_state, x, noise, 20, target, keep_spikes=True)
-        fast = simulate_phase(net, fast_state, x, noise, 20, target, keep_spikes=True)
-        assert sum(s.sum() for s in ref.spikes[1:]) > 0
-        for a, b in zip(ref.spikes, fast.spikes, strict=True):
-            assert torch.equal(a, b)
-        for field in PhaseAverages._fields:
-            for a, b in zip(
-                getattr(ref.averages, field), getattr(fast.averages, field), strict=True
-            ):
-                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-        ref_state, fast_state = ref.state, fast.state
+    assert net.initial_state(2).input_history.shape[2] == params.kernel_length
+    assert_fast_phases_equal_reference(net, x, labels, g, [53, 61, 50, 52])
 
 
 def test_dynamics_options_are_checked():
