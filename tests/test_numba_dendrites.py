@@ -1,12 +1,13 @@
 """The compiled phase of the segregated-dendrite network (``kernels.numba_dendrites``, the ``fast``
 extra) against the readable reference loop, for the same uniforms."""
 
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("numba")
 
-from neuroplastic.credit.plateau import learn_example, plateau_step  # noqa: E402
+from neuroplastic.credit.plateau import learn_example, learn_examples, plateau_step  # noqa: E402
 from neuroplastic.kernels.counter_random import FORWARD, TARGET, CounterStream  # noqa: E402
 from neuroplastic.models.segregated_dendrites import (  # noqa: E402
     CounterPhase,
@@ -292,3 +293,89 @@ def test_prediction_on_the_counter_stream_does_not_depend_on_chunks():
     for chunk in (1, 3):
         assert torch.equal(predict(net, x, stream, chunk=chunk, backend="numba"), ref)
     assert torch.equal(predict(net, x, stream, chunk=2, backend="torch"), ref)
+
+
+# ---------------------------------------------------------------- runs of examples in one call
+
+
+@pytest.mark.parametrize("sizes", [(30, 5), (30, 12, 5), (30, 12, 8, 5)])
+def test_learn_examples_in_one_call_equals_the_loop_over_examples(sizes):
+    """``learn_examples`` compiled (a run of six examples in one call) against the loop over
+    ``learn_example`` on the torch backend, for the same counter stream: the same weights, state
+    (spike histories exactly) and per-example signals (output potentials, plateau and backprop
+    errors of every hidden layer), for one replica (called directly) and two (parallel loop)."""
+    rates = (0.23, 0.23, 0.12)[-(len(sizes) - 1) :]
+    for replicas in (1, 2):
+        nets = [make_net(sizes, replicas) for _ in range(2)]
+        x = nets[0].params.phi_max * images(replicas, 6, sizes[0])
+        y = torch.randint(0, sizes[-1], (replicas, 6), generator=torch.Generator().manual_seed(4))
+        lengths = phase_lengths(nets[0].params, torch.Generator().manual_seed(0), 6).tolist()
+        stream = CounterStream.of(range(replicas), range(replicas), example=40)
+        (loop_state, loop), (fast_state, fast) = (
+            learn_examples(net, net.initial_state(), x, y, stream, lengths, rates, backend=b)
+            for net, b in zip(nets, ["torch", "numba"], strict=True)
+        )
+        for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        assert torch.equal(loop_state.input_history, fast_state.input_history)
+        for a, b in zip(loop_state.spike_history, fast_state.spike_history, strict=True):
+            assert torch.equal(a, b)
+        for a, b in zip(loop_state.soma, fast_state.soma, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(loop.output_soma, fast.output_soma, rtol=1e-9, atol=1e-12)
+        assert len(fast.plateau_errors) == len(fast.backprop_errors) == len(sizes) - 2
+        for field in ("plateau_errors", "backprop_errors"):
+            for a, b in zip(getattr(loop, field), getattr(fast, field), strict=True):
+                assert a.abs().sum() > 0
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_learn_examples_leaves_the_state_it_was_given_unchanged():
+    net = make_net((30, 12, 5), 1)
+    state = net.initial_state()
+    before = [t.clone() for t in (state.input_history, *state.soma, *state.spike_history)]
+    x = net.params.phi_max * images(1, 3, 30)
+    y = torch.zeros(1, 3, dtype=torch.int64)
+    lengths = [(52, 51)] * 3
+    new, _ = learn_examples(net, state, x, y, CounterStream.of([0]), lengths, (0.2, 0.1), "numba")
+    after = (state.input_history, *state.soma, *state.spike_history)
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert not torch.equal(new.input_history, state.input_history)
+
+
+def test_learn_examples_checks_its_arguments():
+    net = make_net((30, 12, 5), 1)
+    x = net.params.phi_max * images(1, 3, 30)
+    y = torch.zeros(1, 3, dtype=torch.int64)
+    with pytest.raises(ValueError, match="phase lengths"):
+        learn_examples(net, net.initial_state(), x, y, CounterStream.of([0]), [(50, 50)] * 2,
+                       (0.2, 0.1), "numba")  # fmt: skip
+
+
+def test_the_vectorised_exponential_is_within_an_ulp_of_numpy():
+    """``exp64`` (plain arithmetic, so that the kernels' loops vectorise) against NumPy's
+    ``exp`` over the range the kernels use and far beyond, and at its clamps."""
+    from numba import njit
+
+    from neuroplastic.kernels.numba_dendrites import EXP_HIGH, EXP_LOW, exp64
+
+    @njit
+    def exponentials(x, out):
+        for i in range(x.shape[0]):
+            out[i] = exp64(x[i])
+
+    generator = np.random.default_rng(0)
+    x = np.concatenate([
+        generator.uniform(-40.0, 40.0, 200_000), generator.uniform(EXP_LOW, EXP_HIGH, 200_000),
+        np.linspace(-1.0, 1.0, 20_001), [0.0, EXP_LOW, EXP_HIGH],
+    ])  # fmt: skip
+    out = np.empty_like(x)
+    exponentials(x, out)
+    exact = np.exp(x)
+    assert (np.abs(out - exact) <= 2 * np.spacing(exact)).all()
+    assert out[x == 0.0][0] == 1.0
+    beyond = np.array([-1e4, -800.0, 800.0, 1e4, np.inf, -np.inf])
+    clamped = np.empty_like(beyond)
+    exponentials(beyond, clamped)
+    assert np.isfinite(clamped).all() and (clamped > 0).all()
+    np.testing.assert_allclose(clamped, np.exp(np.clip(beyond, EXP_LOW, EXP_HIGH)), rtol=1e-15)

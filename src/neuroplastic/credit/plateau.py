@@ -17,7 +17,8 @@ rule is local to each neuron::
 library's convention), so ``torch.optim.SGD`` with one parameter group per layer and ``lr = eta_l``
 takes exactly the paper's step; :func:`plateau_step` is the same update fused and in place,
 and :func:`learn_example` one whole online step (two phases and the update; on the
-counter-based random stream and the CPU, one compiled call).
+counter-based random stream and the CPU, one compiled call); :func:`learn_examples` runs many in
+turn (on that stream and the CPU, all in one compiled call).
 :func:`backprop_signals` gives what backprop would send to each hidden layer through the same
 averages (``W^T`` in place of ``Y``, as the authors' diagnostic does), for the angle between the
 two.
@@ -30,9 +31,10 @@ from collections.abc import Sequence
 import torch
 
 from neuroplastic.kernels.counter_random import FORWARD, TARGET, CounterStream
-from neuroplastic.kernels.dendrite_example import learn_example_compiled
+from neuroplastic.kernels.dendrite_example import learn_example_compiled, learn_examples_compiled
 from neuroplastic.models.segregated_dendrites import (
     CounterPhase,
+    ExampleSignals,
     NetworkState,
     PhaseAverages,
     PhaseNoise,
@@ -188,3 +190,54 @@ def learn_example(
     plateau_step(net, forward.averages, target.averages, learning_rates)
     net.sync_feedback()
     return target.state, forward.averages, target.averages
+
+
+def learn_examples(
+    net: SegregatedDendriteNet,
+    state: NetworkState,
+    input_rates: torch.Tensor,
+    labels: torch.Tensor,
+    generators: torch.Generator | Sequence[torch.Generator] | CounterStream,
+    phase_steps: Sequence[tuple[int, int]],
+    learning_rates: Sequence[float],
+    backend: str = "torch",
+) -> tuple[NetworkState, ExampleSignals]:
+    """:func:`learn_example` for C examples in turn, each from the state the previous one left:
+    ``input_rates`` (R, C, n_in), ``labels`` (R, C), ``phase_steps`` C pairs. On a
+    ``CounterStream`` example ``e`` takes ``stream.example + e``. Returns the state after the
+    last example and, per example, the :class:`ExampleSignals` a training loop records (the
+    forward phase's output potentials; the plateau and backprop errors of every hidden layer,
+    read after the update).
+
+    Where :func:`learn_example` would run one compiled call per example, this runs the C
+    examples in one (``kernels.dendrite_example.learn_examples_compiled``), with nothing in
+    Python between them; elsewhere it loops over :func:`learn_example`. Tested equal."""
+    examples = input_rates.shape[1]
+    if labels.shape[:2] != input_rates.shape[:2] or len(phase_steps) != examples:
+        raise ValueError(
+            f"need labels (R, C) and C phase lengths for input rates {tuple(input_rates.shape)}, "
+            f"got labels {tuple(labels.shape)} and {len(phase_steps)} lengths"
+        )
+    counter = isinstance(generators, CounterStream)
+    if counter:
+        compiled = learn_examples_compiled(
+            net, state, input_rates, labels, generators, phase_steps, learning_rates, backend
+        )
+        if compiled is not None:
+            return compiled
+    outputs, plateaus, exacts = [], [], []
+    for e in range(examples):
+        stream = generators._replace(example=generators.example + e) if counter else generators
+        state, forward, target = learn_example(
+            net, state, input_rates[:, e : e + 1], labels[:, e : e + 1], stream, phase_steps[e],
+            learning_rates, backend,
+        )  # fmt: skip
+        outputs.append(forward.soma[-1])
+        plateaus.append(hidden_errors(net, forward, target))
+        exacts.append(backprop_signals(net, forward, target))
+    per_layer = range(net.n_hidden)
+    return state, ExampleSignals(
+        torch.cat(outputs, dim=1),
+        tuple(torch.cat([p[layer] for p in plateaus], dim=1) for layer in per_layer),
+        tuple(torch.cat([x[layer] for x in exacts], dim=1) for layer in per_layer),
+    )

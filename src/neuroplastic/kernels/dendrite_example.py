@@ -29,6 +29,7 @@ import torch
 from neuroplastic.kernels import as_array, resolve_backend
 from neuroplastic.kernels.counter_random import CounterStream
 from neuroplastic.models.segregated_dendrites import (
+    ExampleSignals,
     NetworkState,
     PhaseAverages,
     SegregatedDendriteNet,
@@ -199,3 +200,70 @@ def learn_example_compiled(
     )  # fmt: skip
     net.sync_feedback()
     return target.state(), forward.averages(), target.averages()
+
+
+def learn_examples_compiled(
+    net: SegregatedDendriteNet,
+    state: NetworkState,
+    input_rates: torch.Tensor,
+    labels: torch.Tensor,
+    stream: CounterStream,
+    phase_steps: Sequence[tuple[int, int]],
+    learning_rates: Sequence[float],
+    backend: str,
+) -> tuple[NetworkState, ExampleSignals] | None:
+    """``credit.plateau.learn_examples`` in one compiled call for the C examples of
+    ``input_rates`` (R, C, n_in): the state after the last and the :class:`ExampleSignals`, the
+    weights updated in place. None, having changed nothing, where :func:`learn_example_compiled`
+    would be None for one of them."""
+    first = input_rates[:, :1]
+    if not _runs_compiled(net, first, backend):
+        return None
+    weights, biases, feedback = list(net.weights), list(net.biases), net.feedback
+    dtype = input_rates.dtype
+    if not all(x.dtype == dtype and x.is_contiguous() for x in (*weights, *biases, *feedback)):
+        return None
+    if len(learning_rates) != len(weights):
+        raise ValueError(
+            f"need one learning rate per layer ({len(weights)}), got {len(learning_rates)}"
+        )
+    if len(stream.keys) != net.replicas:
+        raise ValueError(f"need one key per replica ({net.replicas}), got {len(stream.keys)}")
+    if len(phase_steps) != input_rates.shape[1]:
+        raise ValueError(
+            f"need one pair of phase lengths per example ({input_rates.shape[1]}), "
+            f"got {len(phase_steps)}"
+        )
+    from neuroplastic.kernels.numba_dendrites import learn_chunk
+    from neuroplastic.kernels.numba_rsnn import follow_torch_threads
+
+    p = net.params
+    replicas, examples = input_rates.shape[:2]
+    new_state = NetworkState(*(
+        x.detach().clone().contiguous() if isinstance(x, torch.Tensor)
+        else tuple(t.detach().clone().contiguous() for t in x)
+        for x in state
+    ))  # fmt: skip
+    hidden = net.sizes[1:-1]
+    signals = ExampleSignals(
+        torch.zeros(replicas, examples, net.sizes[-1], dtype=dtype),
+        tuple(torch.zeros(replicas, examples, n, dtype=dtype) for n in hidden),
+        tuple(torch.zeros(replicas, examples, n, dtype=dtype) for n in hidden),
+    )
+    scales = [p.p_hidden] * net.n_hidden + [p.p_output]
+    steps = [-eta * s for eta, s in zip(learning_rates, scales, strict=True)]  # alpha_l
+    rates = input_rates.detach().contiguous()
+    follow_torch_threads()
+    learn_chunk(
+        [w.detach().numpy() for w in weights], [b.detach().numpy() for b in biases],
+        [y.numpy() for y in feedback],
+        (new_state.input_history.numpy(), [c.numpy() for c in new_state.soma],
+         [h.numpy() for h in new_state.spike_history]),
+        rates.numpy(), as_array(labels.to(torch.int64)), _kernel_taps(p, dtype), _constants(p),
+        (p.k_d, p.k_b, p.phi_max, *steps), p.integration_steps, p.g_a != 0.0, stream.words(),
+        stream.example, np.asarray(phase_steps, dtype=np.int64).reshape(-1, 2),
+        signals.output_soma.numpy(), [x.numpy() for x in signals.plateau_errors],
+        [x.numpy() for x in signals.backprop_errors], chunk_exp=torch.exp(rates).numpy(),
+    )  # fmt: skip
+    net.sync_feedback()
+    return new_state, signals

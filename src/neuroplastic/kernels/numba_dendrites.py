@@ -39,9 +39,12 @@ is zero skipped), so nothing returns to Python between the phases.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from neuroplastic.kernels import counter_random
 from neuroplastic.kernels.counter_random import GOLDEN
@@ -73,6 +76,45 @@ def window_weights(
             # step t - delay - K + 1 + i sits at row K + that in the history-then-phase rows
             weights[t - delay + 1 + i] += value / window
     return weights.astype(dtype)
+
+
+@intrinsic
+def _float64_from_bits(typingctx, bits):  # pragma: no cover - compiled
+    """The float64 whose IEEE-754 bits are the int64 ``bits`` (a bitcast)."""
+
+    def codegen(context, builder, signature, arguments):
+        return builder.bitcast(arguments[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+LOG2_E = 1.4426950408889634
+LN2_HIGH = 6.93147180369123816490e-01
+"""ln 2 to 32 bits (fdlibm's ``ln2HI``): ``n LN2_HIGH`` is exact for the ``n`` used here."""
+LN2_LOW = 1.90821492927058770002e-10
+EXP_TERMS = 14
+"""Taylor terms of ``e^r`` on ``|r| <= ln(2)/2``: the 14th is below 5e-18 relative."""
+_EXP_COEFFICIENTS = tuple(1.0 / math.factorial(k) for k in range(EXP_TERMS - 1, -1, -1))
+"""``1/k!`` from ``k = EXP_TERMS - 1`` down to 0, the order Horner's rule takes them."""
+EXP_LOW, EXP_HIGH = -708.3, 709.0
+"""Where :func:`exp64` clamps its argument: its results stay normal and finite."""
+
+
+@njit(cache=True, inline="always")
+def exp64(x):  # pragma: no cover - compiled
+    """``e^x`` of a float64 in plain arithmetic, so that LLVM vectorises loops of it (Numba's
+    ``np.exp`` calls the C library one value at a time; this build of LLVM has no vector math
+    library). Cody and Waite's reduction ``x = n ln 2 + r``, ``|r| <= ln(2)/2``, with ln 2 in
+    two parts; ``e^r`` by Horner's rule on its Taylor series; ``2^n`` built from its bits.
+    Within 2 ulp of the correctly rounded value (tested against NumPy); ``x`` is clamped to
+    [EXP_LOW, EXP_HIGH], so that results are normal and finite (2e-308 to 8e307)."""
+    x = min(max(x, EXP_LOW), EXP_HIGH)
+    n = np.floor(x * LOG2_E + 0.5)
+    r = (x - n * LN2_HIGH) - n * LN2_LOW
+    p = 0.0
+    for coefficient in _EXP_COEFFICIENTS:  # no division: it would not pipeline
+        p = p * r + coefficient
+    return p * _float64_from_bits((np.int64(n) + 1023) << 52)
 
 
 @njit(cache=True, inline="always")
@@ -146,6 +188,8 @@ def _example(
     basal = np.empty(widest, dtype=kernel.dtype)
     apical = np.empty(widest, dtype=kernel.dtype)
     candidates = np.empty(widest, dtype=np.int64)
+    candidate_rates = np.empty(widest, dtype=kernel.dtype)
+    candidate_scaled = np.empty(widest, dtype=kernel.dtype)
     rates = np.empty(widest, dtype=kernel.dtype)
     output_ring = np.zeros((k_taps, n_out), dtype=kernel.dtype)  # output counts, step t at t % K
     output_psp = np.empty(n_out, dtype=kernel.dtype)
@@ -166,12 +210,20 @@ def _example(
         if rates_in[i] != zero:
             active[n_active] = i
             n_active += 1
+    # the active inputs' hash codes and exponentials side by side, so that a step's uniforms
+    # and Poisson thresholds are one loop without gathers (vectorised); then only the ~1 in 7
+    # that spike are gathered
+    active_codes = np.empty(n_active, dtype=np.uint64)
+    active_exp = np.empty(n_active, dtype=kernel.dtype)
+    scaled_in = np.empty(n_active, dtype=kernel.dtype)
+    spiking = np.empty(max(n_in, widest), dtype=np.int64)
+    for a in range(n_active):
+        active_codes[a] = codes[active[a]] if counter else np.uint64(0)
+        active_exp[a] = exp_in[active[a]]
     w_in = weights[0][r]
     n_first = sizes[0]
-    # Counter-based uniforms: an input's is hashed where it is used (only active inputs need
-    # one; ``step_input`` only stands in for the pre-drawn row), a layer's go into
+    # Counter-based uniforms: only the active inputs get one; a layer's go into
     # ``step_layer``, which stands where the pre-drawn row of ``layer_uniforms`` would.
-    step_input = np.zeros(1, dtype=kernel.dtype)
     step_layer = np.empty(widest, dtype=kernel.dtype)
     input_key = _combine(phase_key, np.uint64(0))
     layer_keys = np.empty(n_layers, dtype=np.uint64)
@@ -219,19 +271,24 @@ def _example(
         drive = ring[0, slot]
         for j in range(n_first):
             drive[j] = zero
-        uniform_in = input_uniform[r, b, t] if not counter else step_input
-        row_key = _combine(input_key, np.uint64(t))
+        # u exp(rate) > 1 is the first threshold of ``_poisson``: no spike below it
+        if counter:
+            row_key = _combine(input_key, np.uint64(t))
+            for a in range(n_active):
+                uniform = dtype(_mix(row_key ^ active_codes[a]) >> shift) * scale
+                scaled_in[a] = uniform * active_exp[a]
+        else:
+            uniform_in = input_uniform[r, b, t]
+            for a in range(n_active):
+                scaled_in[a] = uniform_in[active[a]] * active_exp[a]
+        n_spiking = 0
         for a in range(n_active):
+            spiking[n_spiking] = a
+            n_spiking += scaled_in[a] > one
+        for index in range(n_spiking):
+            a = spiking[index]
             i = active[a]
-            # the counter-based uniform is hashed where it is used (no row of them to fill)
-            if counter:
-                uniform = dtype(_mix(row_key ^ codes[i]) >> shift) * scale
-            else:
-                uniform = uniform_in[i]
-            count = _poisson(rates_in[i], uniform * exp_in[i], one, half)
-            if count == 0:
-                continue
-            value = dtype(count)
+            value = dtype(_poisson(rates_in[i], scaled_in[a], one, half))
             row = w_in[i]
             for j in range(n_first):
                 drive[j] += value * row[j]
@@ -308,15 +365,30 @@ def _example(
                 for j in range(n):
                     c = c_layer[j]
                     soma_layer[j] += c
-                    rate = phi_max * (one / (one + np.exp(-c)))
+                    rate = phi_max * (one / (one + dtype(exp64(-np.float64(c)))))
                     rates[j] = rate  # the spikes below need it too: one exponential, not two
                     rate_layer[j] += rate
             # u exp(rate) <= u exp(phi_max) < 1 below ``quiet``: no spike whatever the rate.
-            # Four uniforms in five are below it; the rest are gathered without branches.
+            # Four uniforms in five are below it; the rest are gathered without branches, and
+            # their rates and Poisson thresholds computed in loops without branches (vectorised)
             n_candidates = 0
             for j in range(n):
                 candidates[n_candidates] = j
                 n_candidates += uniforms[j] >= quiet
+            if in_window:
+                for index in range(n_candidates):
+                    candidate_rates[index] = rates[candidates[index]]
+            else:
+                for index in range(n_candidates):
+                    candidate_rates[index] = c_layer[candidates[index]]
+                for index in range(n_candidates):
+                    c = candidate_rates[index]
+                    candidate_rates[index] = phi_max * (one / (one + dtype(exp64(-np.float64(c)))))
+            for index in range(n_candidates):
+                candidate_scaled[index] = uniforms[candidates[index]]
+            for index in range(n_candidates):
+                rate = candidate_rates[index]
+                candidate_scaled[index] = candidate_scaled[index] * dtype(exp64(np.float64(rate)))
             if layer == n_hidden:
                 for j in range(n):
                     output_ring[slot, j] = zero
@@ -326,11 +398,7 @@ def _example(
             delayed_weight = delayed_weights[k_taps + t]
             for index in range(n_candidates):
                 j = candidates[index]
-                if in_window:
-                    rate = rates[j]
-                else:
-                    rate = phi_max * (one / (one + np.exp(-c_layer[j])))
-                count = _poisson(rate, uniforms[j] * np.exp(rate), one, half)
+                count = _poisson(candidate_rates[index], candidate_scaled[index], one, half)
                 if count == 0:
                     continue
                 value = dtype(count)
@@ -657,3 +725,206 @@ def learn(
         _learn(0, *arguments)
     else:
         _learn_batch(*arguments)
+
+
+@njit(cache=True)
+def _signals(r, e, weights, f_soma, t_rate, f_apical, t_apical, rule, plateau_out,
+             backprop_out):  # pragma: no cover - compiled; fmt: skip
+    """Example ``e``'s hidden errors for replica ``r``, read after the update: the plateau
+    rule's ``E_l`` (``credit.plateau.hidden_errors``) into ``plateau_out[l][r, e]`` and backprop's
+    through the same averages and the updated weights (``backprop_signals``,
+    ``E_l = (W_{l+1} E_{l+1}) k_b phi_max sigmoid'(C_f)`` from ``E_out``) into
+    ``backprop_out[l][r, e]``."""
+    one = rule.dtype.type(1.0)
+    zero = one - one
+    k_d, k_b, phi_max = rule[0], rule[1], rule[2]
+    n_layers = len(weights)
+    n_hidden = n_layers - 1
+    out = n_layers - 1
+    n_out = weights[out].shape[2]
+    widest = n_out
+    for layer in range(n_hidden):
+        widest = max(widest, weights[layer].shape[2])
+    above = np.empty(widest, dtype=rule.dtype)
+    below = np.empty(widest, dtype=rule.dtype)
+    c_f, rate_t = f_soma[out][r, 0], t_rate[out][r, 0]
+    for j in range(n_out):
+        s = _sigmoid(c_f[j], one)
+        above[j] = -(rate_t[j] - phi_max * s) * k_d * phi_max * (s * (one - s))
+    n_above = n_out
+    for layer in range(n_hidden - 1, -1, -1):
+        n = weights[layer].shape[2]
+        w = weights[layer + 1][r]  # (n, n_above)
+        c_f = f_soma[layer][r, 0]
+        a_f, a_t = f_apical[layer][r, 0], t_apical[layer][r, 0]
+        plateau, exact = plateau_out[layer][r, e], backprop_out[layer][r, e]
+        for i in range(n):
+            total = zero
+            row = w[i]
+            for m in range(n_above):
+                total += row[m] * above[m]
+            s = _sigmoid(c_f[i], one)
+            slope = s * (one - s)
+            below[i] = total * k_b * phi_max * slope
+            exact[i] = below[i]
+            plateau[i] = -(_sigmoid(a_t[i], one) - _sigmoid(a_f[i], one)) * k_b * phi_max * slope
+        for i in range(n):
+            above[i] = below[i]
+        n_above = n
+
+
+@njit(cache=True)
+def _zero_replica(r, arrays):  # pragma: no cover - compiled
+    """Zero row ``r`` (the first index) of every array of the homogeneous tuple ``arrays``."""
+    for a in arrays:
+        a[r].fill(0)
+
+
+@njit(cache=True)
+def _copy_replica(r, source, destination):  # pragma: no cover - compiled
+    """Row ``r`` of each array of ``source`` into the same array of ``destination``."""
+    for index in range(len(source)):
+        destination[index][r] = source[index][r]
+
+
+@njit(cache=True)
+def _learn_chunk(
+    r, weights, biases, feedback, input_history, somas, histories, chunk_rates, chunk_exp,
+    chunk_labels, kernel, psp_table, delayed_table, constants, rule, window, coupled, keys,
+    first_example, lengths, codes, shift, scale, input_rates, input_exp, labels, middle_history,
+    middle_somas, middle_histories, f_psp, f_soma, f_rate, f_psp_means, f_apical,
+    new_input_history, new_somas, new_histories, t_psp, t_soma, t_rate, t_psp_means, t_apical,
+    spikes, layer_spikes, output_soma, plateau_out, backprop_out,
+):  # pragma: no cover - compiled; fmt: skip
+    """``_learn`` for examples ``0 .. C-1`` of the chunk in turn (replica ``r``), example ``e``
+    at ``first_example + e`` of the stream, each starting from the state the previous one left
+    (``input_history``, ``somas``, ``histories``, updated in place); per example the forward
+    phase's mean output somatic potential into ``output_soma[r, e]`` and the hidden errors of
+    :func:`_signals`. The per-example arrays (``input_rates`` .. ``t_apical``) are scratch."""
+    n_hidden = len(weights) - 1
+    for e in range(chunk_rates.shape[1]):
+        input_rates[r, 0] = chunk_rates[r, e]
+        input_exp[r, 0] = chunk_exp[r, e]
+        labels[r, 0] = chunk_labels[r, e]
+        # what the phases accumulate into or write only where a spike fell (the rest is
+        # assigned whole)
+        _zero_replica(r, (middle_history, new_input_history))
+        _zero_replica(r, middle_histories)
+        _zero_replica(r, new_histories)
+        _zero_replica(r, (f_psp, t_psp))
+        _zero_replica(r, f_psp_means)
+        _zero_replica(r, t_psp_means)
+        _zero_replica(r, f_apical)
+        _zero_replica(r, t_apical)
+        f_steps, t_steps = lengths[e, 0], lengths[e, 1]
+        _learn(
+            r, weights, biases, feedback, input_history, somas, histories, input_rates,
+            input_exp, labels, kernel, psp_table[f_steps], delayed_table[f_steps],
+            psp_table[t_steps], delayed_table[t_steps], constants, rule, window, coupled, keys,
+            first_example + e, f_steps, t_steps, codes, shift, scale, middle_history,
+            middle_somas, middle_histories, f_psp, f_soma, f_rate, f_psp_means, f_apical,
+            new_input_history, new_somas, new_histories, t_psp, t_soma, t_rate, t_psp_means,
+            t_apical, spikes, layer_spikes,
+        )  # fmt: skip
+        input_history[r] = new_input_history[r]
+        _copy_replica(r, new_somas, somas)
+        _copy_replica(r, new_histories, histories)
+        output_soma[r, e] = f_soma[len(weights) - 1][r, 0]
+        if n_hidden:
+            _signals(r, e, weights, f_soma, t_rate, f_apical, t_apical, rule, plateau_out,
+                     backprop_out)  # fmt: skip
+
+
+@njit(parallel=True, cache=True)
+def _learn_chunk_batch(
+    weights, biases, feedback, input_history, somas, histories, chunk_rates, chunk_exp,
+    chunk_labels, kernel, psp_table, delayed_table, constants, rule, window, coupled, keys,
+    first_example, lengths, codes, shift, scale, input_rates, input_exp, labels, middle_history,
+    middle_somas, middle_histories, f_psp, f_soma, f_rate, f_psp_means, f_apical,
+    new_input_history, new_somas, new_histories, t_psp, t_soma, t_rate, t_psp_means, t_apical,
+    spikes, layer_spikes, output_soma, plateau_out, backprop_out,
+):  # pragma: no cover - compiled; fmt: skip
+    for r in prange(chunk_rates.shape[0]):
+        _learn_chunk(
+            r, weights, biases, feedback, input_history, somas, histories, chunk_rates,
+            chunk_exp, chunk_labels, kernel, psp_table, delayed_table, constants, rule, window,
+            coupled, keys, first_example, lengths, codes, shift, scale, input_rates, input_exp,
+            labels, middle_history, middle_somas, middle_histories, f_psp, f_soma, f_rate,
+            f_psp_means, f_apical, new_input_history, new_somas, new_histories, t_psp, t_soma,
+            t_rate, t_psp_means, t_apical, spikes, layer_spikes, output_soma, plateau_out,
+            backprop_out,
+        )  # fmt: skip
+
+
+def _window_tables(lengths: np.ndarray, window: int, taps: bytes, dtype: np.dtype):
+    """:func:`_phase_window` of every phase length in ``lengths`` as two tables whose row
+    ``steps`` holds that length's weights (zero-padded): one array for a compiled loop over
+    examples of different lengths."""
+    longest = int(lengths.max())
+    k = len(taps) // dtype.itemsize
+    psp, delayed = (np.zeros((longest + 1, k + longest), dtype=dtype) for _ in range(2))
+    for steps in np.unique(lengths):
+        undelayed, late = _phase_window(int(steps), window, taps, dtype)
+        psp[steps, : len(undelayed)] = undelayed
+        delayed[steps, : len(late)] = late
+    return psp, delayed
+
+
+def learn_chunk(
+    weights, biases, feedback, state, chunk_rates, chunk_labels, kernel, constants, rule, window,
+    coupled, keys, first_example, lengths, output_soma, plateau_out, backprop_out,
+    chunk_exp=None,
+) -> None:  # fmt: skip
+    """:func:`learn` for C online examples in turn, in one compiled call: example ``e`` of
+    replica ``r`` is ``chunk_rates[r, e]`` (R, C, n_in) with label ``chunk_labels[r, e]`` and
+    phase lengths ``lengths[e]`` ((C, 2) int64), drawing from the stream at
+    ``first_example + e``. ``state``: the arrays ``(input_history, somas, histories)``, carried
+    from example to example and left holding the state after the last (changed in place).
+    Written per example: ``output_soma`` (R, C, n_out), the forward phase's mean somatic
+    potential of the output layer; per hidden layer ``plateau_out[l]`` and ``backprop_out[l]``
+    (R, C, n_l), the plateau rule's error and backprop's through the same averages and the
+    weights after the update (a network without hidden layers: empty sequences)."""
+    dtype = kernel.dtype
+    replicas, examples, n_in = chunk_rates.shape
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    if lengths.shape != (examples, 2):
+        raise ValueError(f"need (C, 2) phase lengths for {examples} examples, got {lengths.shape}")
+    bits = counter_random.mantissa_bits(dtype)
+    n_layers = len(weights)
+    layers = [w.shape[2] for w in weights]
+    k = kernel.shape[0]
+    pad3 = np.zeros((1, 1, 1), dtype=dtype)
+    if n_layers == 1:
+        feedback, plateau_out, backprop_out = (pad3,), (pad3,), (pad3,)
+    spikes = np.zeros((1, 1, 1, 1), dtype=dtype)
+    input_history, somas, histories = state
+
+    def per_layer(shape, which=layers):
+        return tuple(np.zeros((replicas, 1, *shape(n)), dtype=dtype) for n in which) or (pad3,)
+
+    def phase_arrays():
+        return (
+            np.zeros((replicas, 1, n_in), dtype=dtype),  # input PSP mean
+            per_layer(lambda n: (n,)),  # soma means
+            per_layer(lambda n: (n,)),  # rate means
+            per_layer(lambda n: (n,), layers[:-1]),  # PSP means
+            per_layer(lambda n: (n,), layers[:-1]),  # apical means
+        )
+
+    f_arrays, t_arrays = phase_arrays(), phase_arrays()
+    psp_table, delayed_table = _window_tables(lengths, window, kernel.tobytes(), dtype)
+    widest = max(n_in, *layers)
+    _learn_chunk_batch(
+        tuple(weights), tuple(biases), tuple(feedback), input_history, tuple(somas),
+        tuple(histories), chunk_rates,
+        np.exp(chunk_rates) if chunk_exp is None else chunk_exp,
+        np.ascontiguousarray(chunk_labels, dtype=np.int64), kernel, psp_table, delayed_table,
+        _phase_constants(tuple(constants), dtype), np.asarray(rule, dtype=dtype), window,
+        coupled, keys, first_example, lengths, _codes(widest), np.uint64(64 - bits),
+        dtype.type(2.0**-bits), np.zeros((replicas, 1, n_in), dtype=dtype),
+        np.zeros((replicas, 1, n_in), dtype=dtype), np.zeros((replicas, 1), dtype=np.int64),
+        np.zeros((replicas, 1, k, n_in), dtype=dtype), per_layer(lambda n: (n,)),
+        per_layer(lambda n: (k, n)), *f_arrays, np.zeros((replicas, 1, k, n_in), dtype=dtype),
+        per_layer(lambda n: (n,)), per_layer(lambda n: (k, n)), *t_arrays, spikes,
+        (spikes,) * n_layers, output_soma, tuple(plateau_out), tuple(backprop_out),
+    )  # fmt: skip

@@ -237,6 +237,21 @@ class PhaseAverages(NamedTuple):
     """Per hidden layer: (R, B, n) mean apical potential; its sigmoid is the plateau alpha."""
 
 
+class ExampleSignals(NamedTuple):
+    """What online training reports of each example of a run of C examples
+    (``credit.plateau.learn_examples``), beyond the weights it changed."""
+
+    output_soma: torch.Tensor
+    """(R, C, n_out) the forward phase's mean output somatic potential: the network's answer
+    (its argmax) before the example's update."""
+    plateau_errors: tuple[torch.Tensor, ...]
+    """Per hidden layer (R, C, n_l): the plateau rule's error ``E_l`` (``hidden_errors``)."""
+    backprop_errors: tuple[torch.Tensor, ...]
+    """Per hidden layer (R, C, n_l): backprop's error through the same averages and the weights
+    after the example's update (``backprop_signals``; the authors' code also reads the weights
+    after its update)."""
+
+
 class PhaseNoise(NamedTuple):
     """The uniforms a phase turns into Poisson spikes, one per neuron and time step.
 
