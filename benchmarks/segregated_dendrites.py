@@ -1,7 +1,8 @@
 """Speed of the segregated-dendrite simulation, against the authors' NumPy code on the same machine.
 
     python benchmarks/segregated_dendrites.py [--replicas 1 5 20] [--examples 200]
-        [--reference PATH/TO/deep_learning.py] [--device cpu] [--backend torch numba numba-counter]
+        [--reference PATH/TO/deep_learning.py] [--device cpu]
+        [--backend torch numba numba-counter numba-run]
 
 Measures, on MNIST images (``$NEUROPLASTIC_DATA`` or the bundled mnist-mini), 784-500-10 with
 random feedback and the paper's phase lengths:
@@ -16,6 +17,8 @@ each for every ``--backend`` of ``simulate_phase`` (``torch``: vectorised over t
 ``numba-counter``: the counter-based random stream (``kernels.counter_random``) instead of
 torch generators, so that a training example is one compiled call (both phases and the plateau
 update, uniforms drawn in the loop) and a test chunk one compiled phase without pre-drawn noise.
+``numba-run``: the same stream and kernel, a run of training examples per compiled call
+(``learn_examples``, as the experiment trains): nothing returns to Python between examples.
 
 With ``--reference`` (a local copy of ``deep_learning.py`` from
 jordan-g/Segregated-Dendrite-Deep-Learning; never committed here) the same two figures for the
@@ -35,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuroplastic.credit.plateau import learn_example
+from neuroplastic.credit.plateau import learn_example, learn_examples
 from neuroplastic.errors import DataError
 from neuroplastic.kernels.counter_random import CounterStream
 from neuroplastic.models.segregated_dendrites import (
@@ -45,11 +48,14 @@ from neuroplastic.models.segregated_dendrites import (
 )
 from neuroplastic.tasks.datasets import load_dataset
 
+RUN = 100
+"""Training images per ``learn_examples`` call in the ``numba-run`` backend."""
+
 
 def streams(backend: str, replicas: int, device):
-    """The random streams of ``backend`` (``numba-counter``: keys of the counter-based stream)
-    and the backend name ``learn_example``/``predict`` take."""
-    if backend == "numba-counter":
+    """The random streams of ``backend`` (``numba-counter``, ``numba-run``: keys of the
+    counter-based stream) and the backend name ``learn_example``/``predict`` take."""
+    if backend in ("numba-counter", "numba-run"):
         return CounterStream.of(range(replicas), range(replicas)), "numba"
     return [torch.Generator(device=device).manual_seed(r) for r in range(replicas)], backend
 
@@ -57,7 +63,6 @@ def streams(backend: str, replicas: int, device):
 def ours_training(data, replicas: int, examples: int, device, backend: str) -> float:
     net = SegregatedDendriteNet((784, 500, 10), replicas, "random").to(device)
     params = net.params
-    gens, backend = streams(backend, replicas, device)
     lengths = phase_lengths(params, torch.Generator().manual_seed(0), examples + 5).tolist()
     lengths[examples:] = [(50, 50), (51, 52), (53, 50), (50, 56), (60, 51)]  # warm-up lengths
     order = torch.randint(
@@ -67,22 +72,33 @@ def ours_training(data, replicas: int, examples: int, device, backend: str) -> f
         generator=torch.Generator().manual_seed(1),
     )
     state = net.initial_state()
+    run = backend == "numba-run"
+    gens, backend = streams(backend, replicas, device)
 
-    def step(i: int):
+    def step(i: int, count: int = 1):
+        """Examples i .. i + count - 1: one ``learn_examples`` call with ``numba-run``, else
+        one ``learn_example`` call each."""
         nonlocal state
-        index = order[i].to(device)
+        index = order[i : i + count, :, 0].T.to(device)  # (R, count)
         x, y = params.phi_max * data.train_x[index], data.train_y[index]
-        stream = gens._replace(example=i) if isinstance(gens, CounterStream) else gens
-        state, _, _ = learn_example(
-            net, state, x, y, stream, lengths[i], (0.21, 0.21), backend=backend
-        )
+        if run:
+            state, _ = learn_examples(
+                net, state, x, y, gens._replace(example=i), lengths[i : i + count],
+                (0.21, 0.21), backend=backend,
+            )  # fmt: skip
+            return
+        for e in range(count):
+            stream = gens._replace(example=i + e) if isinstance(gens, CounterStream) else gens
+            state, _, _ = learn_example(
+                net, state, x[:, e : e + 1], y[:, e : e + 1], stream, lengths[i + e],
+                (0.21, 0.21), backend=backend,
+            )  # fmt: skip
 
-    for i in range(5):
-        step(examples + i)  # warm-up
+    step(examples, 5)  # warm-up
     sync(device)
     start = time.perf_counter()
-    for i in range(examples):
-        step(i)
+    for i in range(0, examples, RUN):
+        step(i, min(RUN, examples - i))
     sync(device)
     return examples / (time.perf_counter() - start)
 
@@ -155,9 +171,11 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--backend", nargs="+", default=["torch"], choices=["torch", "numba", "numba-counter"],
+        "--backend", nargs="+", default=["torch"],
+        choices=["torch", "numba", "numba-counter", "numba-run"],
         help="simulate_phase backends to time (numba: the fast extra, CPU only; numba-counter: "
-        "numba on the counter-based stream, one compiled call per training example)",
+        "numba on the counter-based stream, one compiled call per training example; "
+        f"numba-run: the same, {RUN} training examples per call, learn_examples)",
     )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -147,3 +147,27 @@ def test_counter_stream_keys():
     assert stream.words().dtype == np.uint64
     with pytest.raises(ValueError, match="replica number per seed"):
         cr.CounterStream.of([1, 2], [0])
+
+
+def test_the_torch_hash_equals_the_numpy_hash_bit_for_bit():
+    """``combine_tensor``/``to_uniform_tensor`` (int64 tensors holding uint64 bits, so that the
+    draws happen on the network's device) against the NumPy words, over keys and parts across
+    the whole 64-bit range, the top bit set included."""
+    import torch
+
+    generator = np.random.default_rng(3)
+    keys = generator.integers(0, 2**64, 4000, dtype=np.uint64, endpoint=False)
+    parts = np.concatenate([
+        generator.integers(0, 2**64, 3996, dtype=np.uint64, endpoint=False),
+        np.asarray([0, 1, 2**63, 2**64 - 1], dtype=np.uint64),
+    ])  # fmt: skip
+    words = cr.combine(keys, parts)
+    tensor = cr.combine_tensor(cr.words_tensor(keys), cr.words_tensor(parts))
+    assert tensor.dtype == torch.int64
+    assert np.array_equal(words.view(np.int64), tensor.numpy())
+    assert (words >= 2**63).any()  # words with the sign bit set were covered
+    for np_dtype, dtype in [(np.float64, torch.float64), (np.float32, torch.float32)]:
+        assert np.array_equal(cr.to_uniform(words, np_dtype), cr.to_uniform_tensor(tensor, dtype))
+    assert np.array_equal(cr.words_tensor([-1, 5]).numpy(), np.asarray([-1, 5]))
+    with pytest.raises(ValueError, match="float64 or float32"):
+        cr.to_uniform_tensor(tensor, torch.float16)

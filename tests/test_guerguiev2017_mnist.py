@@ -410,3 +410,33 @@ def test_more_epochs_continue_from_the_last_checkpoint(tmp_path):
     assert experiment.train_dendritic(two, "0-hidden", [5], context) == straight
     with pytest.raises(ConfigError, match="holds 2 epochs"):
         experiment.train_dendritic(one, "0-hidden", [5], context)
+
+
+def test_the_report_shows_how_fast_each_depth_learns():
+    """With several epochs the verdict gives the test error after the first (the paper
+    describes the depths' speed in words) and a table gives it at the end of every epoch, read
+    from the recorded curves; within-epoch tests are not epoch ends."""
+    final = {"0-hidden": 0.083, "1-hidden": 0.041, "2-hidden": 0.032}
+    first = {"0-hidden": 0.09, "1-hidden": 0.12, "2-hidden": 0.10}
+    n = 20_000
+
+    def run(seed):
+        curves = {
+            Key(name, "test_error"): {"x": [n // 2, n, 3 * n // 2, 2 * n],
+                                      "y": [0.5, first[name] + 0.01 * seed, 0.5, final[name]]}
+            for name in final
+        }  # fmt: skip
+        config = dataclasses.replace(
+            experiment.Config(), epochs=2, baselines=(), networks=tuple(final)
+        )
+        return recorded_run(experiment.NAME, config, seed,
+                            {Key(k, "test_error"): v for k, v in final.items()},
+                            curves=curves)  # fmt: skip
+
+    runs = [run(s) for s in range(3)]
+    verdict = experiment.verdict(runs)
+    assert verdict.status == "holds"
+    assert verdict.headline.endswith("after the first epoch 10.0 / 13.0 / 11.0 %")
+    by_epoch = next(t for t in experiment.tables(runs) if "each epoch" in t.title)
+    assert by_epoch.header == ["network", "epoch 1", "epoch 2"]
+    assert by_epoch.rows[1] == ["1-hidden", "13.00", "4.10"]

@@ -610,6 +610,21 @@ def _authors_dynamics(config: dict) -> bool:
     )
 
 
+def epoch_errors(runs: Sequence[RunRecord], network: str) -> list[Summary]:
+    """Mean and 95 % interval over seeds of ``network``'s test error at the end of each epoch
+    (from the recorded curves): how fast it learns."""
+    per_epoch = []
+    n = runs[0].config["examples_per_epoch"]
+    for epoch in range(1, runs[0].config["epochs"] + 1):
+        values = []
+        for run in runs:
+            curve = run.curves.get(Key(network, "test_error"), {"x": [], "y": []})
+            values += [y for x, y in zip(curve["x"], curve["y"], strict=True) if x == epoch * n]
+        if len(values) == len(runs):
+            per_epoch.append(mean_ci(values))
+    return per_epoch
+
+
 def verdict(records: Sequence[RunRecord]) -> Verdict:
     """Holds when the mean paired differences err(0-hidden) - err(1-hidden) and err(1-hidden) -
     err(2-hidden) are both positive (the mean test errors order 0 > 1 > 2 hidden layers); the
@@ -645,6 +660,12 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
         f" training images, {config['test_examples']:,} test images"
         " (paper: 60 x 60,000, 10,000)"
     )
+    if config["epochs"] > 1:  # how fast each depth learns: the paper describes it in words
+        first = {n: epoch_errors(runs, n)[:1] for n in DEPTHS}
+        if all(first.values()):
+            headline += "; after the first epoch " + " / ".join(
+                f"{first[n][0].mean * 100:.1f}" for n in DEPTHS
+            ) + " %"
     return Verdict("holds" if ordered else "does not hold", headline)
 
 
@@ -684,6 +705,16 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
              "hidden update vs backprop", "learning rate", "paper (60 epochs, one network)"],
             rows,
         ))  # fmt: skip
+        if config["epochs"] > 1:
+            names = [*config["networks"], *config["baselines"]]
+            by_epoch = {name: epoch_errors(runs, name) for name in names}
+            epochs = range(1, max(len(v) for v in by_epoch.values()) + 1)
+        if config["epochs"] > 1 and len(epochs):
+            result.append(ReportTable(
+                f"Test error at the end of each epoch (mean over seeds, %) after {budget}",
+                ["network", *(f"epoch {e}" for e in epochs)],
+                [[name, *(f"{e.mean * 100:.2f}" for e in by_epoch[name])] for name in names],
+            ))  # fmt: skip
         pairs = [(a, b) for a, b in PAIRS if {a, b} <= set(config["networks"])]
         if pairs:
             rows = []

@@ -17,10 +17,12 @@ different parts under one key never share a value; keys of different parents col
 chance (2^-64). Both float conversions keep the top bits of ``h``: a float32 uniform is the
 float64 one truncated to 24 bits, and values are multiples of ``2^-m`` in [0, 1), exactly.
 
-This module is NumPy only (vectorised, for building ``PhaseNoise`` and for the reference path);
-``kernels.numba_dendrites`` draws the same values one at a time inside its compiled loop, from
-the same constants (tested bit for bit in ``tests/test_counter_random.py``). ``layer`` numbers the
-spiking populations from the input: 0 the input, 1 the first layer above it, and so on.
+This module computes them vectorised with NumPy and, on any device, with PyTorch (``*_tensor``:
+int64 tensors holding the uint64 bits, so that a phase's uniforms for every replica are drawn
+where the network runs, in one pass); ``kernels.numba_dendrites`` draws the same values one at a
+time inside its compiled loop, from the same constants (all three tested bit for bit in
+``tests/test_counter_random.py``). ``layer`` numbers the spiking populations from the input: 0 the
+input, 1 the first layer above it, and so on.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 """2^64 divided by the golden ratio: SplitMix64's increment (odd, so ``p + G`` is a bijection)."""
@@ -121,3 +124,49 @@ class CounterStream(NamedTuple):
     def words(self) -> np.ndarray:
         """The keys as a (R,) uint64 array, as the compiled kernels take them."""
         return np.asarray(self.keys, dtype=np.uint64)
+
+
+# ------------------------------------------------------------- the same hash on torch tensors
+
+
+def _signed(word: np.uint64) -> int:
+    """A uint64 word as the int64 with the same bits (torch's integer arithmetic is signed)."""
+    value = int(word)
+    return value - 2**64 if value >= 2**63 else value
+
+
+_GOLDEN_SIGNED = _signed(GOLDEN)
+_MULTIPLY_1_SIGNED = _signed(MULTIPLY_1)
+_MULTIPLY_2_SIGNED = _signed(MULTIPLY_2)
+
+
+def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """The logical right shift of int64 words holding uint64 bits (``>>`` on a signed tensor
+    copies the sign bit in; the mask clears what it copied)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix_tensor(z: torch.Tensor) -> torch.Tensor:
+    """:func:`mix` on an int64 tensor holding uint64 words, on its own device (products wrap
+    modulo 2^64 in two's complement, as the unsigned ones do)."""
+    z = (z ^ _shift_right(z, int(SHIFT_1))) * _MULTIPLY_1_SIGNED
+    z = (z ^ _shift_right(z, int(SHIFT_2))) * _MULTIPLY_2_SIGNED
+    return z ^ _shift_right(z, int(SHIFT_3))
+
+
+def combine_tensor(key: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    """:func:`combine` on int64 tensors (broadcast): ``mix(key XOR mix(part + G))``."""
+    return mix_tensor(key ^ mix_tensor(part + _GOLDEN_SIGNED))
+
+
+def words_tensor(values, device=None) -> torch.Tensor:
+    """Integers (any sign, reduced modulo 2^64) as an int64 tensor of their uint64 bits."""
+    return torch.as_tensor(_words(values).view(np.int64), device=device)
+
+
+def to_uniform_tensor(words: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """:func:`to_uniform` on an int64 tensor of hashes: the same values, bit for bit."""
+    bits = mantissa_bits(np.float32 if dtype == torch.float32 else np.float64)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"counter-based uniforms are float64 or float32, not {dtype}")
+    return _shift_right(words, 64 - bits).to(dtype) * 2.0**-bits

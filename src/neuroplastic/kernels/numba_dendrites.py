@@ -396,12 +396,16 @@ def _example(
             w_next = weights[layer + 1][r] if layer < n_hidden else w_in
             psp_row = psp_means[layer][r, b] if layer < n_hidden else output_mean
             delayed_weight = delayed_weights[k_taps + t]
+            # the candidates that spike (u exp(rate) > 1), gathered without branches: whether
+            # a candidate spikes is a coin toss that a branch would mispredict half the time
+            n_spiking = 0
             for index in range(n_candidates):
+                spiking[n_spiking] = index
+                n_spiking += candidate_scaled[index] > one
+            for spike in range(n_spiking):
+                index = spiking[spike]
                 j = candidates[index]
-                count = _poisson(candidate_rates[index], candidate_scaled[index], one, half)
-                if count == 0:
-                    continue
-                value = dtype(count)
+                value = dtype(_poisson(candidate_rates[index], candidate_scaled[index], one, half))
                 if layer < n_hidden:
                     row = w_next[j]
                     for m in range(n_next):

@@ -469,27 +469,35 @@ class SegregatedDendriteNet(nn.Module):
         if len(stream.keys) != self.replicas:
             raise ValueError(f"need one key per replica ({self.replicas}), got {len(stream.keys)}")
         dtype = ref.dtype if ref.dtype in (torch.float32, torch.float64) else torch.float64
-        np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        examples_index = int(stream.example) + np.arange(examples, dtype=np.uint64)
-        node = crandom.combine(
-            crandom.combine(stream.words()[:, None], examples_index[None, :]), [phase]
-        )  # (R, B)
-        time = np.arange(steps, dtype=np.uint64)
+        device = ref.device
 
-        def population(layer: int, units: np.ndarray) -> torch.Tensor:
-            rows = crandom.combine(crandom.combine(node, [layer])[..., None], time)  # (R, B, T)
-            values = crandom.to_uniform(crandom.combine(rows[..., None], units), np_dtype)
-            return torch.from_numpy(values).to(device=ref.device, dtype=ref.dtype)
+        def words(values) -> torch.Tensor:
+            return crandom.words_tensor(values, device)
+
+        # hashed where the network runs, all replicas and examples at once
+        examples_index = words(int(stream.example) + np.arange(examples, dtype=np.uint64))
+        node = crandom.combine_tensor(
+            crandom.combine_tensor(words(stream.words())[:, None], examples_index[None, :]),
+            words([phase]),
+        )  # (R, B)
+        time = torch.arange(steps, device=device)
+
+        def population(layer: int, units: torch.Tensor) -> torch.Tensor:
+            rows = crandom.combine_tensor(
+                crandom.combine_tensor(node, words([layer]))[..., None], time
+            )  # (R, B, T)
+            hashes = crandom.combine_tensor(rows[..., None], units)
+            return crandom.to_uniform_tensor(hashes, dtype).to(ref.dtype)
 
         n_in = self.sizes[0]
         if input_rates is None:
-            inputs = population(0, np.arange(n_in, dtype=np.uint64))
+            inputs = population(0, torch.arange(n_in, device=device))
         else:
             columns = (input_rates != 0).flatten(0, -2).any(dim=0).nonzero().squeeze(1)
             inputs = ref.new_zeros(self.replicas, examples, steps, n_in)
-            inputs[..., columns] = population(0, columns.cpu().numpy().astype(np.uint64))
+            inputs[..., columns] = population(0, columns.to(device))
         layers = tuple(
-            population(layer + 1, np.arange(n, dtype=np.uint64))
+            population(layer + 1, torch.arange(n, device=device))
             for layer, n in enumerate(self.sizes[1:])
         )
         return PhaseNoise(inputs, layers)
