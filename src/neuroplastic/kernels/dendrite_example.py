@@ -150,6 +150,31 @@ def _runs_compiled(net: SegregatedDendriteNet, input_rates: torch.Tensor, backen
     return input_rates.dtype in (torch.float32, torch.float64)
 
 
+def _takes_compiled(
+    net: SegregatedDendriteNet,
+    input_rates: torch.Tensor,
+    stream: CounterStream,
+    learning_rates: Sequence[float],
+    backend: str,
+) -> bool:
+    """Whether the compiled call runs (:func:`_runs_compiled`, and every parameter a contiguous
+    tensor of the input's dtype); raises where the learning rates or the stream's keys do not
+    match the network."""
+    if not _runs_compiled(net, input_rates, backend):
+        return False
+    dtype = input_rates.dtype
+    parameters = (*net.weights, *net.biases, *net.feedback)
+    if not all(x.dtype == dtype and x.is_contiguous() for x in parameters):
+        return False
+    if len(learning_rates) != len(net.weights):
+        raise ValueError(
+            f"need one learning rate per layer ({len(net.weights)}), got {len(learning_rates)}"
+        )
+    if len(stream.keys) != net.replicas:
+        raise ValueError(f"need one key per replica ({net.replicas}), got {len(stream.keys)}")
+    return True
+
+
 def learn_example_compiled(
     net: SegregatedDendriteNet,
     state: NetworkState,
@@ -166,18 +191,10 @@ def learn_example_compiled(
     synced). None, having changed nothing, where ``backend`` does not run the example compiled
     (see ``learn_example``) or the parameters are not all contiguous tensors of the input's
     dtype: the caller then takes the phase by phase path, to the same result up to rounding."""
-    if not _runs_compiled(net, input_rates, backend):
+    if not _takes_compiled(net, input_rates, stream, learning_rates, backend):
         return None
     weights, biases, feedback = list(net.weights), list(net.biases), net.feedback
     dtype = input_rates.dtype
-    if not all(x.dtype == dtype and x.is_contiguous() for x in (*weights, *biases, *feedback)):
-        return None
-    if len(learning_rates) != len(weights):
-        raise ValueError(
-            f"need one learning rate per layer ({len(weights)}), got {len(learning_rates)}"
-        )
-    if len(stream.keys) != net.replicas:
-        raise ValueError(f"need one key per replica ({net.replicas}), got {len(stream.keys)}")
     from neuroplastic.kernels.numba_dendrites import learn
     from neuroplastic.kernels.numba_rsnn import follow_torch_threads
 
@@ -216,19 +233,10 @@ def learn_examples_compiled(
     ``input_rates`` (R, C, n_in): the state after the last and the :class:`ExampleSignals`, the
     weights updated in place. None, having changed nothing, where :func:`learn_example_compiled`
     would be None for one of them."""
-    first = input_rates[:, :1]
-    if not _runs_compiled(net, first, backend):
+    if not _takes_compiled(net, input_rates[:, :1], stream, learning_rates, backend):
         return None
     weights, biases, feedback = list(net.weights), list(net.biases), net.feedback
     dtype = input_rates.dtype
-    if not all(x.dtype == dtype and x.is_contiguous() for x in (*weights, *biases, *feedback)):
-        return None
-    if len(learning_rates) != len(weights):
-        raise ValueError(
-            f"need one learning rate per layer ({len(weights)}), got {len(learning_rates)}"
-        )
-    if len(stream.keys) != net.replicas:
-        raise ValueError(f"need one key per replica ({net.replicas}), got {len(stream.keys)}")
     if len(phase_steps) != input_rates.shape[1]:
         raise ValueError(
             f"need one pair of phase lengths per example ({input_rates.shape[1]}), "

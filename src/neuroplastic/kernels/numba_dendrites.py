@@ -38,8 +38,7 @@ many examples in one call.
 
 Every function is compiled with ``error_model="numpy"``: a float division by zero gives inf or
 nan, as in NumPy, instead of raising. Python's check for it is a branch in every division, and
-it kept LLVM from vectorising the loops of the rates' sigmoid (measured: 20 ns a unit against
-1 ns); no divisor here can be zero.
+it kept LLVM from vectorising the loops of the rates' sigmoid; no divisor here can be zero.
 """
 
 from __future__ import annotations
