@@ -66,7 +66,11 @@ def test_learns_visibly_and_reports_every_curve(outcome):
         assert result.hyperparameters["1-hidden-fa"]["lr"] in TINY.baseline_lrs
         assert 0 <= result.metrics[Key("1-hidden-fa", "test_error")] <= 1
     assert results[0].metrics != results[1].metrics  # seeds differ
-    assert not list(context.checkpoint_dir.iterdir())  # checkpoints removed once finished
+    # the dendritic networks' checkpoints stay, holding every epoch, so a run can be extended
+    kept = sorted(path.name for path in context.checkpoint_dir.iterdir())
+    assert len(kept) == len(TINY.networks) and all("seeds-0-1" in name for name in kept)
+    saved = torch.load(next(context.checkpoint_dir.iterdir()), weights_only=False)
+    assert saved["epoch"] == TINY.epochs
 
 
 def test_the_torch_stream_runs_end_to_end(outcome):

@@ -115,21 +115,35 @@ def plateau_step(
     net: SegregatedDendriteNet,
     forward: PhaseAverages,
     target: PhaseAverages,
-    learning_rates: Sequence[float],
+    learning_rates: Sequence[float] | torch.Tensor,
 ) -> None:
     """The fast path of :func:`plateau_gradients` followed by ``SGD(lr = eta_l)``: the same update
     applied in place, without the ``.grad`` tensors, and for the first layer only to the rows of
-    inputs whose mean PSP is non-zero (the others' dW is exactly zero). Tested equal."""
+    inputs whose mean PSP is non-zero (the others' dW is exactly zero). Tested equal.
+
+    ``learning_rates``: one per layer, or an (R, L) tensor giving each replica its own (settings
+    as replicas); the update is then dense, with no shape that depends on the data (as a CUDA
+    graph needs)."""
     p = net.params
-    if len(learning_rates) != len(net.weights):
+    per_replica = isinstance(learning_rates, torch.Tensor)
+    expected = (net.replicas, len(net.weights)) if per_replica else (len(net.weights),)
+    shape = tuple(learning_rates.shape) if per_replica else (len(learning_rates),)
+    if shape != expected:
         raise ValueError(
-            f"need one learning rate per layer ({len(net.weights)}), got {len(learning_rates)}"
+            f"need one learning rate per layer{' and replica' if per_replica else ''} "
+            f"{expected}, got {shape}"
         )
     errors = [*hidden_errors(net, forward, target), output_error(net, forward, target)]
     scales = [p.p_hidden] * net.n_hidden + [p.p_output]
-    for layer, (error, scale, eta) in enumerate(zip(errors, scales, learning_rates, strict=True)):
+    for layer, (error, scale) in enumerate(zip(errors, scales, strict=True)):
         weight, bias = net.weights[layer], net.biases[layer]
         psp = forward.input_psp[layer]  # (R, B, n_below)
+        if per_replica:
+            step = -scale * learning_rates[:, layer].to(weight.dtype)  # (R,)
+            weight.add_(step[:, None, None] * (psp.transpose(1, 2) @ error))
+            bias.add_(step[:, None] * error.sum(dim=1))
+            continue
+        eta = learning_rates[layer]
         if layer == 0:
             rows = (psp != 0).flatten(0, 1).any(dim=0).nonzero().squeeze(1)
             delta = psp[..., rows].transpose(1, 2) @ error  # (R, n_rows, n)

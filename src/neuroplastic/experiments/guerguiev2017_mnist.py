@@ -557,10 +557,7 @@ def run_batch(config: Config, seeds: Sequence[int], context: RunContext) -> list
             curves[r][Key(baseline, "test_error")] = {"x": epoch_ends, "y": errors}
             metrics[r][Key(baseline, "test_error")] = errors[-1]
             context.progress.advance(1)
-    for network in config.networks:  # recorded by the caller from here on
-        checkpoint = _checkpoint_path(context, config, network, seeds)
-        if checkpoint is not None:
-            checkpoint.unlink(missing_ok=True)
+    # the dendritic networks' checkpoints stay: a later run with more epochs resumes from them
     return [
         RunResult(m, c, "training images", {name: dict(p) for name, p in hyperparameters.items()})
         for m, c in zip(metrics, curves, strict=True)

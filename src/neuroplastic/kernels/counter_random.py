@@ -170,3 +170,29 @@ def to_uniform_tensor(words: torch.Tensor, dtype: torch.dtype = torch.float64) -
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"counter-based uniforms are float64 or float32, not {dtype}")
     return _shift_right(words, 64 - bits).to(dtype) * 2.0**-bits
+
+
+def combine_word(key: torch.Tensor, part: int) -> torch.Tensor:
+    """:func:`combine_tensor` with a constant ``part``: its ``mix(part + G)`` is computed here, so
+    nothing is copied to the device (a CUDA graph can capture the hash)."""
+    with np.errstate(over="ignore"):
+        mixed = mix(_words([part]) + GOLDEN)[0]
+    return mix_tensor(key ^ _signed(mixed))
+
+
+def population_uniforms_tensor(
+    keys: torch.Tensor,
+    examples: torch.Tensor,
+    phase: int,
+    layer: int,
+    steps: int,
+    units: torch.Tensor,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """:func:`uniforms` for many networks and examples at once, on the tensors' device:
+    ``keys`` (R,) and ``examples`` (R, B) or (B,) int64 words, ``units`` the unit indices (U,);
+    returns (R, B, steps, U), unit ``units[j]`` of example ``examples[r, b]`` under ``keys[r]``."""
+    node = combine_word(combine_tensor(keys[:, None], examples), phase)  # (R, B)
+    time = torch.arange(steps, device=keys.device)
+    rows = combine_tensor(combine_word(node, layer)[..., None], time)  # (R, B, T)
+    return to_uniform_tensor(combine_tensor(rows[..., None], units), dtype)

@@ -468,39 +468,45 @@ class SegregatedDendriteNet(nn.Module):
         ref = self.weights[0]
         if len(stream.keys) != self.replicas:
             raise ValueError(f"need one key per replica ({self.replicas}), got {len(stream.keys)}")
-        dtype = ref.dtype if ref.dtype in (torch.float32, torch.float64) else torch.float64
         device = ref.device
-
-        def words(values) -> torch.Tensor:
-            return crandom.words_tensor(values, device)
-
-        # hashed where the network runs, all replicas and examples at once
-        examples_index = words(int(stream.example) + np.arange(examples, dtype=np.uint64))
-        node = crandom.combine_tensor(
-            crandom.combine_tensor(words(stream.words())[:, None], examples_index[None, :]),
-            words([phase]),
-        )  # (R, B)
-        time = torch.arange(steps, device=device)
-
-        def population(layer: int, units: torch.Tensor) -> torch.Tensor:
-            rows = crandom.combine_tensor(
-                crandom.combine_tensor(node, words([layer]))[..., None], time
-            )  # (R, B, T)
-            hashes = crandom.combine_tensor(rows[..., None], units)
-            return crandom.to_uniform_tensor(hashes, dtype).to(ref.dtype)
-
-        n_in = self.sizes[0]
-        if input_rates is None:
-            inputs = population(0, torch.arange(n_in, device=device))
-        else:
+        keys = crandom.words_tensor(stream.words(), device)
+        examples = crandom.words_tensor(int(stream.example) + np.arange(examples), device)
+        columns = None
+        if input_rates is not None:
             columns = (input_rates != 0).flatten(0, -2).any(dim=0).nonzero().squeeze(1)
-            inputs = ref.new_zeros(self.replicas, examples, steps, n_in)
-            inputs[..., columns] = population(0, columns.to(device))
-        layers = tuple(
-            population(layer + 1, torch.arange(n, device=device))
-            for layer, n in enumerate(self.sizes[1:])
-        )
-        return PhaseNoise(inputs, layers)
+        return counter_uniforms(self.sizes, keys, examples, phase, steps, ref.dtype, columns)
+
+
+def counter_uniforms(
+    sizes: Sequence[int],
+    keys: torch.Tensor,
+    examples: torch.Tensor,
+    phase: int,
+    steps: int,
+    dtype: torch.dtype,
+    input_columns: torch.Tensor | None = None,
+) -> PhaseNoise:
+    """:meth:`SegregatedDendriteNet.counter_noise` on tensors: ``keys`` (R,) and ``examples``
+    (R, B) or (B,) int64 words on the network's device. Every input is drawn, or only
+    ``input_columns`` (the others get 0). Hashed where the tensors are, all replicas and
+    examples at once, with no copy from the host (so a CUDA graph can capture it)."""
+    device = keys.device
+    hashed = dtype if dtype in (torch.float32, torch.float64) else torch.float64
+
+    def population(layer: int, units: torch.Tensor) -> torch.Tensor:
+        where = (keys, examples, phase, layer, steps, units)
+        return crandom.population_uniforms_tensor(*where, hashed).to(dtype)
+
+    if input_columns is None:
+        inputs = population(0, torch.arange(sizes[0], device=device))
+    else:
+        drawn = population(0, input_columns.to(device))
+        inputs = drawn.new_zeros(*drawn.shape[:-1], sizes[0])
+        inputs[..., input_columns] = drawn
+    layers = tuple(
+        population(layer + 1, torch.arange(n, device=device)) for layer, n in enumerate(sizes[1:])
+    )
+    return PhaseNoise(inputs, layers)
 
 
 def _poisson_low_counts(
@@ -513,7 +519,7 @@ def _poisson_low_counts(
 
 
 def poisson_from_uniform(
-    rate: torch.Tensor, uniform: torch.Tensor, max_count: int = 16
+    rate: torch.Tensor, uniform: torch.Tensor, max_count: int = 16, dense: bool = False
 ) -> torch.Tensor:
     """Poisson(rate) counts by inverting the CDF at ``uniform``: the count is the number of
     cumulative probabilities P(N <= k) = exp(-rate) S_k, S_k = sum_{j<=k} rate^j / j!, that
@@ -522,8 +528,11 @@ def poisson_from_uniform(
 
     The comparisons are made as ``uniform exp(rate) > S_k``. Counts of 0, 1 and 2 (all but about
     one draw in a thousand at these rates) are settled on the whole tensor; only draws beyond S_2
-    go on, gathered into a short vector."""
+    go on, gathered into a short vector. ``dense``: every draw goes on (the same counts, and no
+    shape that depends on the data, as a CUDA graph needs)."""
     count, beyond = _poisson_low_counts(rate, uniform)
+    if dense:
+        return _poisson_high_counts_dense(rate, uniform, count, beyond, max_count)
     return _poisson_high_counts(rate, uniform, count, beyond, max_count)
 
 
@@ -551,11 +560,34 @@ def _poisson_high_counts(
     return count
 
 
+def _poisson_high_counts_dense(
+    rate: torch.Tensor,
+    uniform: torch.Tensor,
+    count: torch.Tensor,
+    beyond: torch.Tensor,
+    max_count: int = 16,
+) -> torch.Tensor:
+    """:func:`_poisson_high_counts` on every draw: the same S_k, summed in the same order (the
+    running product and sum that ``cumprod`` and ``cumsum`` take there), compared everywhere."""
+    scaled = uniform * torch.exp(rate)
+    base = 1.0 + rate + rate * rate * 0.5
+    half_square = rate * rate * 0.5
+    count = count + beyond.to(count.dtype)
+    product = total = None
+    for order in range(3, max_count):
+        ratio = rate / order
+        product = ratio if product is None else product * ratio
+        total = half_square * product if total is None else total + half_square * product
+        count = count + (scaled > base + total).to(count.dtype)
+    return count
+
+
 def teaching_conductances(
     labels: torch.Tensor, n_out: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """g_E = 1, g_I = 0 for the correct output unit; g_E = 0, g_I = 1 for the others."""
-    g_e = nn.functional.one_hot(labels, n_out).to(dtype)
+    # a comparison rather than ``one_hot``, which checks the labels' range on the host
+    g_e = (labels[..., None] == torch.arange(n_out, device=labels.device)).to(dtype)
     return g_e, 1.0 - g_e
 
 
@@ -713,6 +745,52 @@ def _window_weights(
         for i, value in enumerate(kernel):
             weights[t + 1 + i - delay] += value / window
     return weights.to(dtype=dtype, device=device)
+
+
+def _window_mean(
+    full: torch.Tensor,
+    window: int,
+    kernel: tuple[float, ...],
+    delay: int,
+    ends: torch.Tensor | None,
+) -> torch.Tensor:
+    """The mean over a phase's last ``window`` steps of the filtered train (``delay`` 1: one step
+    late), (R, B, n), from the counts (R, B, K + T, n), history first; ``ends`` see
+    :func:`_phase_core`."""
+    weights = _window_weights(window, kernel, delay, full.dtype, str(full.device))
+    if ends is None:
+        return weights @ full[:, :, -len(weights) :]
+    # the weights placed so that their last one meets the phase's last step, row K + end - 1
+    place = torch.arange(full.shape[2], device=full.device) - (ends[..., None] - window)
+    inside = (place >= 0) & (place < len(weights))
+    spread = torch.where(inside, weights[place.clamp(0, len(weights) - 1)], 0.0)  # (R, B, K + T)
+    return (spread[..., None, :] @ full).squeeze(-2)
+
+
+def _mean_over_window(x: torch.Tensor, window: int, ends: torch.Tensor | None) -> torch.Tensor:
+    """(R, B, T, n) -> (R, B, n): the mean over each phase's last ``window`` steps."""
+    if ends is None:
+        return x[:, :, -window:].mean(dim=2)
+    step = torch.arange(x.shape[2], device=x.device)
+    inside = (step >= ends[..., None] - window) & (step < ends[..., None])  # (R, B, T)
+    return ((inside.to(x.dtype) / window)[..., None, :] @ x).squeeze(-2)
+
+
+def _at_end(x: torch.Tensor, ends: torch.Tensor | None) -> torch.Tensor:
+    """(R, B, T, n) -> (R, B, n): the value at each phase's last step."""
+    if ends is None:
+        return x[:, :, -1]
+    index = (ends - 1)[..., None, None].expand(*ends.shape, 1, x.shape[-1])
+    return x.gather(2, index).squeeze(2)
+
+
+def _last_rows(full: torch.Tensor, k: int, ends: torch.Tensor | None) -> torch.Tensor:
+    """(R, B, K + T, n) counts, history first -> (R, B, K, n): those of each phase's last K steps
+    (rows ``end .. end + K - 1``)."""
+    if ends is None:
+        return full[:, :, -k:]
+    rows = ends[..., None] + torch.arange(k, device=full.device)  # (R, B, K)
+    return full.gather(2, rows[..., None].expand(*rows.shape, full.shape[-1]))
 
 
 def _soma_over_time(
@@ -936,9 +1014,17 @@ def _constants(p: DendriticParams) -> tuple[float, ...]:
 
 def _phase_core(
     weights, biases, feedback, input_history, somas, histories, input_rates, input_uniform,
-    layer_uniforms, active, teaching, kernel, constants, window,
+    layer_uniforms, active, teaching, kernel, constants, window, ends=None,
 ):  # fmt: skip
-    """The phase on tensors only: the body of :func:`simulate_phase`."""
+    """The phase on tensors only: the body of :func:`simulate_phase`.
+
+    ``active``: the input columns simulated (indices into the first weights' rows), their
+    weights applied event by event; or None: every input, and only operations whose shapes do
+    not depend on the data (dense products, dense Poisson counts), as a CUDA graph needs.
+    ``ends``: (R, B) the length of each replica's phase, at most the T steps simulated, or None
+    (every phase T steps long). A phase padded to T steps ends at its own length: each step
+    depends only on earlier ones, so the steps after the end change nothing before it, and the
+    averages, end state and history are read at the end (masks and gathers)."""
     (
         hidden_decay, hidden_gain, out_decay, out_gain, target_decay, target_gain, e_drive,
         i_drive, phi_max, _apical_gain,
@@ -946,17 +1032,17 @@ def _phase_core(
     k = len(kernel)
     n_layers = len(weights)
 
-    spikes = poisson_from_uniform(input_rates, input_uniform)  # (R, B, T, n_active)
+    dense = active is None
+    spikes = poisson_from_uniform(input_rates, input_uniform, dense=dense)  # (R, B, T, n_active)
     full = torch.cat([input_history, spikes], dim=2)  # (R, B, K + T, n_active)
     recorded = [spikes]
     # W PSP(t) = sum_i kappa_i W s(t - i): apply the weights to the spike counts first (for the
     # input layer event by event: about 1 in 60 inputs spikes in a step on MNIST), then filter
     # the narrower drive, folded with the somatic recurrence into one matrix product.
-    drive = _sparse_apply(full, weights[0], active)
-    input_history = full[:, :, -k:]
+    drive = _apply_over_time(weights[0], full) if dense else _sparse_apply(full, weights[0], active)
+    input_history = _last_rows(full, k, ends)
     # the filtered trains themselves are only needed averaged over the window, for plasticity
-    window_mean = _window_weights(window, kernel, 0, full.dtype, str(full.device))
-    input_psp = window_mean @ full[:, :, -(window + k) :]
+    input_psp = _window_mean(full, window, kernel, 0, ends)
     soma_means, rate_means, psp_means, new_somas, new_histories = [], [], [], [], []
     for layer in range(n_layers):
         if layer < n_layers - 1:
@@ -970,19 +1056,19 @@ def _phase_core(
         c = _soma_over_time(drive, kernel, decay, gain, offset, somas[layer])  # (R, B, T, n)
         rate = phi_max * torch.sigmoid(c)
         low_counts, beyond = _poisson_low_counts(rate, layer_uniforms[layer])
-        layer_spikes = _poisson_high_counts(rate, layer_uniforms[layer], low_counts, beyond)
+        high_counts = _poisson_high_counts_dense if dense else _poisson_high_counts
+        layer_spikes = high_counts(rate, layer_uniforms[layer], low_counts, beyond)
         recorded.append(layer_spikes)
         full = torch.cat([histories[layer], layer_spikes], dim=2)  # (R, B, K + T, n)
-        soma_means.append(c[:, :, -window:].mean(dim=2))
-        rate_means.append(rate[:, :, -window:].mean(dim=2))
-        new_somas.append(c[:, :, -1])
-        new_histories.append(full[:, :, -k:])
+        soma_means.append(_mean_over_window(c, window, ends))
+        rate_means.append(_mean_over_window(rate, window, ends))
+        new_somas.append(_at_end(c, ends))
+        new_histories.append(_last_rows(full, k, ends))
         if layer < n_layers - 1:
             drive = _apply_over_time(weights[layer + 1], full)
-            psp_means.append(window_mean @ full[:, :, -(window + k) :])
+            psp_means.append(_window_mean(full, window, kernel, 0, ends))
     # apical potentials only enter the plateau averages: average the output train first
-    delayed_mean = _window_weights(window, kernel, 1, full.dtype, str(full.device))
-    output_mean = delayed_mean @ full[:, :, -(window + k) :]  # (R, B, n_out)
+    output_mean = _window_mean(full, window, kernel, 1, ends)  # (R, B, n_out)
     apical = tuple(output_mean @ y for y in feedback)  # (R, B, n_out) @ (R, n_out, n_l)
     return (
         input_history, input_psp, tuple(new_somas), tuple(new_histories), tuple(soma_means),
