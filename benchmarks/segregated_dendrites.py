@@ -19,6 +19,10 @@ torch generators, so that a training example is one compiled call (both phases a
 update, uniforms drawn in the loop) and a test chunk one compiled phase without pre-drawn noise.
 ``numba-run``: the same stream and kernel, a run of training examples per compiled call
 (``learn_examples``, as the experiment trains): nothing returns to Python between examples.
+``replicas``: the fixed-shape step of ``kernels.dendrite_replicas`` (all replicas as one batch,
+dense products, padded phases), captured as a CUDA graph on a CUDA device (``replicas-eager``:
+not captured); its test phases are ``predict``'s torch backend on the counter stream. It is the
+path for many replicas on a GPU; on the CPU it is timed to show what it costs there.
 
 With ``--reference`` (a local copy of ``deep_learning.py`` from
 jordan-g/Segregated-Dendrite-Deep-Learning; never committed here) the same two figures for the
@@ -40,7 +44,9 @@ import torch
 
 from neuroplastic.credit.plateau import learn_example, learn_examples
 from neuroplastic.errors import DataError
+from neuroplastic.experiments.guerguiev2017_mnist import TRAINING_RUN
 from neuroplastic.kernels.counter_random import CounterStream
+from neuroplastic.kernels.dendrite_replicas import ReplicaTrainer
 from neuroplastic.models.segregated_dendrites import (
     SegregatedDendriteNet,
     phase_lengths,
@@ -48,8 +54,9 @@ from neuroplastic.models.segregated_dendrites import (
 )
 from neuroplastic.tasks.datasets import load_dataset
 
-RUN = 100
-"""Training images per ``learn_examples`` call in the ``numba-run`` backend."""
+RUN = TRAINING_RUN
+"""Training images per ``learn_examples`` call in the ``numba-run`` backend: as many as the
+experiment's (``guerguiev2017_mnist.TRAINING_RUN``)."""
 
 
 def streams(backend: str, replicas: int, device):
@@ -57,6 +64,8 @@ def streams(backend: str, replicas: int, device):
     counter-based stream) and the backend name ``learn_example``/``predict`` take."""
     if backend in ("numba-counter", "numba-run"):
         return CounterStream.of(range(replicas), range(replicas)), "numba"
+    if backend.startswith("replicas"):
+        return CounterStream.of(range(replicas), range(replicas)), "torch"
     return [torch.Generator(device=device).manual_seed(r) for r in range(replicas)], backend
 
 
@@ -72,7 +81,11 @@ def ours_training(data, replicas: int, examples: int, device, backend: str) -> f
         generator=torch.Generator().manual_seed(1),
     )
     state = net.initial_state()
-    run = backend == "numba-run"
+    run = backend in ("numba-run", "replicas", "replicas-eager")
+    trainer = None
+    if backend.startswith("replicas"):
+        graphs = backend == "replicas" and device.type == "cuda"
+        trainer = ReplicaTrainer(net, (0.21, 0.21), graphs=graphs)
     gens, backend = streams(backend, replicas, device)
 
     def step(i: int, count: int = 1):
@@ -81,6 +94,10 @@ def ours_training(data, replicas: int, examples: int, device, backend: str) -> f
         nonlocal state
         index = order[i : i + count, :, 0].T.to(device)  # (R, count)
         x, y = params.phi_max * data.train_x[index], data.train_y[index]
+        if trainer is not None:
+            stream = gens._replace(example=i)
+            state, _ = trainer.learn_examples(state, x, y, stream, lengths[i : i + count])
+            return
         if run:
             state, _ = learn_examples(
                 net, state, x, y, gens._replace(example=i), lengths[i : i + count],
@@ -172,10 +189,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--backend", nargs="+", default=["torch"],
-        choices=["torch", "numba", "numba-counter", "numba-run"],
+        choices=["torch", "numba", "numba-counter", "numba-run", "replicas", "replicas-eager"],
         help="simulate_phase backends to time (numba: the fast extra, CPU only; numba-counter: "
         "numba on the counter-based stream, one compiled call per training example; "
-        f"numba-run: the same, {RUN} training examples per call, learn_examples)",
+        f"numba-run: the same, {RUN} training examples per call, learn_examples; replicas: "
+        "the fixed-shape step, a CUDA graph on CUDA)",
     )  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)

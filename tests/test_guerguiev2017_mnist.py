@@ -134,6 +134,25 @@ def test_the_backends_agree_to_rounding(random_stream):
             assert_curves_close(a, b)
 
 
+def test_the_replica_path_agrees_with_the_torch_path():
+    """``backend=replicas`` (the GPU's fixed-shape step, eager on the CPU) trains the same
+    networks as ``torch`` on the counter stream: the same curves, to rounding."""
+    config = dataclasses.replace(
+        TINY, networks=("1-hidden",), baselines=(), epochs=1, examples_per_epoch=40,
+        test_examples=20, eval_every=20,
+    )  # fmt: skip
+    torch_run, replica_run = (
+        experiment.train_dendritic(
+            dataclasses.replace(config, backend=backend), "1-hidden", [0, 1], RunContext(device=CPU)
+        )
+        for backend in ("torch", "replicas")
+    )
+    for a, b in zip(torch_run, replica_run, strict=True):
+        assert_curves_close(a, b)
+    with pytest.raises(ValueError, match="random_stream=counter"):
+        dataclasses.replace(config, backend="replicas", random_stream="torch")
+
+
 def test_checkpoints_are_keyed_by_the_random_stream_not_the_backend(tmp_path):
     """The backend changes only rounding: a run may resume under another one."""
     context = RunContext(device=CPU, checkpoint_dir=tmp_path)

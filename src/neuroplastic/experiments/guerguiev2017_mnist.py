@@ -28,7 +28,9 @@ Protocol:
   share its batch, and the stream has no state to checkpoint. ``random_stream=torch``: a torch
   generator per seed and network, as before the option (with ``backend=torch``, bit for bit).
   ``backend=auto`` runs the Numba kernels on the CPU when installed (on the counter stream a
-  training image in one compiled call), PyTorch otherwise; the two agree to rounding.
+  run of training images in one compiled call), and on a GPU the replica path
+  (:mod:`neuroplastic.kernels.dendrite_replicas`: the seeds as one batch in a fixed-shape step,
+  replayed as a CUDA graph); PyTorch otherwise. All agree to rounding.
 - Dynamics (``psp_kernel``, ``integration``): the authors' code by default (a PSP kernel cut
   after 10 taps, about half of its mass; Euler steps of the somatic ODEs, whose target-phase
   transient alternates in sign); ``psp_kernel=paper`` and ``integration=exponential`` give the
@@ -92,6 +94,7 @@ from neuroplastic.experiments.base import (
     finished_by_config,
 )
 from neuroplastic.kernels.counter_random import CounterStream
+from neuroplastic.kernels.dendrite_replicas import ReplicaTrainer
 from neuroplastic.metrics import error_rate
 from neuroplastic.models.mlp import MLP
 from neuroplastic.models.segregated_dendrites import (
@@ -186,11 +189,14 @@ class Config:
     seed, the network, the image's index and its place: results do not depend on how seeds are
     batched, and the compiled path draws them inside its loop) or ``torch`` (stateful torch
     generators, one per seed and network: the protocol of runs recorded before this option)."""
-    backend: Literal["auto", "torch", "numba"] = "auto"
+    backend: Literal["auto", "torch", "numba", "replicas"] = "auto"
     """How the dendritic networks' phases are simulated: ``numba`` (compiled, on the CPU; the
-    ``fast`` extra), ``torch``, or ``auto`` (Numba on the CPU when it is installed, PyTorch
-    otherwise). The results agree up to rounding; ``random_stream=torch`` with ``backend=torch``
-    reproduces runs recorded before these options bit for bit."""
+    ``fast`` extra), ``torch``, ``replicas`` (training in the fixed-shape step of
+    :mod:`neuroplastic.kernels.dendrite_replicas`, a CUDA graph on a GPU; needs
+    ``random_stream=counter``), or ``auto`` (Numba on the CPU when it is installed, ``replicas``
+    on a CUDA device with the counter stream, PyTorch otherwise). The results agree up to
+    rounding; ``random_stream=torch`` with ``backend=torch`` reproduces runs recorded before
+    these options bit for bit."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.networks) - set(NETWORKS))
@@ -204,8 +210,14 @@ class Config:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.random_stream not in ("counter", "torch"):
             raise ValueError(f"random_stream must be counter or torch, got {self.random_stream!r}")
-        if self.backend not in ("auto", "torch", "numba"):
-            raise ValueError(f"backend must be auto, torch or numba, got {self.backend!r}")
+        if self.backend not in ("auto", "torch", "numba", "replicas"):
+            raise ValueError(
+                f"backend must be auto, torch, numba or replicas, got {self.backend!r}"
+            )
+        if self.backend == "replicas" and self.random_stream != "counter":
+            raise ValueError(
+                "backend=replicas draws from the counter stream: set random_stream=counter"
+            )
         if self.chunk < 0:
             raise ValueError(f"chunk must be 0 (automatic) or positive, got {self.chunk}")
         if self.eval_every < 0:
@@ -302,7 +314,9 @@ def _test_error(
     else:
         spikes = [generator(NAME, "test", network, seed, images_seen) for seed in seeds]
     test_x = data.test_x[: config.test_examples]
-    predicted = predict(net, test_x, spikes, chunk=config.chunk, backend=config.backend)
+    # a test phase is a batch of images, which the vectorised torch path already runs well
+    backend = "torch" if config.backend == "replicas" else config.backend
+    predicted = predict(net, test_x, spikes, chunk=config.chunk, backend=backend)
     return (predicted != data.test_y[: config.test_examples]).float().mean(dim=1)
 
 
@@ -358,6 +372,10 @@ def train_dendritic(
             )
 
     n = min(config.examples_per_epoch, len(data.train_y))
+    replicated = counter is not None and (
+        config.backend == "replicas" or (config.backend == "auto" and device.type == "cuda")
+    )
+    trainer = ReplicaTrainer(net, learning_rates) if replicated else None
     for epoch in range(first_epoch, config.epochs):
         lengths = phase_lengths(params, generator(NAME, "phases", epoch), n).tolist()
         order = torch.stack(
@@ -378,10 +396,15 @@ def train_dendritic(
             labels = data.train_y[index]  # (R, C)
             # the counter stream's example: the images seen before this one
             stream = spikes if counter is None else counter._replace(example=epoch * n + step)
-            state, signals = learn_examples(
-                net, state, rates, labels, stream, lengths[step:stop], learning_rates,
-                config.backend,
-            )  # fmt: skip
+            if trainer is not None:
+                state, signals = trainer.learn_examples(
+                    state, rates, labels, stream, lengths[step:stop]
+                )
+            else:
+                state, signals = learn_examples(
+                    net, state, rates, labels, stream, lengths[step:stop], learning_rates,
+                    config.backend,
+                )  # fmt: skip
             correct += (signals.output_soma.argmax(-1) == labels).sum(1)
             if net.n_hidden:
                 # each update against backprop's through the same averages and the updated

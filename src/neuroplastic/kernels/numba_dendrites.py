@@ -157,13 +157,19 @@ def _example(
     input_uniform, layer_uniforms, labels, kernel, psp_weights, delayed_weights, constants,
     window, target, coupled, keep, new_input_history, input_psp, new_somas, new_histories,
     soma_means, rate_means, psp_means, apical_means, input_spikes, layer_spikes, steps, counter,
-    phase_key, codes, shift, scale,
+    phase_key, codes, shift, scale, drives, carry_steps,
 ):  # pragma: no cover - compiled; fmt: skip
     """One phase of replica ``r``, example ``b`` (see :func:`phase` for the arguments), of
     ``steps`` steps. With ``counter`` the uniforms are not read from ``input_uniform`` and
     ``layer_uniforms`` but drawn step by step from the counter-based stream of ``phase_key``
     (``kernels.counter_random``: ``codes[j] = mix(j + G)``, the hash's top bits ``>> shift``
-    times ``scale``)."""
+    times ``scale``).
+
+    ``drives`` (n_layers, K + T, widest), T >= ``steps``: scratch whose row ``K + t`` of layer
+    ``l`` receives the weights applied to the spikes of step ``t`` of the layer below (rows
+    ``0 .. K-1``: the history's). ``carry_steps`` > 0: it holds the previous phase, of that many
+    steps, run with the same weights (the forward phase before its target phase), whose last
+    K rows are this phase's history rows as they are; 0: they are built from the histories."""
     dtype = kernel.dtype.type
     one, half = dtype(1.0), dtype(0.5)
     zero = one - one
@@ -185,7 +191,6 @@ def _example(
     widest = sizes.max()
     # Per-layer scratch padded to the widest layer; inner loops run over 1-D views so that their
     # indices are plain loop counters (no negative-index wraparound: they vectorise).
-    ring = np.zeros((n_layers, k_taps, widest), dtype=kernel.dtype)  # W^T s, step t at t % K
     potential = np.empty((n_layers, widest), dtype=kernel.dtype)
     soma_sum = np.zeros((n_layers, widest), dtype=kernel.dtype)
     rate_sum = np.zeros((n_layers, widest), dtype=kernel.dtype)
@@ -206,9 +211,9 @@ def _example(
     label = labels[r, b]
     rates_in, exp_in = input_rates[r, b], input_exp[r, b]
 
-    # History rows h = 0..K-1 are steps h - K: they fill ring slot (h - K) % K = h, enter the
-    # window means through the first K weights, and stay in the new history if the phase is
-    # shorter than K.
+    # History rows h = 0..K-1 are steps h - K: their products with the weights fill rows h of
+    # ``drives``, they enter the window means through the first K weights, and stay in the new
+    # history if the phase is shorter than K.
     active = np.empty(n_in, dtype=np.int64)
     n_active = 0
     for i in range(n_in):
@@ -234,48 +239,88 @@ def _example(
     layer_keys = np.empty(n_layers, dtype=np.uint64)
     for layer in range(n_layers):
         layer_keys[layer] = _combine(phase_key, np.uint64(layer + 1))
-    for h in range(k_taps):
-        drive = ring[0, h]
-        counts = input_history[r, b, h]
-        for i in range(n_in):
-            count = counts[i]
-            if count != zero:
-                row = w_in[i]
+    if carry_steps > 0:
+        for layer in range(n_layers):
+            for h in range(k_taps):
+                source, destination = drives[layer, carry_steps + h], drives[layer, h]
+                for j in range(sizes[layer]):
+                    destination[j] = source[j]
+    else:
+        for layer in range(n_layers):
+            for h in range(k_taps):
+                history_row = drives[layer, h]
+                for j in range(sizes[layer]):
+                    history_row[j] = zero
+        # the units that spiked in a history row (about 1 in 40 inputs) gathered without
+        # branches, as in the step loop below: a branch per unit mispredicts too often
+        for h in range(k_taps):
+            drive = drives[0, h]
+            counts = input_history[r, b, h]
+            n_spiking = 0
+            for i in range(n_in):
+                spiking[n_spiking] = i
+                n_spiking += counts[i] != zero
+            for index in range(n_spiking):
+                i = spiking[index]
+                count, row = counts[i], w_in[i]
                 for j in range(n_first):
                     drive[j] += count * row[j]
-                input_psp[r, b, i] += count * psp_weights[h]
-                if h >= steps:
-                    new_input_history[r, b, h - steps, i] = count
+        for layer in range(n_hidden):
+            w_next = weights[layer + 1][r]
+            for h in range(k_taps):
+                drive = drives[layer + 1, h]
+                counts = histories[layer][r, b, h]
+                n_spiking = 0
+                for j in range(sizes[layer]):
+                    spiking[n_spiking] = j
+                    n_spiking += counts[j] != zero
+                for index in range(n_spiking):
+                    j = spiking[index]
+                    count, row = counts[j], w_next[j]
+                    for m in range(sizes[layer + 1]):
+                        drive[m] += count * row[m]
+    # the history's counts in the window means, and in the new history if the phase is shorter
+    # than K (adding a zero count's product leaves a sum as it is)
+    psp_in = input_psp[r, b]
+    for h in range(k_taps):
+        counts = input_history[r, b, h]
+        weight = psp_weights[h]
+        for i in range(n_in):
+            psp_in[i] += counts[i] * weight
+        if h >= steps:
+            for i in range(n_in):
+                new_input_history[r, b, h - steps, i] = counts[i]
     for layer in range(n_layers):
         n = sizes[layer]
         for h in range(k_taps):
             counts = histories[layer][r, b, h]
-            for j in range(n):
-                count = counts[j]
-                if count == zero:
-                    continue
-                if layer < n_hidden:
-                    drive = ring[layer + 1, h]
-                    row = weights[layer + 1][r, j]
-                    for m in range(sizes[layer + 1]):
-                        drive[m] += count * row[m]
-                    psp_means[layer][r, b, j] += count * psp_weights[h]
-                else:
-                    output_ring[h, j] = count
-                    output_mean[j] += count * delayed_weights[h]
-                if h >= steps:
-                    new_histories[layer][r, b, h - steps, j] = count
+            if layer < n_hidden:
+                psp_layer, weight = psp_means[layer][r, b], psp_weights[h]
+                for j in range(n):
+                    psp_layer[j] += counts[j] * weight
+            else:
+                late = delayed_weights[h]
+                for j in range(n):
+                    output_ring[h, j] = counts[j]
+                    output_mean[j] += counts[j] * late
+            if h >= steps:
+                for j in range(n):
+                    new_histories[layer][r, b, h - steps, j] = counts[j]
 
+    # The input's spikes do not depend on the network: the whole phase's are drawn first, step
+    # by step, then applied input by input, so that a row of the first weights is read once a
+    # phase instead of once a spike (the rows of the active inputs outgrow the L2 cache).
+    # Each step's row still sums its inputs' products in the order of the inputs.
     for t in range(steps):
-        slot = t % k_taps
-        in_window = t >= steps - window
-        keep_row = t >= steps - k_taps
-        row_index = t - steps + k_taps
-        row_weight = psp_weights[k_taps + t]
-        # input spikes of step t: their products with the first weights replace step t - K's
-        drive = ring[0, slot]
+        step_row = drives[0, k_taps + t]
         for j in range(n_first):
-            drive[j] = zero
+            step_row[j] = zero
+    event_input = np.empty(steps * n_active, dtype=np.int32)
+    event_step = np.empty(steps * n_active, dtype=np.int32)
+    event_value = np.empty(steps * n_active, dtype=kernel.dtype)
+    per_input = np.zeros(n_active + 1, dtype=np.int64)
+    n_events = 0
+    for t in range(steps):
         # u exp(rate) > 1 is the first threshold of ``_poisson``: no spike below it
         if counter:
             row_key = _combine(input_key, np.uint64(t))
@@ -292,16 +337,41 @@ def _example(
             n_spiking += scaled_in[a] > one
         for index in range(n_spiking):
             a = spiking[index]
-            i = active[a]
-            value = dtype(_poisson(rates_in[i], scaled_in[a], one, half))
-            row = w_in[i]
+            event_input[n_events] = a
+            event_step[n_events] = t
+            event_value[n_events] = dtype(_poisson(rates_in[active[a]], scaled_in[a], one, half))
+            per_input[a + 1] += 1
+            n_events += 1
+    # the events grouped by input, in order of time within each (a counting sort)
+    for a in range(n_active):
+        per_input[a + 1] += per_input[a]
+    order = np.empty(n_events, dtype=np.int64)
+    filled = per_input[:n_active].copy()
+    for event in range(n_events):
+        a = event_input[event]
+        order[filled[a]] = event
+        filled[a] += 1
+    for a in range(n_active):
+        i = active[a]
+        row = w_in[i]
+        for position in range(per_input[a], per_input[a + 1]):
+            event = order[position]
+            t, value = event_step[event], event_value[event]
+            drive = drives[0, k_taps + t]
             for j in range(n_first):
                 drive[j] += value * row[j]
-            input_psp[r, b, i] += value * row_weight
+            psp_in[i] += value * psp_weights[k_taps + t]
             if keep:
                 input_spikes[r, b, t, i] = value
-            if keep_row:
-                new_input_history[r, b, row_index, i] = value
+            if t >= steps - k_taps:
+                new_input_history[r, b, t - steps + k_taps, i] = value
+
+    for t in range(steps):
+        slot = t % k_taps
+        in_window = t >= steps - window
+        keep_row = t >= steps - k_taps
+        row_index = t - steps + k_taps
+        row_weight = psp_weights[k_taps + t]
         if coupled:
             # PSP_out(t - 1): the output counts of steps t - K .. t - 1, slots (t + k) % K
             for j in range(n_out):
@@ -319,7 +389,7 @@ def _example(
                 basal[j] = zero
             for k in range(k_taps):
                 tap = kernel[k]
-                past = ring[layer, (t + 1 + k) % k_taps]
+                past = drives[layer, t + 1 + k]
                 for j in range(n):
                     basal[j] += tap * past[j]
             if layer < n_hidden:
@@ -355,7 +425,7 @@ def _example(
                 for j in range(n):
                     c_layer[j] = out_decay * c_layer[j] + out_gain * (basal[j] + bias[j])
             n_next = sizes[layer + 1] if layer < n_hidden else 0
-            drive = ring[layer + 1, slot] if layer < n_hidden else ring[layer, slot]
+            drive = drives[layer + 1 if layer < n_hidden else layer, k_taps + t]
             for m in range(n_next):
                 drive[m] = zero
             if counter:
@@ -453,8 +523,12 @@ def _phase(
     counter, keys, example, phase_index, codes, shift, scale,
 ):  # pragma: no cover - compiled; fmt: skip
     replicas, examples = input_rates.shape[0], input_rates.shape[1]
+    widest = 0
+    for weight in weights:
+        widest = max(widest, weight.shape[2])
     for index in prange(replicas * examples):
         r, b = index // examples, index % examples
+        drives = np.empty((len(weights), kernel.shape[0] + steps, widest), dtype=kernel.dtype)
         phase_key = np.uint64(0)
         if counter:  # example b of the batch is example ``example + b`` of the stream
             phase_key = _combine(_combine(keys[r], np.uint64(example + b)), np.uint64(phase_index))
@@ -464,7 +538,7 @@ def _phase(
             delayed_weights, constants, window, target, coupled, keep, new_input_history,
             input_psp, new_somas, new_histories, soma_means, rate_means, psp_means,
             apical_means, input_spikes, layer_spikes, steps, counter, phase_key, codes, shift,
-            scale,
+            scale, drives, 0,
         )  # fmt: skip
 
 
@@ -619,19 +693,25 @@ def _learn(
     the plateau update of the weights in place. ``f_*`` and ``t_*``: the input PSP, soma, rate, PSP
     and apical means of the forward and the target phase."""
     example_key = _combine(keys[r], np.uint64(example))
+    widest = 0
+    for weight in weights:
+        widest = max(widest, weight.shape[2])
+    rows = kernel.shape[0] + max(forward_steps, target_steps)
+    drives = np.empty((len(weights), rows, widest), dtype=kernel.dtype)
     _example(
         r, 0, weights, biases, feedback, input_history, somas, histories, input_rates, input_exp,
         spikes, layer_spikes, labels, kernel, forward_psp, forward_delayed, constants, window,
         False, coupled, False, middle_history, f_psp, middle_somas, middle_histories, f_soma,
         f_rate, f_psp_means, f_apical, spikes, layer_spikes, forward_steps, True,
-        _combine(example_key, np.uint64(0)), codes, shift, scale,
+        _combine(example_key, np.uint64(0)), codes, shift, scale, drives, 0,
     )  # fmt: skip
     _example(
         r, 0, weights, biases, feedback, middle_history, middle_somas, middle_histories,
         input_rates, input_exp, spikes, layer_spikes, labels, kernel, target_psp,
         target_delayed, constants, window, True, coupled, False, new_input_history, t_psp,
         new_somas, new_histories, t_soma, t_rate, t_psp_means, t_apical, spikes, layer_spikes,
-        target_steps, True, _combine(example_key, np.uint64(1)), codes, shift, scale,
+        target_steps, True, _combine(example_key, np.uint64(1)), codes, shift, scale, drives,
+        forward_steps,
     )  # fmt: skip
     _plateau(r, weights, biases, f_soma, t_rate, f_apical, t_apical, f_psp, f_psp_means, rule)
 
