@@ -11,10 +11,16 @@ equations of the paper's Model section, K taps of ``kappa`` oldest first)::
     D_l(t)   = sum_{i spiked at t} s_i(t) W_l[i, :]              event-driven: only the ~21 input
                                                                   spikes of a step (MNIST) are read
     V_b(t)   = b_l + sum_{k<K} kappa[k] D_l(t - K + 1 + k)        = W_l^T PSP_below(t) + b_l, as
-                                                                  the weights are linear: a ring
-                                                                  buffer of the last K products
+                                                                  the weights are linear: rows
+                                                                  of the products D_l, the
+                                                                  history's K first
     C(t)     = decay C(t-1) + gain_b V_b(t) [+ gain_a V_a(t)] [+ teaching]
     rate     = phi_max sigmoid(C(t));   s(t) = Poisson(rate) from the step's uniform
+
+The input's spikes do not depend on the network, so a phase's are drawn before its step loop
+and their products ``D_0`` summed input by input (a weight row is read once a phase); a target
+phase starts from the forward phase's last K rows of products (the weights have not changed in
+between) instead of applying the weights to the history again.
 
 with ``(decay, gain)`` from ``DendriticParams.soma_step`` (``_constants``: Euler or exponential
 integration). The apical potential ``V_a(t) = Y^T PSP_out(t - 1)`` is computed step by step only
