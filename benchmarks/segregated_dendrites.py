@@ -2,15 +2,15 @@
 
     python benchmarks/segregated_dendrites.py [--replicas 1 5 20] [--examples 200]
         [--reference PATH/TO/deep_learning.py] [--device cpu]
-        [--backend torch numba numba-counter numba-run]
+        [--backend torch numba numba-counter numba-run replicas] [--repeats 3]
 
 Measures, on MNIST images (``$NEUROPLASTIC_DATA`` or the bundled mnist-mini), 784-500-10 with
 random feedback and the paper's phase lengths:
 
 * training: a forward phase, a target phase and the plateau update per image, online;
-  images per second *per network* (R networks simulated as one batch of replicas, each seeing
-  its own image, count R images per step), for each ``--replicas``;
-* testing: a 250-step forward phase per image from a silent network, images per second;
+  network-images per second (R networks simulated as one batch of replicas, each seeing its
+  own image, count R images per step), for each ``--replicas``;
+* testing: a 250-step forward phase per image from a silent network, network-images per second;
 
 each for every ``--backend`` of ``simulate_phase`` (``torch``: vectorised over time steps;
 ``numba``: the compiled time loop, the ``fast`` extra), on the same images and random streams.
@@ -29,6 +29,11 @@ jordan-g/Segregated-Dendrite-Deep-Learning; never committed here) the same two f
 authors' code, run in spiking mode: the script switches ``nonspiking_mode`` off in memory before
 loading it, gives it the same images, and calls its own ``f_phase``/``t_phase``/``test_weights``.
 The figures in docs/experiments/guerguiev2017-mnist.md come from here.
+
+Each of ``--repeats`` rounds times the authors' code and then every configuration, back to back;
+the table gives the medians and the ratios to the authors' figure of the same round (median and
+range): on a shared machine whose speed drifts, a ratio of figures taken moments apart is the
+steadier measure.
 """
 
 from __future__ import annotations
@@ -188,6 +193,9 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds of measurements (medians are reported)"
+    )
+    parser.add_argument(
         "--backend", nargs="+", default=["torch"],
         choices=["torch", "numba", "numba-counter", "numba-run", "replicas", "replicas-eager"],
         help="simulate_phase backends to time (numba: the fast extra, CPU only; numba-counter: "
@@ -203,30 +211,48 @@ def main() -> None:
         data = load_dataset("mnist-mini", None, device=device)
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s), device {device}")  # fmt: skip
-    print(
-        "| implementation | backend | networks (replicas) | training: images/s, each network "
-        "| training: network-images/s, all | vs authors | test: network-images/s, all "
-        "| vs authors |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    reference_train = None
-    if args.reference is not None:
-        module = load_reference(args.reference, data)
-        reference_train = reference_training(module, max(20, args.examples // 4))
-        reference_test = reference_testing(module, max(10, args.test_examples // 4))
-        print(f"| authors' NumPy code | | 1 | {reference_train:.1f} | {reference_train:.1f} | 1.0x "
-              f"| {reference_test:.1f} | 1.0x |")  # fmt: skip
-    for backend in args.backend:
-        for replicas in args.replicas:
+    # Rounds: in each, the authors' code and then every configuration of ours, back to back, so
+    # that a ratio compares figures taken moments apart (this machine's speed drifts by tens of
+    # percent between minutes); the table gives medians over the rounds, and the ratios' range.
+    module = load_reference(args.reference, data) if args.reference is not None else None
+    configurations = [(b, r) for b in args.backend for r in args.replicas]
+    figures: dict = {key: [] for key in [None, *configurations]}
+    for _ in range(args.repeats):
+        if module is not None:
+            figures[None].append((
+                reference_training(module, max(20, args.examples // 4)),
+                reference_testing(module, max(10, args.test_examples // 4)),
+            ))  # fmt: skip
+        for backend, replicas in configurations:
             n_train = max(10, args.examples // replicas)
-            steps = ours_training(data, replicas, n_train, device, backend)
             n_test = max(10, args.test_examples // replicas)
-            test = replicas * ours_testing(data, replicas, n_test, device, backend)
-            train_ratio = f"{steps * replicas / reference_train:.1f}x" if reference_train else ""
-            test_ratio = f"{test / reference_test:.1f}x" if reference_train else ""
-            print(f"| neuroplastic | {backend} | {replicas} | {steps:.1f} "
-                  f"| {steps * replicas:.1f} | {train_ratio} | {test:.1f} "
-                  f"| {test_ratio} |")  # fmt: skip
+            figures[backend, replicas].append((
+                replicas * ours_training(data, replicas, n_train, device, backend),
+                replicas * ours_testing(data, replicas, n_test, device, backend),
+            ))  # fmt: skip
+    print(
+        "| implementation | backend | networks (replicas) | training: network-images/s, all "
+        "| vs authors (range) | test: network-images/s, all | vs authors (range) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+
+    def ratio(ours: list, column: int) -> str:
+        if module is None:
+            return ""
+        paired = [a[column] / b[column] for a, b in zip(ours, figures[None], strict=True)]
+        return f"{np.median(paired):.1f}x ({min(paired):.1f}-{max(paired):.1f})"
+
+    def median(values: list, column: int) -> str:
+        return f"{np.median([v[column] for v in values]):.1f}"
+
+    if module is not None:
+        ref = figures[None]
+        print(f"| authors' NumPy code | | 1 | {median(ref, 0)} | 1x | {median(ref, 1)} | 1x |")
+    for backend, replicas in configurations:
+        ours = figures[backend, replicas]
+        print(f"| neuroplastic | {backend} | {replicas} | {median(ours, 0)} | {ratio(ours, 0)} "
+              f"| {median(ours, 1)} | {ratio(ours, 1)} |")  # fmt: skip
+    print(f"\n(medians over {args.repeats} rounds; per network, divide by the replicas)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("numba")
 
 from neuroplastic.credit.plateau import learn_example, learn_examples, plateau_step  # noqa: E402
-from neuroplastic.kernels.counter_random import FORWARD, TARGET, CounterStream  # noqa: E402
+from neuroplastic.kernels.counter_random import FORWARD, TARGET, TEST, CounterStream  # noqa: E402
 from neuroplastic.models.segregated_dendrites import (  # noqa: E402
     CounterPhase,
     DendriticParams,
@@ -267,6 +267,26 @@ def test_compiled_phase_on_the_counter_stream_gives_the_same_spikes(dynamics):
                               keep_spikes=True, backend="numba")  # fmt: skip
         assert_phases_equal(ref, fast, 1e-10, 1e-12)
         ref_state, fast_state = ref.state, fast.state
+
+
+def test_a_phase_without_rate_averages_keeps_everything_else():
+    """``average_rates=False`` (the test phase's setting) computes rates only where a spike can
+    come of them: the same spikes, state and somatic means, and no rate means."""
+    net = make_net((30, 12, 5))
+    x = net.params.phi_max * images(3, 4, 30)
+    stream = CounterStream.of([5, 6, 7], example=40)
+    noise = CounterPhase(stream, TEST, 80)
+    full, lean = (
+        simulate_phase(net, net.initial_state(4), x, noise, 60, keep_spikes=True,
+                       backend="numba", average_rates=rates)  # fmt: skip
+        for rates in (True, False)
+    )
+    assert lean.averages.rate == () and len(full.averages.rate) == 2
+    for a, b in zip(full.spikes, lean.spikes, strict=True):
+        assert torch.equal(a, b)
+    somas = [(*run.averages.soma, *run.state.soma) for run in (full, lean)]
+    for a, b in zip(*somas, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_counter_noise_does_not_depend_on_batching():

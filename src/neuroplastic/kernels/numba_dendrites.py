@@ -163,7 +163,7 @@ def _example(
     input_uniform, layer_uniforms, labels, kernel, psp_weights, delayed_weights, constants,
     window, target, coupled, keep, new_input_history, input_psp, new_somas, new_histories,
     soma_means, rate_means, psp_means, apical_means, input_spikes, layer_spikes, steps, counter,
-    phase_key, codes, shift, scale, drives, carry_steps,
+    phase_key, codes, shift, scale, drives, carry_steps, average_rates,
 ):  # pragma: no cover - compiled; fmt: skip
     """One phase of replica ``r``, example ``b`` (see :func:`phase` for the arguments), of
     ``steps`` steps. With ``counter`` the uniforms are not read from ``input_uniform`` and
@@ -175,7 +175,9 @@ def _example(
     ``l`` receives the weights applied to the spikes of step ``t`` of the layer below (rows
     ``0 .. K-1``: the history's). ``carry_steps`` > 0: it holds the previous phase, of that many
     steps, run with the same weights (the forward phase before its target phase), whose last
-    K rows are this phase's history rows as they are; 0: they are built from the histories."""
+    K rows are this phase's history rows as they are; 0: they are built from the histories.
+    ``average_rates``: whether to average the rates over the window (a test needs only the
+    somatic potentials: the rates are then computed only for the units that may spike)."""
     dtype = kernel.dtype.type
     one, half = dtype(1.0), dtype(0.5)
     zero = one - one
@@ -375,6 +377,8 @@ def _example(
     for t in range(steps):
         slot = t % k_taps
         in_window = t >= steps - window
+        # every unit's rate, for the window's mean; elsewhere only the candidates' are needed
+        rates_ready = in_window and average_rates
         keep_row = t >= steps - k_taps
         row_index = t - steps + k_taps
         row_weight = psp_weights[k_taps + t]
@@ -442,11 +446,13 @@ def _example(
             else:
                 uniforms = layer_uniforms[layer][r, b, t]
             if in_window:
-                soma_layer, rate_layer = soma_sum[layer], rate_sum[layer]
+                soma_layer = soma_sum[layer]
                 for j in range(n):
-                    c = c_layer[j]
-                    soma_layer[j] += c
-                    rate = phi_max * (one / (one + dtype(exp64(-np.float64(c)))))
+                    soma_layer[j] += c_layer[j]
+            if rates_ready:
+                rate_layer = rate_sum[layer]
+                for j in range(n):
+                    rate = phi_max * (one / (one + dtype(exp64(-np.float64(c_layer[j])))))
                     rates[j] = rate  # the spikes below need it too: one exponential, not two
                     rate_layer[j] += rate
             # u exp(rate) <= u exp(phi_max) < 1 below ``quiet``: no spike whatever the rate.
@@ -456,7 +462,7 @@ def _example(
             for j in range(n):
                 candidates[n_candidates] = j
                 n_candidates += uniforms[j] >= quiet
-            if in_window:
+            if rates_ready:
                 for index in range(n_candidates):
                     candidate_rates[index] = rates[candidates[index]]
             else:
@@ -526,7 +532,7 @@ def _phase(
     input_uniform, layer_uniforms, labels, kernel, psp_weights, delayed_weights, constants,
     window, target, coupled, keep, new_input_history, input_psp, new_somas, new_histories,
     soma_means, rate_means, psp_means, apical_means, input_spikes, layer_spikes, steps,
-    counter, keys, example, phase_index, codes, shift, scale,
+    counter, keys, example, phase_index, codes, shift, scale, average_rates,
 ):  # pragma: no cover - compiled; fmt: skip
     replicas, examples = input_rates.shape[0], input_rates.shape[1]
     widest = 0
@@ -544,14 +550,14 @@ def _phase(
             delayed_weights, constants, window, target, coupled, keep, new_input_history,
             input_psp, new_somas, new_histories, soma_means, rate_means, psp_means,
             apical_means, input_spikes, layer_spikes, steps, counter, phase_key, codes, shift,
-            scale, drives, 0,
+            scale, drives, 0, average_rates,
         )  # fmt: skip
 
 
 def phase(
     weights, biases, feedback, input_history, somas, histories, input_rates, input_uniform,
     layer_uniforms, labels, kernel, constants, window, coupled, keep, out, input_exp=None,
-    counter=None,
+    counter=None, average_rates=True,
 ) -> None:  # fmt: skip
     """One phase for every replica and example, written into the arrays of ``out``.
 
@@ -569,7 +575,8 @@ def phase(
     ``counter``: None, or ``(keys, example, phase, steps)`` to draw the uniforms inside the loop
     from the counter-based stream instead (``kernels.counter_random``: replica ``r``, example
     ``b`` at ``keys[r] -> example + b -> phase``; ``keys`` (R,) uint64); the uniform arguments
-    are then ignored (None).
+    are then ignored (None). ``average_rates``: False leaves ``rate_means`` at zero, and computes
+    a rate only where a uniform could make a spike (what a test needs).
 
     ``out``: zero-filled arrays ``new_input_history``, ``input_psp`` (R, B, n_in),
     ``new_somas``, ``new_histories``, ``soma_means``, ``rate_means``, ``psp_means`` (per hidden
@@ -615,6 +622,7 @@ def phase(
         tuple(new_histories), tuple(soma_means), tuple(rate_means), tuple(psp_means),
         tuple(apical_means), input_spikes, tuple(layer_spikes), steps, counter is not None,
         np.asarray(keys, dtype=np.uint64), example, phase_index, codes, shift, scale,
+        average_rates,
     )  # fmt: skip
 
 
@@ -709,7 +717,7 @@ def _learn(
         spikes, layer_spikes, labels, kernel, forward_psp, forward_delayed, constants, window,
         False, coupled, False, middle_history, f_psp, middle_somas, middle_histories, f_soma,
         f_rate, f_psp_means, f_apical, spikes, layer_spikes, forward_steps, True,
-        _combine(example_key, np.uint64(0)), codes, shift, scale, drives, 0,
+        _combine(example_key, np.uint64(0)), codes, shift, scale, drives, 0, True,
     )  # fmt: skip
     _example(
         r, 0, weights, biases, feedback, middle_history, middle_somas, middle_histories,
@@ -717,7 +725,7 @@ def _learn(
         target_delayed, constants, window, True, coupled, False, new_input_history, t_psp,
         new_somas, new_histories, t_soma, t_rate, t_psp_means, t_apical, spikes, layer_spikes,
         target_steps, True, _combine(example_key, np.uint64(1)), codes, shift, scale, drives,
-        forward_steps,
+        forward_steps, True,
     )  # fmt: skip
     _plateau(r, weights, biases, f_soma, t_rate, f_apical, t_apical, f_psp, f_psp_means, rule)
 

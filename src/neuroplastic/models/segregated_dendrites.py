@@ -847,9 +847,14 @@ def simulate_phase(
     labels: torch.Tensor | None = None,
     keep_spikes: bool = False,
     backend: str = "torch",
+    average_rates: bool = True,
 ) -> PhaseResult:
     """The fast path of :func:`simulate_phase_reference`: same arguments, same results for the same
     noise (up to float rounding).
+
+    ``average_rates=False`` (a test, which reads only the somatic potentials) lets the Numba
+    backend skip the rates where no spike can come of them; its ``averages.rate`` is then
+    empty.
 
     ``backend``: ``torch`` (each layer vectorised over the phase's time steps; the reference loop
     when ``g_a != 0``), ``numba`` (the time loop compiled, :mod:`neuroplastic.kernels.
@@ -869,7 +874,7 @@ def simulate_phase(
             tensors = (*tensors, noise.input)
         if dtype in (torch.float32, torch.float64) and all(x.dtype == dtype for x in tensors):
             return _simulate_phase_numba(
-                net, state, input_rates, noise, window, labels, keep_spikes
+                net, state, input_rates, noise, window, labels, keep_spikes, average_rates
             )
     noise = _materialise(net, noise, input_rates)
     if p.g_a != 0.0:
@@ -918,6 +923,7 @@ def _simulate_phase_numba(
     window: int,
     labels: torch.Tensor | None,
     keep_spikes: bool,
+    average_rates: bool = True,
 ) -> PhaseResult:
     """:func:`simulate_phase` through the compiled loop: PyTorch tensors in and out (the kernel
     writes into NumPy views of freshly zeroed result tensors)."""
@@ -972,10 +978,11 @@ def _simulate_phase_numba(
         None if labels is None else as_array(labels.to(torch.int64)),
         _kernel_taps(p, ref.dtype), _constants(p), window, p.g_a != 0.0, keep_spikes,
         [arrays(v) for v in out.values()], input_exp=as_array(torch.exp(input_rates)),
-        counter=counter,
+        counter=counter, average_rates=average_rates,
     )  # fmt: skip
     averages = PhaseAverages(
-        out["soma_means"], out["rate_means"], (out["input_psp"], *out["psp_means"]),
+        out["soma_means"], out["rate_means"] if average_rates else (),
+        (out["input_psp"], *out["psp_means"]),
         out["apical_means"],
     )  # fmt: skip
     new_state = NetworkState(out["new_input_history"], out["new_somas"], out["new_histories"])
@@ -1133,6 +1140,8 @@ def predict(
             result = simulate_phase_reference(net, state, rates, noise, p.test_integration_steps)
         else:
             window = p.test_integration_steps
-            result = simulate_phase(net, state, rates, noise, window, backend=backend)
+            result = simulate_phase(
+                net, state, rates, noise, window, backend=backend, average_rates=False
+            )
         predictions.append(result.averages.soma[-1].argmax(dim=-1))
     return torch.cat(predictions, dim=1)
