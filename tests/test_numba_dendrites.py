@@ -399,3 +399,37 @@ def test_the_vectorised_exponential_is_within_an_ulp_of_numpy():
     exponentials(beyond, clamped)
     assert np.isfinite(clamped).all() and (clamped > 0).all()
     np.testing.assert_allclose(clamped, np.exp(np.clip(beyond, EXP_LOW, EXP_HIGH)), rtol=1e-15)
+
+
+def test_the_single_precision_exponential_is_within_two_ulp():
+    """``exp32`` against the exact exponential (float64, rounded), over the kernels' range
+    (somatic potentials, rates) and the whole float32 range, and the overloaded ``exp_of``
+    picks the exponential of its argument's precision."""
+    from numba import njit
+
+    from neuroplastic.kernels.numba_dendrites import EXP32_HIGH, EXP32_LOW, exp32, exp_of
+
+    @njit
+    def exponentials(x, out, through_dispatch):
+        for i in range(x.shape[0]):
+            out[i] = exp_of(x[i]) if through_dispatch else exp32(x[i])
+
+    generator = np.random.default_rng(0)
+    x = np.concatenate([
+        generator.uniform(-40.0, 40.0, 200_000), generator.uniform(EXP32_LOW, EXP32_HIGH, 200_000),
+        np.linspace(-1.0, 1.0, 20_001), [0.0, EXP32_LOW, EXP32_HIGH],
+    ]).astype(np.float32)  # fmt: skip
+    out = np.empty_like(x)
+    exponentials(x, out, False)
+    assert out.dtype == np.float32
+    exact = np.exp(x.astype(np.float64))
+    ulp = np.spacing(exact.astype(np.float32)).astype(np.float64)
+    assert (np.abs(out - exact) <= 2 * ulp).all()
+    assert out[x == 0.0][0] == 1.0
+    dispatched = np.empty_like(x)
+    exponentials(x, dispatched, True)
+    assert np.array_equal(dispatched, out)
+    beyond = np.array([-1e4, -100.0, 100.0, 1e4, np.inf, -np.inf], dtype=np.float32)
+    clamped = np.empty_like(beyond)
+    exponentials(beyond, clamped, False)
+    assert np.isfinite(clamped).all() and (clamped > 0).all()

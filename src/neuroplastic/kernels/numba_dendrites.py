@@ -55,7 +55,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from neuroplastic.kernels import counter_random
 from neuroplastic.kernels.counter_random import GOLDEN
@@ -126,6 +126,55 @@ def exp64(x):  # pragma: no cover - compiled
     for coefficient in _EXP_COEFFICIENTS:  # no division: it would not pipeline
         p = p * r + coefficient
     return p * _float64_from_bits((np.int64(n) + 1023) << 52)
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):  # pragma: no cover - compiled
+    """The float32 whose IEEE-754 bits are the int32 ``bits`` (a bitcast)."""
+
+    def codegen(context, builder, signature, arguments):
+        return builder.bitcast(arguments[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+_LOG2_E_32 = np.float32(LOG2_E)
+_LN2_HIGH_32 = np.float32(0.693145751953125)
+"""ln 2 to 16 bits: ``n _LN2_HIGH_32`` is exact in float32 for the ``n`` used here."""
+_LN2_LOW_32 = np.float32(math.log(2.0) - 0.693145751953125)
+_EXP32_COEFFICIENTS = tuple(np.float32(1.0 / math.factorial(k)) for k in range(7, -1, -1))
+"""``1/k!`` for ``k = 7 .. 0``: on ``|r| <= ln(2)/2`` the first term left out is below 6e-9
+relative, a tenth of a float32 ulp."""
+EXP32_LOW, EXP32_HIGH = np.float32(-87.3), np.float32(88.0)
+"""Where :func:`exp32` clamps its argument: ``2^n`` stays a normal float32."""
+_HALF_32 = np.float32(0.5)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def exp32(x):  # pragma: no cover - compiled
+    """:func:`exp64` in float32 arithmetic (8 Taylor terms, ``2^n`` from float32 bits), so that
+    a float32 kernel's loops of it run at twice the vector width and half the terms. Within
+    1.2 ulp of the exact value (tested against NumPy in float64); it rounds otherwise than
+    PyTorch's float32 exponential in about 1 value in 10, by one ulp."""
+    x = min(max(x, EXP32_LOW), EXP32_HIGH)
+    n = np.floor(x * _LOG2_E_32 + _HALF_32)
+    r = (x - n * _LN2_HIGH_32) - n * _LN2_LOW_32
+    p = np.float32(0.0)
+    for coefficient in _EXP32_COEFFICIENTS:
+        p = p * r + coefficient
+    return p * _float32_from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+
+
+def exp_of(x):
+    """``e^x`` in the precision of ``x`` (compiled: :func:`exp32` or :func:`exp64`)."""
+    return np.exp(x)
+
+
+@overload(exp_of, inline="always")
+def _exp_of(x):  # pragma: no cover - compiled
+    if x == types.float32:
+        return lambda x: exp32(x)
+    return lambda x: exp64(x)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -452,7 +501,7 @@ def _example(
             if rates_ready:
                 rate_layer = rate_sum[layer]
                 for j in range(n):
-                    rate = phi_max * (one / (one + dtype(exp64(-np.float64(c_layer[j])))))
+                    rate = phi_max * (one / (one + exp_of(-c_layer[j])))
                     rates[j] = rate  # the spikes below need it too: one exponential, not two
                     rate_layer[j] += rate
             # u exp(rate) <= u exp(phi_max) < 1 below ``quiet``: no spike whatever the rate.
@@ -470,12 +519,12 @@ def _example(
                     candidate_rates[index] = c_layer[candidates[index]]
                 for index in range(n_candidates):
                     c = candidate_rates[index]
-                    candidate_rates[index] = phi_max * (one / (one + dtype(exp64(-np.float64(c)))))
+                    candidate_rates[index] = phi_max * (one / (one + exp_of(-c)))
             for index in range(n_candidates):
                 candidate_scaled[index] = uniforms[candidates[index]]
             for index in range(n_candidates):
                 rate = candidate_rates[index]
-                candidate_scaled[index] = candidate_scaled[index] * dtype(exp64(np.float64(rate)))
+                candidate_scaled[index] = candidate_scaled[index] * exp_of(rate)
             if layer == n_hidden:
                 for j in range(n):
                     output_ring[slot, j] = zero
