@@ -463,3 +463,44 @@ def test_the_report_shows_how_fast_each_depth_learns():
     by_epoch = next(t for t in experiment.tables(runs) if "each epoch" in t.title)
     assert by_epoch.header == ["network", "epoch 1", "epoch 2"]
     assert by_epoch.rows[1] == ["1-hidden", "13.00", "4.10"]
+
+
+def test_the_ablation_pairs_each_dynamics_with_the_authors_seed_by_seed():
+    """Configs that differ only in the dynamics (and the baselines) form one ablation table:
+    each setting's error per depth, its paired difference with the authors' dynamics and
+    whether it orders the depths; a config of another budget, or a quick one, stays out."""
+    base = dataclasses.replace(
+        experiment.Config(), networks=experiment.DEPTHS, baselines=(), epochs=1,
+        examples_per_epoch=60_000,
+    )  # fmt: skip
+    authors = {"0-hidden": 0.10, "1-hidden": 0.11, "2-hidden": 0.12}
+    paper = {"0-hidden": 0.09, "1-hidden": 0.07, "2-hidden": 0.06}
+
+    def runs(config, errors, shift=0.0, **fields):
+        return [
+            recorded_run(experiment.NAME, config, seed,
+                         {Key(n, "test_error"): e + shift * seed for n, e in errors.items()},
+                         id=100 * len(fields) + seed + (10 if config.psp_kernel == "paper" else 0),
+                         **fields)  # fmt: skip
+            for seed in range(3)
+        ]
+
+    records = [
+        *runs(base, authors),
+        *runs(dataclasses.replace(base, psp_kernel="paper", baselines=("1-hidden-fa",)),
+              {**paper, "1-hidden-fa": 0.03}, shift=0.01),  # fmt: skip
+        *runs(dataclasses.replace(base, epochs=2, integration="exponential"), paper),
+        *runs(dataclasses.replace(base, integration="exponential"), paper, quick=True),
+    ]
+    (table,) = experiment.dynamics_ablation(records)
+    assert "1 epoch(s) of 60000 images, n=3 seeds" in table.title
+    settings = ["authors kernel, euler"] * 3 + ["paper kernel, euler"] * 3
+    assert [row[0] for row in table.rows] == settings
+    by_setting = {(row[0], row[1]): row for row in table.rows}
+    assert by_setting["authors kernel, euler", "0-hidden"][4] == "no"
+    assert by_setting["paper kernel, euler", "0-hidden"][4] == "yes"
+    # paper minus authors for 2-hidden, seed by seed: 0.06 + 0.01 s - 0.12
+    expected = mean_ci([0.06 + 0.01 * s - 0.12 for s in range(3)])
+    assert by_setting["paper kernel, euler", "2-hidden"][3] == experiment._percent(expected)
+    assert by_setting["authors kernel, euler", "2-hidden"][3] == ""
+    assert table in experiment.tables(records)

@@ -689,9 +689,72 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     return Verdict("holds" if ordered else "does not hold", headline)
 
 
+DYNAMICS = ("psp_kernel", "integration")
+"""The config fields of the ablation of the paper's dynamics."""
+
+
+def _dynamics(config: dict) -> tuple[str, str]:
+    return config.get("psp_kernel", "authors"), config.get("integration", "euler")
+
+
+def dynamics_ablation(records: Sequence[RunRecord]) -> list[ReportTable]:
+    """The ablation of the paper's dynamics: among finished configs that differ only in
+    :data:`DYNAMICS` (and baselines, which the dendritic networks do not see), one table per
+    budget that has the authors' dynamics and another: each setting's test error per depth and
+    its paired difference with the authors' dynamics (the same seed: the same images, phase
+    lengths and initial weights; the counter stream makes a seed's run independent of its batch).
+
+    Its criterion, fixed before it ran (docs/experiments/guerguiev2017-mnist.md): a difference
+    whose 95 % interval excludes 0 is an effect of the dynamics; and whether each setting orders
+    the depths 0 > 1 > 2 (both paired differences between depths positive)."""
+    ignored = {*DYNAMICS, "baselines", "baseline_lrs", "backend"}
+    budgets: dict[str, dict[tuple[str, str], list[RunRecord]]] = {}
+    for runs in finished_by_config(records).values():
+        config = runs[0].config
+        if runs[0].quick:
+            continue
+        shared = {k: v for k, v in config.items() if k not in ignored}
+        budgets.setdefault(config_hash(shared), {})[_dynamics(config)] = runs
+    result = []
+    for settings in budgets.values():
+        reference = settings.get(("authors", "euler"))
+        if reference is None or len(settings) < 2:
+            continue
+        config = reference[0].config
+        depths = [n for n in DEPTHS if n in config["networks"]]
+        by_seed = {r.seed: r for r in reference}
+        rows = []
+        for setting, runs in settings.items():
+            paired = [r for r in runs if r.seed in by_seed]
+            orders = [paired_difference(runs, a, b) for a, b in DEPTH_PAIRS
+                      if {a, b} <= set(depths)]  # fmt: skip
+            ordered = "yes" if orders and all(g.mean > 0 for g in orders) else "no"
+            for depth in depths:
+                error = mean_ci([r.metrics[Key(depth, "test_error")] for r in runs])
+                difference = ""
+                if setting != ("authors", "euler") and paired:
+                    difference = _percent(mean_ci(
+                        r.metrics[Key(depth, "test_error")]
+                        - by_seed[r.seed].metrics[Key(depth, "test_error")]
+                        for r in paired
+                    ))  # fmt: skip
+                rows.append([
+                    f"{setting[0]} kernel, {setting[1]}", depth, _percent(error), difference,
+                    ordered if depth == depths[0] else "",
+                ])  # fmt: skip
+        result.append(ReportTable(
+            f"Ablation of the paper's dynamics after {config['epochs']} epoch(s) of "
+            f"{config['examples_per_epoch']} images, n={len(reference)} seeds",
+            ["dynamics (PSP kernel, integration)", "network", "test error (mean ± 95 % CI)",
+             "minus the authors' dynamics (paired per seed)", "orders 0 > 1 > 2 hidden"],
+            rows,
+        ))  # fmt: skip
+    return result
+
+
 def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
     """Per config: test error (and hidden-update angle) per network against the paper, and the
-    paired differences between networks (:data:`PAIRS`)."""
+    paired differences between networks (:data:`PAIRS`); then :func:`dynamics_ablation`."""
     result = []
     for digest, runs in finished_by_config(records).items():
         config = runs[0].config
@@ -748,7 +811,7 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
                 ["networks", "difference (mean ± 95 % CI over seeds)", "paper (60 epochs)"],
                 rows,
             ))  # fmt: skip
-    return result
+    return result + dynamics_ablation(records)
 
 
 EXPERIMENT = Experiment(
