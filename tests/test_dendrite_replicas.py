@@ -4,13 +4,13 @@ the path for GPUs) against the per-example paths on the same counter stream, on 
 import pytest
 import torch
 
+from dendrite_networks import images, make_net
 from neuroplastic.credit.plateau import learn_example, learn_examples
 from neuroplastic.kernels import counter_random as crandom
 from neuroplastic.kernels.counter_random import CounterStream
 from neuroplastic.kernels.dendrite_replicas import ReplicaTrainer, learn_example_padded
 from neuroplastic.models.segregated_dendrites import (
     DendriticParams,
-    SegregatedDendriteNet,
     phase_lengths,
     poisson_from_uniform,
 )
@@ -20,18 +20,6 @@ DYNAMICS = {
     "authors": DendriticParams(),
     "paper": DendriticParams(psp_kernel="paper", integration="exponential"),
 }
-
-
-def make_net(sizes, replicas=3, feedback="random", params=None, seeds=None):
-    seeds = range(replicas) if seeds is None else seeds
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    return SegregatedDendriteNet(sizes, replicas, feedback, params, gens, dtype=F64)
-
-
-def images(replicas, examples, n, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.rand(replicas, examples, n, generator=g, dtype=F64)
-    return pixels * (torch.rand(replicas, examples, n, generator=g, dtype=F64) < 0.3)
 
 
 def assert_states_equal(a, b):

@@ -7,13 +7,13 @@ import torch
 
 pytest.importorskip("numba")
 
+from dendrite_networks import images, make_net  # noqa: E402
 from neuroplastic.credit.plateau import learn_example, learn_examples, plateau_step  # noqa: E402
 from neuroplastic.kernels.counter_random import FORWARD, TARGET, TEST, CounterStream  # noqa: E402
 from neuroplastic.models.segregated_dendrites import (  # noqa: E402
     CounterPhase,
     DendriticParams,
     PhaseAverages,
-    SegregatedDendriteNet,
     phase_lengths,
     predict,
     simulate_phase,
@@ -28,17 +28,6 @@ DYNAMICS = {
     "apical": DendriticParams(g_a=0.05),  # the apical compartment drives the soma
     "apical-paper": DendriticParams(g_a=0.05, psp_kernel="paper", integration="exponential"),
 }
-
-
-def make_net(sizes, replicas=3, feedback="random", params=None, dtype=F64, seed=0):
-    gens = [torch.Generator().manual_seed(seed + r) for r in range(replicas)]
-    return SegregatedDendriteNet(sizes, replicas, feedback, params, gens, dtype=dtype)
-
-
-def images(replicas, examples, n, dtype=F64, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.rand(replicas, examples, n, generator=g, dtype=dtype)
-    return pixels * (torch.rand(replicas, examples, n, generator=g, dtype=dtype) < 0.3)
 
 
 def assert_phases_equal(ref, fast, rtol, atol):

@@ -531,9 +531,7 @@ def poisson_from_uniform(
     go on, gathered into a short vector. ``dense``: every draw goes on (the same counts, and no
     shape that depends on the data, as a CUDA graph needs)."""
     count, beyond = _poisson_low_counts(rate, uniform)
-    if dense:
-        return _poisson_high_counts_dense(rate, uniform, count, beyond, max_count)
-    return _poisson_high_counts(rate, uniform, count, beyond, max_count)
+    return _poisson_high_counts(rate, uniform, count, beyond, max_count, dense)
 
 
 def _poisson_high_counts(
@@ -542,8 +540,12 @@ def _poisson_high_counts(
     count: torch.Tensor,
     beyond: torch.Tensor,
     max_count: int = 16,
+    dense: bool = False,
 ) -> torch.Tensor:
-    """Add the counts above 2 (where ``beyond``) to ``count``, on the gathered few draws."""
+    """Add the counts above 2 (where ``beyond``) to ``count``, on the gathered few draws; or,
+    ``dense``, on every draw (:func:`_dense_high_counts`)."""
+    if dense:
+        return _dense_high_counts(rate, uniform, count, beyond, max_count)
     rest = beyond.nonzero(as_tuple=True)
     if rest[0].numel() == 0:
         return count
@@ -560,13 +562,7 @@ def _poisson_high_counts(
     return count
 
 
-def _poisson_high_counts_dense(
-    rate: torch.Tensor,
-    uniform: torch.Tensor,
-    count: torch.Tensor,
-    beyond: torch.Tensor,
-    max_count: int = 16,
-) -> torch.Tensor:
+def _dense_high_counts(rate, uniform, count, beyond, max_count):
     """:func:`_poisson_high_counts` on every draw: the same S_k, summed in the same order (the
     running product and sum that ``cumprod`` and ``cumsum`` take there), compared everywhere."""
     scaled = uniform * torch.exp(rate)
@@ -1063,8 +1059,9 @@ def _phase_core(
         c = _soma_over_time(drive, kernel, decay, gain, offset, somas[layer])  # (R, B, T, n)
         rate = phi_max * torch.sigmoid(c)
         low_counts, beyond = _poisson_low_counts(rate, layer_uniforms[layer])
-        high_counts = _poisson_high_counts_dense if dense else _poisson_high_counts
-        layer_spikes = high_counts(rate, layer_uniforms[layer], low_counts, beyond)
+        layer_spikes = _poisson_high_counts(
+            rate, layer_uniforms[layer], low_counts, beyond, dense=dense
+        )
         recorded.append(layer_spikes)
         full = torch.cat([histories[layer], layer_spikes], dim=2)  # (R, B, K + T, n)
         soma_means.append(_mean_over_window(c, window, ends))
