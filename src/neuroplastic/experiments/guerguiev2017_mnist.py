@@ -724,7 +724,8 @@ def dynamics_ablation(records: Sequence[RunRecord]) -> list[ReportTable]:
         depths = [n for n in DEPTHS if n in config["networks"]]
         by_seed = {r.seed: r for r in reference}
         rows = []
-        for setting, runs in settings.items():
+        # the authors' dynamics first, the others in the order they were recorded
+        for setting, runs in sorted(settings.items(), key=lambda kv: kv[0] != ("authors", "euler")):
             paired = [r for r in runs if r.seed in by_seed]
             orders = [paired_difference(runs, a, b) for a, b in DEPTH_PAIRS
                       if {a, b} <= set(depths)]  # fmt: skip
