@@ -102,3 +102,34 @@ def test_a_network_in_several_worlds_keeps_identical_copies_that_share_their_cha
     with pytest.raises(ValueError, match="whole networks"):
         protocol.Foragers(networks.repeat(3), ForagingWorlds(6, "task1"), torch.Generator(),
                           copies=4)  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", [1, 2, 3, 4])
+def test_lone_particle_views_put_one_whole_particle_next_to_the_agent(shape):
+    from neuroplastic.envs.foraging import MOVES, SECOND_PIXEL
+
+    views = protocol.lone_particle_views(shape)
+    for move, (dr, dc) in enumerate(MOVES):
+        pixels = {tuple(p) for p in views[move].nonzero().tolist()}
+        assert len(pixels) == 2 and (3, 3) not in pixels and (3 + dr, 3 + dc) in pixels
+        (r1, c1), (r2, c2) = sorted(pixels)
+        assert {(r2 - r1, c2 - c1), (r1 - r2, c1 - c2)} & {SECOND_PIXEL[shape]}
+
+
+def test_lone_particle_counts_read_a_wired_network_move_by_move():
+    """A network wired by hand, hidden neuron k detecting the particle on move k's square and
+    driving output k, answers each lone particle with its own move, and only that one."""
+    shape = 1
+    agent = Forager(1, seed=0)
+    views = protocol.lone_particle_views(shape).reshape(8, -1)
+    agent.in_mask.zero_()
+    agent.w_in.zero_()
+    agent.w_in[0, :8] = 0.17 * views  # hidden k: the two pixels of the particle on square k
+    agent.in_mask[0, :8] = views
+    agent.w_out.fill_(0.01)
+    agent.w_out[0, torch.arange(8), torch.arange(8)] = 2.0
+    foragers = protocol.Foragers(agent, ForagingWorlds(1, "task1"), torch.Generator())
+    counts = protocol.lone_particle_counts(foragers, shape, repeats=3)[0]
+    assert counts.shape == (8, 8)
+    assert (counts.diagonal() > 0).all()
+    assert (counts - torch.diag(counts.diagonal())).sum() == 0

@@ -10,6 +10,8 @@ each (``envs.foraging``), and the plasticity attached as the paper describes.
 - :func:`sleep_phase`: sleep cycles at each hidden neuron's waking rate, the same rule with the
   constant sleep reward, the same normalisation. A :class:`Sleep` holds what a sleep phase is
   (its length, reward, noise source), so other experiments can reuse it.
+- :func:`lone_particle_counts`: what the network has learnt, probed without a world: its output
+  spikes for one particle of a given shape on each square next to the agent.
 - :func:`test_phase`: no plasticity, in fresh worlds (several per network: the network is
   frozen, so its worlds can run side by side); counts of rewarded and punished particles eaten.
   Discriminability = rewarded / (rewarded + punished).
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from neuroplastic.envs.foraging import TASKS, ForagingWorlds
+from neuroplastic.envs.foraging import MOVES, SECOND_PIXEL, TASKS, ForagingWorlds
 from neuroplastic.models.forager import Forager, choose_moves
 from neuroplastic.plasticity import (
     STDP,
@@ -270,6 +272,37 @@ def test_phase(
         tick()
     per_network = (networks.replicas, worlds_per_network)
     return rewarded.reshape(per_network).sum(1), punished.reshape(per_network).sum(1)
+
+
+def lone_particle_views(shape: int, view: int = 7) -> Tensor:
+    """``(8, view, view)``: a window holding one particle of ``shape``, with a pixel on the
+    square of each move in turn (the particle's other pixel points away from the agent's own
+    square where it would land on it)."""
+    centre = view // 2
+    second = SECOND_PIXEL[shape]
+    views = torch.zeros(len(MOVES), view, view)
+    for move, (dr, dc) in enumerate(MOVES):
+        row, col = centre + dr, centre + dc
+        other = (row + second[0], col + second[1])
+        if other == (centre, centre):
+            other = (row - second[0], col - second[1])
+        views[move, row, col] = views[move, other[0], other[1]] = 1.0
+    return views
+
+
+def lone_particle_counts(foragers: Foragers, shape: int, repeats: int = 20, seed: int = 0
+                        ) -> Tensor:  # fmt: skip
+    """``(networks, 8, 8)``: each network's mean output spikes in the decision window (columns:
+    the moves) when its window holds one particle of ``shape`` on the square of each move
+    (rows), over ``repeats`` draws of the release noise. A network that has learnt to step onto
+    that shape has its largest counts on the diagonal. Nothing is learnt; no world is touched."""
+    networks = foragers.networks
+    views = lone_particle_views(shape, networks.params.view)
+    agent = networks.repeat(len(MOVES) * repeats)
+    trials = views.repeat(networks.replicas * repeats, 1, 1)
+    record = agent.simulate_cycle(trials, torch.Generator().manual_seed(seed))
+    counts = record.counts.reshape(networks.replicas, repeats, len(MOVES), len(MOVES))
+    return counts.mean(1)
 
 
 def discriminability(rewarded: Tensor, punished: Tensor) -> Tensor:
