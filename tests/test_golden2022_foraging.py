@@ -44,6 +44,9 @@ def test_every_condition_is_measured_on_both_tasks_per_network(tiny_results):
                 d = result.metrics[Key(condition, "discriminability", setting=task)]
                 assert math.isnan(d) or 0.0 <= d <= 1.0
                 assert result.metrics[Key(condition, "meals_per_world", setting=task)] >= 0
+                for kind in ("rewarded", "punished"):
+                    taken = result.metrics[Key(condition, f"lone_{kind}_taken", setting=task)]
+                    assert taken * 8 == round(taken * 8) and 0.0 <= taken <= 1.0
             for metric in ("task1_synapses_in_top", "task2_synapses_in_top"):
                 assert 0.0 <= result.metrics[Key(condition, metric)] <= 1.0
         # by definition each task's own synapses are its top 10 %
@@ -53,6 +56,10 @@ def test_every_condition_is_measured_on_both_tasks_per_network(tiny_results):
                                         setting="task1")]  # fmt: skip
         assert interleaved["x"] == [30.0, 40.0]  # after task 1's 20 cycles, two blocks
         assert len(result.curves[Key("sleep", "episode_moves", setting="task1")]["y"]) == 8
+        for task in golden.TASKS:
+            scores = {p: result.metrics[Key(f"policy:{p}", "discriminability", setting=task)]
+                      for p in golden.REFERENCE_POLICIES}  # fmt: skip
+            assert all(math.isnan(v) or 0.0 <= v <= 1.0 for v in scores.values())
 
 
 def test_the_recorded_episode_replays_in_a_world_from_its_seed():
@@ -120,6 +127,7 @@ def test_the_report_shows_the_world_an_episode_and_the_synapses(tiny_runs, tmp_p
         name = f"{golden.NAME}-{picture}"
         assert name in text and (tmp_path / name).exists()
     assert "paper (task 1 / task 2)" in text
+    assert "Scripted reference policies" in text and "Lone particle" in text
     from PIL import Image
 
     with Image.open(tmp_path / f"{golden.NAME}-episode.gif") as gif:

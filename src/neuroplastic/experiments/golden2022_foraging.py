@@ -53,7 +53,10 @@ import numpy as np
 import torch
 
 from neuroplastic.config import config_to_dict
+from neuroplastic.envs.foraging import TASKS as TASK_SPECS
 from neuroplastic.envs.foraging import ForagingWorlds
+from neuroplastic.envs.foraging_policies import POLICIES
+from neuroplastic.envs.foraging_policies import evaluate as evaluate_policy
 from neuroplastic.experiments.base import (
     Experiment,
     ReportTable,
@@ -67,6 +70,7 @@ from neuroplastic.experiments.foraging_protocol import (
     Scaling,
     Sleep,
     discriminability,
+    lone_particle_counts,
     output_rule,
     sleep_phase,
     task_phase,
@@ -202,6 +206,42 @@ def _test(foragers: Foragers, config: Config, seeds: Sequence[int], condition: s
         out[Key(condition, "meals_per_world", setting=task)] = (
             (rewarded + punished) / config.test_worlds
         )
+        for kind in ("rewarded", "punished"):
+            shape = getattr(TASK_SPECS[task], kind)[0]
+            out[Key(condition, f"lone_{kind}_taken", setting=task)] = lone_particle_taken(
+                foragers, shape
+            )
+    return out
+
+
+def lone_particle_taken(foragers: Foragers, shape: int) -> torch.Tensor:
+    """Per network, the share of the 8 squares next to the agent on which a lone particle of
+    ``shape`` makes the network choose that square's move: its output there spikes most, and
+    more than any other (``foraging_protocol.lone_particle_counts``; chance is 1/8 for a
+    network that fires). What the network has learnt, apart from exploration and clutter."""
+    counts = lone_particle_counts(foragers, shape, repeats=5)
+    own = counts.diagonal(dim1=-2, dim2=-1)
+    others = counts.masked_fill(torch.eye(counts.shape[-1], dtype=torch.bool), -1.0)
+    return ((own > others.amax(-1)) & (own > 0)).float().mean(-1)
+
+
+REFERENCE_POLICIES = tuple(POLICIES)
+"""Scripted policies run in each network's kind of test (``envs.foraging_policies``): what a
+given knowledge of the world is worth, beside what the networks learnt."""
+
+
+def _reference(config: Config, seed: int) -> dict[Key, float]:
+    """The scripted policies' discriminabilities in test worlds of the network of ``seed``'s
+    kind (``test_worlds`` fresh worlds, ``test_cycles`` each, the agent's exploration)."""
+    out = {}
+    for task in TASKS:
+        world_seed = derive_seed(NAME, "reference", seed, task) % 2**31
+        for policy in REFERENCE_POLICIES:
+            score = evaluate_policy(policy, task, config.test_worlds, config.test_cycles,
+                                    world_seed)  # fmt: skip
+            out[Key(f"policy:{policy}", "discriminability", setting=task)] = (
+                score.discriminability
+            )
     return out
 
 
@@ -353,8 +393,9 @@ def _run_batch(config: Config, seeds: tuple[int, ...], context: RunContext) -> l
         metrics[Key(condition, "task2_synapses_in_top")] = _share(task2_top, top)
 
     results = []
-    for index, _ in enumerate(seeds):
+    for index, seed in enumerate(seeds):
         seed_metrics = {key: float(value[index]) for key, value in metrics.items()}
+        seed_metrics.update(_reference(config, seed))
         seed_curves = {
             key: {"x": xs, "y": [float(y[index]) for y in ys]} for key, (xs, ys) in curves.items()
         }
@@ -443,7 +484,36 @@ def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
         paper = "{:.2f} / {:.2f}".format(*PAPER[condition])
         rows.append([condition, *cells, paper])
     header = ["condition", "task 1", "task 2", "paper (task 1 / task 2)"]
-    return [ReportTable(f"Discriminability after each condition (n={len(runs)})", header, rows)]
+    out = [ReportTable(f"Discriminability after each condition (n={len(runs)})", header, rows)]
+    lone = [Key(c, f"lone_{kind}_taken", setting=t) for c in CONDITIONS for t in TASKS
+            for kind in ("rewarded", "punished")]  # fmt: skip
+    if all(key in r.metrics for r in runs for key in lone):
+        rows = []
+        for condition in CONDITIONS:
+            cells = []
+            for task in TASKS:
+                for kind in ("rewarded", "punished"):
+                    key = Key(condition, f"lone_{kind}_taken", setting=task)
+                    cells.append(_ci(mean_ci(r.metrics[key] for r in runs)))
+            rows.append([condition, *cells])
+        out.append(ReportTable(
+            "Lone particle next to the agent: share of the 8 squares whose move the network "
+            f"takes (chance 1/8; n={len(runs)})",
+            ["condition", "task 1 rewarded", "task 1 punished", "task 2 rewarded",
+             "task 2 punished"], rows))  # fmt: skip
+    reference = [Key(f"policy:{p}", "discriminability", setting=t) for p in REFERENCE_POLICIES
+                 for t in TASKS]  # fmt: skip
+    if all(key in r.metrics for r in runs for key in reference):
+        rows = []
+        for policy in REFERENCE_POLICIES:
+            cells = [_ci(mean_ci(r.metrics[Key(f"policy:{policy}", "discriminability",
+                                                setting=task)] for r in runs))
+                     for task in TASKS]  # fmt: skip
+            rows.append([policy, *cells])
+        out.append(ReportTable(
+            "Scripted reference policies in the same tests (envs.foraging_policies; the "
+            "agent's exploration rule)", ["policy", "task 1", "task 2"], rows))  # fmt: skip
+    return out
 
 
 def plot_panel(key: Key) -> tuple[str, str] | None:
