@@ -28,6 +28,24 @@ def test_the_unsupervised_phase_shapes_only_the_input_synapses_within_bounds():
     assert torch.equal(f.agent.w_out, w_out)
 
 
+def test_input_normalisation_holds_each_hidden_neurons_total_within_bounds():
+    f = foragers()
+    protocol.unsupervised_phase(f, 5, input_total=0.4)
+    w_in, bound = f.agent.w_in, f.agent.params.input_max
+    torch.testing.assert_close(w_in.sum(-1), torch.full(w_in.shape[:2], 0.4))
+    assert (w_in[f.agent.in_mask == 0] == 0).all()
+    assert w_in.min() >= 0 and w_in.max() <= bound + 1e-6
+    with pytest.raises(ValueError, match="cannot be reached"):
+        protocol.unsupervised_phase(foragers(), 1, input_total=9 * bound + 0.1)
+
+
+def test_the_output_rule_keeps_traces_for_the_cycles_asked():
+    f = foragers()
+    assert protocol.output_rule(f).params.cycles_kept == 6  # the paper's
+    rule = protocol.output_rule(f, cycles_kept=1)
+    assert rule.params.cycles_kept == 1 and rule.state.pending.shape[0] == 1
+
+
 def test_task_and_sleep_phases_move_the_output_synapses_and_keep_each_outputs_total():
     f = foragers(1)
     rule = protocol.output_rule(f, gain=1000.0)

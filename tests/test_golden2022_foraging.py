@@ -142,6 +142,10 @@ def test_bad_configs_are_refused():
         dataclasses.replace(TINY, sleep_noise="pink")
     with pytest.raises(ValueError, match="test_worlds"):
         dataclasses.replace(TINY, test_worlds=0)
+    with pytest.raises(ValueError, match="eligibility_cycles"):
+        dataclasses.replace(TINY, eligibility_cycles=0)
+    with pytest.raises(ValueError, match="input_total"):
+        dataclasses.replace(TINY, input_total=-0.1)
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_numbers(tmp_path, monkeypatch):

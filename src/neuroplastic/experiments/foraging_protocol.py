@@ -130,15 +130,17 @@ class Foragers:
         return copy.deepcopy(self)
 
 
-def output_rule(foragers: Foragers, gain: float = 1.0) -> RewardSTDP:
+def output_rule(foragers: Foragers, gain: float = 1.0, cycles_kept: int = 6) -> RewardSTDP:
     """The hidden-to-output rule, on a copy of the agents' weights, with the agent's cycle
     length (and the paper's offset of one cycle), its pair changes ``gain`` times the paper's
-    (a compressed schedule). Keep one for the whole schedule: its output balancing refers to
-    the weights it was made with."""
+    (a compressed schedule), its traces kept for ``cycles_kept`` movement cycles (the paper's
+    6). Keep one for the whole schedule: its output balancing refers to the weights it was
+    made with."""
     cycle = foragers.agent.params.cycle
     stdp = FORAGING._replace(potentiation=gain * FORAGING.potentiation,
                              depression=gain * FORAGING.depression)  # fmt: skip
-    params = RewardSTDPParameters(stdp=stdp, cycle=cycle, offset=float(cycle))
+    params = RewardSTDPParameters(stdp=stdp, cycle=cycle, offset=float(cycle),
+                                  cycles_kept=cycles_kept)  # fmt: skip
     return RewardSTDP(torch.nn.Parameter(foragers.agent.w_out.clone()), params)
 
 
@@ -147,11 +149,23 @@ def _switch(foragers: Foragers, task: str) -> None:
         foragers.worlds.reset(task=task)
 
 
-def unsupervised_phase(foragers: Foragers, cycles: int, tick: Callable[[], None] = lambda: None
-                       ) -> None:  # fmt: skip
+def unsupervised_phase(
+    foragers: Foragers, cycles: int, tick: Callable[[], None] = lambda: None,
+    input_total: float | None = None,
+) -> None:  # fmt: skip
+    """``cycles`` in the world of all four shapes with input-to-hidden STDP. With
+    ``input_total``, each hidden neuron's input weights are also held at that total after
+    every change (heterosynaptic normalisation, as on the output synapses), so its inputs
+    compete: without it, a single input volley per cycle only ever potentiates, and every
+    weight runs to ``input_max``."""
     _switch(foragers, "unsupervised")
     agent = foragers.agent
     weight = torch.nn.Parameter(agent.w_in.clone())
+    if input_total is not None:
+        with torch.no_grad():
+            weight.copy_(_hold_input_totals(weight, agent.in_mask, input_total,
+                                            agent.params.input_max))  # fmt: skip
+        agent.w_in = weight.detach().clone()
     rule = STDP(weight)
     for _ in range(cycles):
         record = agent.simulate_cycle(foragers.worlds.observe(), foragers.generator)
@@ -161,11 +175,29 @@ def unsupervised_phase(foragers: Foragers, cycles: int, tick: Callable[[], None]
         with torch.no_grad():
             weight -= foragers.shared(weight.grad)
             weight.clamp_(0.0, agent.params.input_max).mul_(agent.in_mask)
+            if input_total is not None:
+                weight.copy_(_hold_input_totals(weight, agent.in_mask, input_total,
+                                                agent.params.input_max))  # fmt: skip
             weight.grad = None
         agent.w_in = weight.detach().clone()
         rule.reset()
         foragers.move(record.counts)
         tick()
+
+
+def _hold_input_totals(weight: Tensor, mask: Tensor, total: float, bound: float,
+                       rounds: int = 5) -> Tensor:  # fmt: skip
+    """Each hidden neuron's inputs rescaled to sum to ``total`` within ``[0, bound]``: scale,
+    clip at the bound, and scale the unclipped ones again (a few rounds settle it)."""
+    if total > bound * mask.sum(-1).min():
+        raise ValueError(
+            f"input_total {total} cannot be reached with {int(mask.sum(-1).min())} inputs "
+            f"of at most {bound}"
+        )
+    weight = weight.clamp(min=1e-6) * mask
+    for _ in range(rounds):
+        weight = (weight * (total / weight.sum(-1, keepdim=True))).clamp(max=bound)
+    return weight
 
 
 def _apply(foragers: Foragers, weight: torch.nn.Parameter) -> None:

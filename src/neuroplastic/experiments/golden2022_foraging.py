@@ -123,6 +123,12 @@ class Config:
     plasticity_gain: float = 300.0
     """Reward-modulated STDP's pair changes, in units of the paper's +-0.04 (a compressed
     schedule; chosen on validation networks)."""
+    eligibility_cycles: int = 6
+    """Movement cycles a hidden-to-output trace is kept for (the paper's 6)."""
+    input_total: float = 0.0
+    """Heterosynaptic normalisation of each hidden neuron's input weights to this total during
+    the unsupervised period (0: off, the default). Ours, a diagnostic: without it every input
+    weight runs to its bound (docs/experiments/golden2022-foraging.md)."""
     target_spikes: float = 1.0
     """Synaptic scaling: each output's target spikes per cycle."""
     scaling_step: float = 0.0
@@ -147,6 +153,11 @@ class Config:
                 f"task_cycles ({self.task_cycles}) must be a multiple of block_cycles "
                 f"({self.block_cycles}), so that interleaving ends on whole blocks"
             )
+        if self.eligibility_cycles < 1:
+            raise ValueError(f"eligibility_cycles must be at least 1, got "
+                             f"{self.eligibility_cycles}")  # fmt: skip
+        if self.input_total < 0:
+            raise ValueError(f"input_total must be 0 (off) or positive, got {self.input_total}")
         for name in ("plasticity_gain", "input_weight", "output_weight", "target_spikes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -339,9 +350,11 @@ def _run_batch(config: Config, seeds: tuple[int, ...], context: RunContext) -> l
 
     n, block = config.task_cycles, config.block_cycles
     if progress["stage"] == "unsupervised":
-        unsupervised_phase(progress["foragers"], config.unsupervised_cycles, count)
+        unsupervised_phase(progress["foragers"], config.unsupervised_cycles, count,
+                           config.input_total or None)  # fmt: skip
         progress.update(stage="task1", rule=output_rule(progress["foragers"],
-                                                        config.plasticity_gain))  # fmt: skip
+                                                        config.plasticity_gain,
+                                                        config.eligibility_cycles))  # fmt: skip
         checkpoint.save(progress, force=True)
     if progress["stage"] == "task1":
         foragers, rule = progress["foragers"], progress["rule"]

@@ -1,0 +1,134 @@
+"""What the foraging agents learn of task 1, and how fast: a diagnosis of the task-1 stage of
+``golden2022-foraging`` on validation networks (seeds from 1000 up, never the reported 0-9).
+
+    python benchmarks/foraging_learning.py                                   # the default config
+    python benchmarks/foraging_learning.py --set scaling_step=0.01 target_spikes=8 \\
+        plasticity_gain=10 --cycles 5000 --worlds 8
+
+It runs the experiment's unsupervised period and then task-1 training with any of the
+experiment's config values (``--set``; ``--worlds`` sets ``training_worlds``), and every
+``--every`` training cycles prints, averaged over the networks:
+
+- ``test``: discriminability and meals per world and cycle in fresh worlds, no plasticity, the
+  agent's exploration rule (the experiment's test, 300 cycles in 8 worlds per network);
+- ``lone +/-``: the share of the 8 squares next to the agent on which a lone rewarded (+) or
+  punished (-) particle makes the network take that square's move (chance 1/8);
+- ``adjacent +/-``: in the test worlds, how often the network's own choice (no exploration)
+  steps onto an adjacent rewarded (+) or punished (-) particle when one is there, and onto an
+  empty square (``0``), chance 1/8;
+- ``w max``: the largest hidden-to-output weight (it starts at ``output_weight``).
+
+The scripted reference policies (``envs.foraging_policies``) in the same tests are printed
+first: what stepping onto adjacent rewarded particles alone is worth. Not a timed benchmark;
+each line is a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from neuroplastic.config import apply_overrides, diff_from_default
+from neuroplastic.envs.foraging import MOVES, TASKS, ForagingWorlds
+from neuroplastic.envs.foraging_policies import evaluate
+from neuroplastic.experiments import golden2022_foraging as golden
+from neuroplastic.experiments.foraging_protocol import (
+    Foragers,
+    Scaling,
+    discriminability,
+    output_rule,
+    task_phase,
+    test_phase,
+    unsupervised_phase,
+)
+from neuroplastic.models.forager import Forager
+
+TEST_CYCLES, TEST_WORLDS, TEST_SEED = 300, 8, 7
+
+
+def adjacent_choices(foragers: Foragers, cycles: int = 100, seed: int = 11) -> dict[str, float]:
+    """How often the networks' own choice (the output with most spikes, ties at random; cycles
+    without output spikes are left out) steps onto an adjacent square holding a rewarded
+    particle, a punished one, or nothing; the agents then move by that choice."""
+    networks = foragers.networks.repeat(TEST_WORLDS)
+    worlds = ForagingWorlds(networks.replicas, "task1", seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    spec = TASKS["task1"]
+    taken = {"+": [0, 0], "-": [0, 0], "0": [0, 0]}
+    index = np.arange(networks.replicas)
+    for _ in range(cycles):
+        counts = networks.simulate_cycle(worlds.observe(), generator).counts
+        best = counts.max(1, keepdim=True).values
+        noise = torch.rand(counts.shape, generator=generator)
+        choice = torch.where(counts == best, noise, -1.0).argmax(1).numpy()
+        fired = best[:, 0].numpy() > 0
+        around = np.stack([worlds.shapes[index, (worlds.agent[:, 0] + dr) % worlds.size,
+                                         (worlds.agent[:, 1] + dc) % worlds.size]
+                           for dr, dc in MOVES], 1)  # fmt: skip
+        present_by_label = {"+": np.isin(around, spec.rewarded),
+                            "-": np.isin(around, spec.punished), "0": around == 0}  # fmt: skip
+        for label, present in present_by_label.items():
+            taken[label][0] += int(present[index, choice][fired].sum())
+            taken[label][1] += int(present[fired].sum())
+        random_moves = torch.randint(0, len(MOVES), (networks.replicas,), generator=generator)
+        worlds.step(np.where(fired, choice, random_moves.numpy()))
+    return {label: hits / max(total, 1) for label, (hits, total) in taken.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="golden2022-foraging config values")  # fmt: skip
+    parser.add_argument("--networks", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1000, help="validation seeds start here")
+    parser.add_argument("--cycles", type=int, default=None, help="task-1 training cycles")
+    parser.add_argument("--every", type=int, default=1000)
+    parser.add_argument("--worlds", type=int, default=None, help="training worlds per network")
+    args = parser.parse_args()
+    if args.seed < 1000:
+        parser.error("validation networks use seeds from 1000 up; 0-9 are the reported ones")
+    torch.set_num_threads(1)
+    config = apply_overrides(golden.Config(), args.set)
+    if args.worlds:
+        config = dataclasses.replace(config, training_worlds=args.worlds)
+    cycles = args.cycles or config.task_cycles
+
+    for policy in ("random", "any", "approach", "greedy"):
+        score = evaluate(policy, "task1", TEST_WORLDS * args.networks, TEST_CYCLES, TEST_SEED)
+        print(f"policy {policy:9s} test {score.discriminability:.3f}, "
+              f"{score.meals_per_cycle:.3f} meals/cycle")  # fmt: skip
+
+    copies = config.training_worlds
+    agent = Forager(args.networks, golden.forager_parameters(config), seed=args.seed)
+    worlds = ForagingWorlds(args.networks * copies, "unsupervised", seed=args.seed)
+    foragers = Foragers(agent.repeat(copies), worlds, torch.Generator().manual_seed(args.seed),
+                        copies)  # fmt: skip
+    unsupervised_phase(foragers, config.unsupervised_cycles,
+                       input_total=config.input_total or None)  # fmt: skip
+    rule = output_rule(foragers, config.plasticity_gain, config.eligibility_cycles)
+    scaling = Scaling(config.target_spikes, config.scaling_step)
+    print(f"config (differences from the default): {diff_from_default(config)}")
+    print("cycles  seconds  test disc  meals  lone +  lone -  adjacent + / - / 0   w max")
+    start, done = time.perf_counter(), 0
+    while done < cycles:
+        block = min(args.every, cycles - done)
+        task_phase(foragers, "task1", block, rule, scaling)
+        done += block
+        rewarded, punished = test_phase(foragers, "task1", TEST_CYCLES, TEST_WORLDS, TEST_SEED)
+        disc = float(discriminability(rewarded, punished).nanmean())
+        meals = float((rewarded + punished).mean()) / (TEST_CYCLES * TEST_WORLDS)
+        lone = [float(golden.lone_particle_taken(foragers, shape).mean())
+                for shape in (TASKS["task1"].rewarded[0], TASKS["task1"].punished[0])]  # fmt: skip
+        adjacent = adjacent_choices(foragers)
+        print(f"{done:6d}  {time.perf_counter() - start:7.0f}  {disc:9.3f}  {meals:.3f}  "
+              f"{lone[0]:6.2f}  {lone[1]:6.2f}  {adjacent['+']:.2f} / {adjacent['-']:.2f} / "
+              f"{adjacent['0']:.2f}      {float(foragers.agent.w_out.max()):5.2f}",
+              flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
