@@ -18,6 +18,10 @@ experiment's config values (``--set``; ``--worlds`` sets ``training_worlds``), a
   empty square (``0``), chance 1/8;
 - ``w max``: the largest hidden-to-output weight (it starts at ``output_weight``).
 
+After the unsupervised period it prints how selective the hidden neurons are: how many pairs
+of lit inputs make a hidden neuron fire, and the share of those pairs that are adjacent squares
+(only one particle can light two adjacent squares, so only those pairs name a shape).
+
 The scripted reference policies (``envs.foraging_policies``) in the same tests are printed
 first: what stepping onto adjacent rewarded particles alone is worth. Not a timed benchmark;
 each line is a measurement.
@@ -48,6 +52,34 @@ from neuroplastic.experiments.foraging_protocol import (
 from neuroplastic.models.forager import Forager
 
 TEST_CYCLES, TEST_WORLDS, TEST_SEED = 300, 8, 7
+
+
+def hidden_pair_selectivity(foragers: Foragers) -> tuple[float, float]:
+    """(pairs of lit inputs that make a hidden neuron fire, per neuron; the share of them that
+    are adjacent squares), averaged over the networks. Exact for the forager's LIF: one input
+    volley at step 0 gives a current ``x s^t`` and a potential peaking at ``x P`` with
+    ``P = max_t sum_u a^(t-u) s^u``, so a pair fires the neuron when its two weights sum
+    above ``v_th / P``."""
+    networks = foragers.networks
+    alpha, decay = float(networks.neuron.alpha), networks.synapse
+    peak, potential = 0.0, 0.0
+    for t in range(networks.params.cycle):
+        potential = alpha * potential + decay**t
+        peak = max(peak, potential)
+    threshold = networks.params.v_th / peak
+    view = networks.params.view
+    rows, cols = np.divmod(np.arange(view * view), view)
+    adjacent = np.maximum(abs(rows[:, None] - rows[None]), abs(cols[:, None] - cols[None])) == 1
+    firing = adjacent_firing = 0
+    for weights, mask in zip(networks.w_in.numpy(), networks.in_mask.numpy(), strict=True):
+        for w, inputs in zip(weights, mask.astype(bool), strict=True):
+            idx = np.flatnonzero(inputs)
+            sums = w[idx][:, None] + w[idx][None, :]
+            fires = np.triu(sums > threshold, 1)
+            firing += int(fires.sum())
+            adjacent_firing += int((fires & adjacent[np.ix_(idx, idx)]).sum())
+    neurons = networks.w_in.shape[0] * networks.w_in.shape[1]
+    return firing / neurons, adjacent_firing / max(firing, 1)
 
 
 def adjacent_choices(foragers: Foragers, cycles: int = 100, seed: int = 11) -> dict[str, float]:
@@ -109,6 +141,9 @@ def main() -> None:
                         copies)  # fmt: skip
     unsupervised_phase(foragers, config.unsupervised_cycles,
                        input_total=config.input_total or None)  # fmt: skip
+    pairs, adjacent_share = hidden_pair_selectivity(foragers)
+    print(f"hidden neurons: {pairs:.1f} of their 36 input pairs make them fire; "
+          f"{adjacent_share:.1%} of those are adjacent squares")  # fmt: skip
     rule = output_rule(foragers, config.plasticity_gain, config.eligibility_cycles)
     scaling = Scaling(config.target_spikes, config.scaling_step)
     print(f"config (differences from the default): {diff_from_default(config)}")
