@@ -4,6 +4,7 @@
     python benchmarks/foraging_learning.py                                   # the default config
     python benchmarks/foraging_learning.py --set scaling_step=0.01 target_spikes=8 \\
         plasticity_gain=10 --cycles 5000 --worlds 8
+    python benchmarks/foraging_learning.py --backend numba ...   # the compiled cycle
 
 It runs the experiment's unsupervised period and then task-1 training with any of the
 experiment's config values (``--set``; ``--worlds`` sets ``training_worlds``), and every
@@ -41,6 +42,7 @@ from neuroplastic.envs.foraging import MOVES, TASKS, ForagingWorlds
 from neuroplastic.envs.foraging_policies import evaluate
 from neuroplastic.experiments import golden2022_foraging as golden
 from neuroplastic.experiments.foraging_protocol import (
+    BACKENDS,
     Foragers,
     Scaling,
     discriminability,
@@ -120,6 +122,8 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=None, help="task-1 training cycles")
     parser.add_argument("--every", type=int, default=1000)
     parser.add_argument("--worlds", type=int, default=None, help="training worlds per network")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="numba: the compiled cycle (the fast extra)")  # fmt: skip
     args = parser.parse_args()
     if args.seed < 1000:
         parser.error("validation networks use seeds from 1000 up; 0-9 are the reported ones")
@@ -151,9 +155,10 @@ def main() -> None:
     start, done = time.perf_counter(), 0
     while done < cycles:
         block = min(args.every, cycles - done)
-        task_phase(foragers, "task1", block, rule, scaling)
+        task_phase(foragers, "task1", block, rule, scaling, backend=args.backend)
         done += block
-        rewarded, punished = test_phase(foragers, "task1", TEST_CYCLES, TEST_WORLDS, TEST_SEED)
+        rewarded, punished = test_phase(foragers, "task1", TEST_CYCLES, TEST_WORLDS, TEST_SEED,
+                                        backend=args.backend)  # fmt: skip
         disc = float(discriminability(rewarded, punished).nanmean())
         meals = float((rewarded + punished).mean()) / (TEST_CYCLES * TEST_WORLDS)
         lone = [float(golden.lone_particle_taken(foragers, shape).mean())

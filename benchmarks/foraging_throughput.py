@@ -4,6 +4,7 @@ cycles per second, for a range of agent counts, in the three kinds of cycle the 
 
     python benchmarks/foraging_throughput.py                      # CPU, 10 to 80 agents
     python benchmarks/foraging_throughput.py --device cuda --agents 80 640 5120
+    python benchmarks/foraging_throughput.py --backend torch numba   # the compiled CPU cycle
 
 A cycle is 600 steps of 0.5 ms; steps per second = cycles per second x 600. The worlds step in
 NumPy on the CPU whatever the device (one move per agent per cycle).
@@ -21,24 +22,24 @@ from neuroplastic.experiments import foraging_protocol as protocol
 from neuroplastic.models.forager import Forager, ForagerParameters
 
 
-def measure(agents: int, cycles: int, device: str) -> dict[str, float]:
+def measure(agents: int, cycles: int, device: str, backend: str = "torch") -> dict[str, float]:
     params = ForagerParameters()
     agent = Forager(agents, params, seed=0, device=device)
     worlds = ForagingWorlds(agents, "unsupervised", seed=0)
     foragers = protocol.Foragers(agent, worlds, torch.Generator().manual_seed(0))
     protocol.unsupervised_phase(foragers, 20)  # shapes the hidden layer's activity first
     rule = protocol.output_rule(foragers, gain=300.0)
-    protocol.task_phase(foragers, "task1", 5, rule)  # warm-up
+    protocol.task_phase(foragers, "task1", 5, rule, backend=backend)  # warm-up (and compile)
     rates = {}
     for kind in ("training", "sleep", "test"):
         _sync(device)
         start = time.perf_counter()
         if kind == "training":
-            protocol.task_phase(foragers, "task1", cycles, rule)
+            protocol.task_phase(foragers, "task1", cycles, rule, backend=backend)
         elif kind == "sleep":
             protocol.sleep_phase(foragers, protocol.Sleep(cycles), rule)
         else:
-            protocol.test_phase(foragers, "task1", cycles, seed=1)
+            protocol.test_phase(foragers, "task1", cycles, seed=1, backend=backend)
         _sync(device)
         rates[kind] = agents * cycles / (time.perf_counter() - start)
     return rates
@@ -54,16 +55,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--agents", type=int, nargs="+", default=[10, 20, 40, 80])
     parser.add_argument("--cycles", type=int, default=50)
+    parser.add_argument("--backend", nargs="+", default=["torch"], choices=protocol.BACKENDS,
+                        help="numba: the compiled cycle for training and tests (sleep: torch)")
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"foraging throughput on {args.device}: agents x cycles per second (600 steps each)")
-    print("| agents | training | sleep | test |")
-    print("|---|---|---|---|")
-    for agents in args.agents:
-        rates = measure(agents, args.cycles, args.device)
-        cells = " | ".join(f"{rates[kind]:.0f}" for kind in ("training", "sleep", "test"))
-        print(f"| {agents} | {cells} |", flush=True)
+    print("| backend | agents | training | sleep | test |")
+    print("|---|---|---|---|---|")
+    for backend in args.backend:
+        for agents in args.agents:
+            rates = measure(agents, args.cycles, args.device, backend)
+            cells = " | ".join(f"{rates[kind]:.0f}" for kind in ("training", "sleep", "test"))
+            print(f"| {backend} | {agents} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -210,33 +210,55 @@ def _apply(foragers: Foragers, weight: torch.nn.Parameter) -> None:
     foragers.agent.w_out = weight.detach().clone()
 
 
+BACKENDS = ("torch", "numba")
+"""How a cycle is computed: ``torch``, the readable reference (``Forager.simulate_cycle`` and
+the rule's ``block``); ``numba``, the compiled cycle of ``kernels.numba_forager`` (the ``fast``
+extra), tested equal to it (release noise: in distribution)."""
+
+
+def _cycle(foragers: Foragers, rule: RewardSTDP | None, backend: str) -> tuple[Tensor, ...]:
+    """One cycle of the agents on their worlds' views: ``(counts, output spikes, hidden
+    spikes)`` per replica; with ``rule``, its eligibility advanced by the cycle."""
+    agent, window = foragers.agent, foragers.worlds.observe()
+    if backend == "numba":
+        from neuroplastic.kernels.numba_forager import run_cycle
+
+        return run_cycle(agent, window, foragers.generator, rule)
+    if backend != "torch":
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    record = agent.simulate_cycle(window, foragers.generator)
+    if rule is not None:
+        rule.block(record.hidden, record.output)
+        rule.skip(agent.params.cycle - record.hidden.shape[0])
+    return record.counts, record.output.sum(0), record.hidden_spikes
+
+
 def task_phase(
     foragers: Foragers, task: str, cycles: int, rule: RewardSTDP,
     scaling: Scaling = Scaling(), tick: Callable[[], None] = lambda: None,
+    backend: str = "torch",
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``cycles`` of training on ``task`` with ``rule`` (its weight is ``agent.w_out``);
     returns the (rewarded, punished) particles eaten per network while training (over its
-    copies)."""
+    copies). ``backend``: see ``BACKENDS``."""
     _switch(foragers, task)
     agent = foragers.agent
     spec = TASKS[task]
     rewarded = torch.zeros(agent.replicas)
     punished = torch.zeros(agent.replicas)
     for _ in range(cycles):
-        record = agent.simulate_cycle(foragers.worlds.observe(), foragers.generator)
-        rule.block(record.hidden, record.output)
-        rule.skip(agent.params.cycle - record.hidden.shape[0])
-        rewards, eaten = foragers.move(record.counts)
+        counts, output_spikes, hidden_spikes = _cycle(foragers, rule, backend)
+        rewards, eaten = foragers.move(counts)
         rewarded += torch.isin(eaten, torch.tensor(spec.rewarded)).float()
         punished += torch.isin(eaten, torch.tensor(spec.punished)).float()
         rule.reward(rewards)
         if scaling.step:
-            fired = foragers.shared(record.output.sum(0).to(foragers.targets.dtype))
+            fired = foragers.shared(output_spikes.to(foragers.targets.dtype))
             fired = fired / foragers.copies
             foragers.targets = scale_targets(foragers.targets, fired, scaling.target_spikes,
                                              scaling.step)  # fmt: skip
         _apply(foragers, rule.weight)
-        foragers.record_waking(task, record.hidden_spikes)
+        foragers.record_waking(task, hidden_spikes)
         tick()
     per_network = (-1, foragers.copies)
     return rewarded.reshape(per_network).sum(1), punished.reshape(per_network).sum(1)
@@ -282,6 +304,7 @@ def sleep_phase(foragers: Foragers, sleep: Sleep, rule: RewardSTDP,
 def test_phase(
     foragers: Foragers, task: str, cycles: int, worlds_per_network: int = 1, seed: int = 0,
     tick: Callable[[], None] = lambda: None, moves: Tensor | None = None,
+    backend: str = "torch",
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``cycles`` without plasticity on ``task`` in ``worlds_per_network`` fresh worlds per
     network (placed from ``seed``); returns (rewarded, punished) particles eaten per network,
@@ -295,8 +318,8 @@ def test_phase(
     rewarded = torch.zeros(agent.replicas)
     punished = torch.zeros(agent.replicas)
     for cycle in range(cycles):
-        record = agent.simulate_cycle(worlds.observe(), probe.generator)
-        _, eaten = probe.move(record.counts)
+        counts, _, _ = _cycle(probe, None, backend)
+        _, eaten = probe.move(counts)
         if moves is not None:
             moves[cycle] = probe.last_moves.reshape(-1, worlds_per_network)[:, 0]
         rewarded += torch.isin(eaten, torch.tensor(spec.rewarded)).float()

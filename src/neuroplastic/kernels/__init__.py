@@ -4,6 +4,8 @@
 ``numba_dendrites``: a phase of the segregated-dendrite network on the CPU, or a whole training
 example on the counter-based random stream of ``counter_random`` (the ``fast`` extra), its
 tensors in and out in ``dendrite_example``;
+``numba_forager``: a movement cycle of the foraging agent with its reward-modulated STDP
+eligibility (the ``fast`` extra);
 ``rsnn_functions``: both as autograd Functions."""
 
 from __future__ import annotations
