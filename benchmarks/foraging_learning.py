@@ -39,7 +39,7 @@ import torch
 
 from neuroplastic.config import apply_overrides, diff_from_default
 from neuroplastic.envs.foraging import MOVES, TASKS, ForagingWorlds
-from neuroplastic.envs.foraging_policies import evaluate
+from neuroplastic.envs.foraging_policies import evaluate, neighbours
 from neuroplastic.experiments import golden2022_foraging as golden
 from neuroplastic.experiments.foraging_protocol import (
     BACKENDS,
@@ -100,9 +100,7 @@ def adjacent_choices(foragers: Foragers, cycles: int = 100, seed: int = 11) -> d
         noise = torch.rand(counts.shape, generator=generator)
         choice = torch.where(counts == best, noise, -1.0).argmax(1).numpy()
         fired = best[:, 0].numpy() > 0
-        around = np.stack([worlds.shapes[index, (worlds.agent[:, 0] + dr) % worlds.size,
-                                         (worlds.agent[:, 1] + dc) % worlds.size]
-                           for dr, dc in MOVES], 1)  # fmt: skip
+        around = neighbours(worlds)
         present_by_label = {"+": np.isin(around, spec.rewarded),
                             "-": np.isin(around, spec.punished), "0": around == 0}  # fmt: skip
         for label, present in present_by_label.items():

@@ -21,6 +21,7 @@ the reference in distribution; without it, exactly up to float32 summation order
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -58,10 +59,10 @@ def training_cycles(
     for delay in range(1, window + 1):
         pair_change[window + delay] = potentiation * math.exp(-delay / tau)
         pair_change[window - delay] = depression * math.exp(-delay / tau)
+    reach = f_decay / (np.float32(1.0) - f_decay)
     for r in range(replicas):
         # hidden layer: spikes (time, neuron) in time order per neuron
         n_spikes = 0
-        reach = f_decay / (np.float32(1.0) - f_decay)
         for h in range(n_hidden):
             x = np.float32(0.0)
             for i in range(n_in):
@@ -130,11 +131,11 @@ def training_cycles(
                 later = t_post if delay > 0 else t_pre
                 for e in range(ages.shape[0]):
                     pending[slots[e], r, j, h] += np.float32(ages[e, later] * change)
-        for k in range(n_spikes):
-            last_spike = max(last_spike, hidden_time[k])
+        last_spike = max(last_spike, hidden_end)
     return last_spike
 
 
+@functools.lru_cache(maxsize=8)
 def reward_ages(params) -> np.ndarray:
     """``(cycles_kept, cycle)``: the weight of a trace made at step ``t`` of a cycle in the
     reward event ``e`` cycles later, ``1 / ((e + 1) cycle - 1 - t + c)``, as
