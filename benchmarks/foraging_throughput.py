@@ -30,6 +30,7 @@ def measure(agents: int, cycles: int, device: str, backend: str = "torch") -> di
     protocol.unsupervised_phase(foragers, 20)  # shapes the hidden layer's activity first
     rule = protocol.output_rule(foragers, gain=300.0)
     protocol.task_phase(foragers, "task1", 5, rule, backend=backend)  # warm-up (and compile)
+    protocol.sleep_phase(foragers, protocol.Sleep(1), rule, backend=backend)
     rates = {}
     for kind in ("training", "sleep", "test"):
         _sync(device)
@@ -37,7 +38,7 @@ def measure(agents: int, cycles: int, device: str, backend: str = "torch") -> di
         if kind == "training":
             protocol.task_phase(foragers, "task1", cycles, rule, backend=backend)
         elif kind == "sleep":
-            protocol.sleep_phase(foragers, protocol.Sleep(cycles), rule)
+            protocol.sleep_phase(foragers, protocol.Sleep(cycles), rule, backend=backend)
         else:
             protocol.test_phase(foragers, "task1", cycles, seed=1, backend=backend)
         _sync(device)
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, nargs="+", default=[10, 20, 40, 80])
     parser.add_argument("--cycles", type=int, default=50)
     parser.add_argument("--backend", nargs="+", default=["torch"], choices=protocol.BACKENDS,
-                        help="numba: the compiled cycle for training and tests (sleep: torch)")
+                        help="numba: the compiled cycles (training, sleep and tests)")
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -177,3 +177,25 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_numbers(tmp_
         assert a.curves.keys() == b.curves.keys()
         for key in a.curves:
             np.testing.assert_equal(a.curves[key], b.curves[key])  # NaN equals NaN here
+
+
+def test_the_compiled_backend_runs_every_condition(tiny_runs, tmp_path):
+    """``backend="numba"``: the same protocol on the compiled cycles, the same measurements."""
+    pytest.importorskip("numba")
+    from neuroplastic.runner import run_experiment
+    from neuroplastic.store import Store
+
+    config = dataclasses.replace(TINY, backend="numba")
+    with Store(tmp_path / "runs.db") as store:
+        fast = run_experiment(golden.EXPERIMENT, config, [0, 1], store, device="cpu").records
+    assert [set(r.metrics) for r in fast] == [set(r.metrics) for r in tiny_runs]
+    for result in fast:
+        for condition in golden.CONDITIONS:
+            for task in golden.TASKS:
+                d = result.metrics[Key(condition, "discriminability", setting=task)]
+                assert math.isnan(d) or 0.0 <= d <= 1.0
+
+
+def test_an_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        golden.Config(backend="cuda")

@@ -107,3 +107,108 @@ def test_a_training_phase_on_the_compiled_cycle_ends_with_the_reference_weights(
     torch.testing.assert_close(fast_rates, rates)
     assert all(torch.equal(a, b) for a, b in zip(tested, fast_tested, strict=True))
     assert not torch.equal(weights, agents(noise=0.0, seed=5).w_out)  # it learnt something
+
+
+def sleep_rates(agent: Forager, seed: int = 0) -> torch.Tensor:
+    """Waking-like rates, some neurons silent, a few busy (spikes per step)."""
+    gen = torch.Generator().manual_seed(seed)
+    rates = 0.01 * torch.rand(agent.replicas, agent.n_hidden, generator=gen)
+    return rates * (torch.rand(rates.shape, generator=gen) < 0.7)
+
+
+def test_sleep_cycles_on_the_same_spikes_equal_the_reference_across_cycles():
+    """Three sleep cycles, then a waking one, on the reference's own hidden spikes and without
+    release noise: the same output spikes, eligibility, reward changes and STDP state (ring and
+    traces), so pairs across the cycles' boundaries are counted as the reference counts them."""
+    from neuroplastic.kernels.numba_forager import carries_pairs, run_sleep_cycle
+
+    agent = agents(noise=0.0, seed=3)
+    agent.w_out = agent.w_out * 0.5  # outputs that fire some of the time, not all
+    rates = sleep_rates(agent)
+    reference, fast = rule(agent), rule(agent)
+    gen = torch.Generator().manual_seed(9)
+    fired_total = 0
+    crossing = 0
+    for cycle in range(3):
+        trains = agent.sleep_spikes(rates, gen)
+        record = agent.simulate_sleep(trains, torch.Generator())
+        reference.block(record.hidden, record.output)
+        fired = run_sleep_cycle(agent, rates, torch.Generator(), fast, hidden_trains=trains)
+        torch.testing.assert_close(fired, record.output.sum(0), rtol=0, atol=0)
+        # float32 sums of ~1e-4 terms in another order: absolute tolerance at 1e-4 of the scale
+        scale = reference.state.pending.abs().max()
+        torch.testing.assert_close(fast.state.pending, reference.state.pending,
+                                   rtol=1e-4, atol=1e-4 * float(scale))  # fmt: skip
+        ours, theirs = fast.state.stdp, reference.state.stdp
+        assert ours.step == theirs.step
+        assert torch.equal(ours.pre_history, theirs.pre_history)
+        assert torch.equal(ours.post_history, theirs.post_history)
+        torch.testing.assert_close(ours.pre_trace, theirs.pre_trace, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours.post_trace, theirs.post_trace, rtol=1e-5, atol=1e-6)
+        ours_change, their_change = fast.reward(0.5), reference.reward(0.5)
+        torch.testing.assert_close(ours_change, their_change, rtol=1e-4,
+                                   atol=1e-4 * float(their_change.abs().max()))  # fmt: skip
+        fired_total += int(fired.sum())
+        crossing += int(record.output[-120:].sum()) * (cycle < 2)
+    assert fired_total > 30 and crossing > 0  # pairs formed, some across the boundaries
+    # a waking cycle after sleep: the protocol computes it on the reference path
+    from neuroplastic.experiments import foraging_protocol as protocol
+
+    with pytest.raises(ValueError, match="pair with this one"):
+        run_cycle(agent, ForagingWorlds(3, "task1", seed=4).observe(), torch.Generator(), fast)
+    for learning, backend in ((reference, "torch"), (fast, "numba")):
+        foragers = protocol.Foragers(agent, ForagingWorlds(3, "task1", seed=4),
+                                     torch.Generator())  # fmt: skip
+        protocol._cycle(foragers, learning, backend)
+    scale = float(reference.state.pending.abs().max())
+    torch.testing.assert_close(fast.state.pending, reference.state.pending, rtol=1e-4,
+                               atol=1e-4 * scale)  # fmt: skip
+    assert not carries_pairs(fast)  # the waking cycle's quiet end left nothing to pair
+
+
+def test_sleep_spikes_follow_the_reference_process():
+    """The kernel's hidden spikes: per neuron a count with the binomial's mean and variance over
+    the cycle's steps, on distinct steps spread evenly over the cycle."""
+    from neuroplastic.kernels import numba_forager as kernel
+
+    rates = torch.tensor([[0.0, 0.002, 0.02, 0.2, 1.0]], dtype=torch.float64).repeat(400, 1)
+    kernel._seed(3)
+    starts, times, neurons = kernel.sleep_spikes(rates.numpy(), 600)
+    counts = torch.zeros(400, 5)
+    for r in range(400):
+        who = torch.from_numpy(neurons[starts[r]:starts[r + 1]])
+        when = torch.from_numpy(times[starts[r]:starts[r + 1]])
+        counts[r] = torch.bincount(who, minlength=5).float()
+        for h in range(5):  # distinct steps
+            assert when[who == h].unique().numel() == int(counts[r, h])
+    p = rates[0].float()
+    mean, var = 600 * p, 600 * p * (1 - p)
+    assert counts[:, 0].sum() == 0 and (counts[:, 4] == 600).all()
+    assert ((counts.mean(0) - mean).abs() <= 4 * (var / 400).sqrt() + 1e-6).all()
+    middle = counts[:, 1:4].var(0)
+    assert ((middle / var[1:4]) - 1).abs().max() < 0.3
+    late = torch.from_numpy(times)[(torch.from_numpy(neurons) == 3)]
+    assert abs((late < 300).float().mean() - 0.5) < 0.02  # uniform over the cycle
+
+
+def test_a_sleep_phase_on_the_compiled_cycle_moves_the_weights_like_the_reference():
+    """``sleep_phase(backend="numba")`` against the torch path from the same networks: different
+    draws of the same processes, so the same mean weight change within the spread over
+    replicas."""
+    from neuroplastic.experiments import foraging_protocol as protocol
+
+    changes = {}
+    for backend in protocol.BACKENDS:
+        agent = agents(noise=0.12, seed=5).repeat(16)
+        agent.w_out = agent.w_out * 0.5
+        foragers = protocol.Foragers(agent, ForagingWorlds(48, "task1", seed=6),
+                                     torch.Generator().manual_seed(7))  # fmt: skip
+        foragers.waking["task1"] = (sleep_rates(agent) * 600, 1)
+        learning = protocol.output_rule(foragers, gain=300.0)
+        before = foragers.agent.w_out.clone()
+        protocol.sleep_phase(foragers, protocol.Sleep(cycles=4), learning, backend=backend)
+        changes[backend] = (foragers.agent.w_out - before).abs().sum((1, 2))
+    torch_change, fast_change = changes["torch"], changes["numba"]
+    assert torch_change.mean() > 0
+    spread = (torch_change.std() + fast_change.std()) / 48**0.5
+    assert (fast_change.mean() - torch_change.mean()).abs() <= 4 * spread

@@ -132,10 +132,17 @@ def test_a_block_equals_stepping_through_it_and_mixes_with_steps(n_pre, n_post, 
         changes.append(change)
     changes = torch.stack(changes)
     state = initial_state((2,), n_pre, n_post, PARAMS, dtype=torch.float64)
+    traces = []  # each step's state, to check the traces a block leaves
+    for t in range(700):
+        traces.append(stdp_step(pre[t], post[t], initial_state((2,), n_pre, n_post, PARAMS,
+                                dtype=torch.float64) if t == 0 else traces[-1][1], PARAMS))
     for t in range(250):
         _, state = stdp_step(pre[t], post[t], state, PARAMS)
     weights = torch.rand(2, 300, generator=gen, dtype=torch.float64)
     weighted, state = stdp_block(pre[250:550], post[250:550], state, PARAMS, weights)
+    after = traces[549][1]  # the state after step 549: the traces of the block's last step
+    torch.testing.assert_close(state.pre_trace, after.pre_trace, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(state.post_trace, after.post_trace, rtol=1e-12, atol=1e-14)
     expected = torch.einsum("at,t...->a...", weights, changes[250:550])
     assert expected.abs().sum() > 0
     torch.testing.assert_close(weighted, expected, rtol=1e-12, atol=1e-14)

@@ -212,20 +212,28 @@ def _apply(foragers: Foragers, weight: torch.nn.Parameter) -> None:
 
 BACKENDS = ("torch", "numba")
 """How a cycle is computed: ``torch``, the readable reference (``Forager.simulate_cycle`` and
-the rule's ``block``); ``numba``, the compiled cycle of ``kernels.numba_forager`` (the ``fast``
-extra), tested equal to it (release noise: in distribution)."""
+the rule's ``block``); ``numba``, the compiled cycles of ``kernels.numba_forager`` (the ``fast``
+extra), waking and asleep, tested equal to it (release noise and sleep's spikes: in
+distribution)."""
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def _cycle(foragers: Foragers, rule: RewardSTDP | None, backend: str) -> tuple[Tensor, ...]:
     """One cycle of the agents on their worlds' views: ``(counts, output spikes, hidden
     spikes)`` per replica; with ``rule``, its eligibility advanced by the cycle."""
     agent, window = foragers.agent, foragers.worlds.observe()
+    _check_backend(backend)
     if backend == "numba":
-        from neuroplastic.kernels.numba_forager import run_cycle
+        from neuroplastic.kernels.numba_forager import carries_pairs, run_cycle
 
-        return run_cycle(agent, window, foragers.generator, rule)
-    if backend != "torch":
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        # the first waking cycle after sleep pairs with sleep's last spikes: the reference
+        # computes it, as the compiled waking cycle does not pair across cycles
+        if rule is None or not carries_pairs(rule):
+            return run_cycle(agent, window, foragers.generator, rule)
     record = agent.simulate_cycle(window, foragers.generator)
     if rule is not None:
         rule.block(record.hidden, record.output)
@@ -287,15 +295,22 @@ class Sleep:
 
 
 def sleep_phase(foragers: Foragers, sleep: Sleep, rule: RewardSTDP,
-                tick: Callable[[], None] = lambda: None) -> None:  # fmt: skip
-    """One sleep phase at the waking rates measured so far."""
+                tick: Callable[[], None] = lambda: None, backend: str = "torch") -> None:
+    """One sleep phase at the waking rates measured so far. ``backend``: see ``BACKENDS``
+    (``numba`` draws the hidden spikes in the kernel: the same process, another stream)."""
+    _check_backend(backend)
     agent = foragers.agent
     rates = sleep.rates(foragers)
     reward = torch.full((agent.replicas,), sleep.reward)
     for _ in range(sleep.cycles):
-        record = agent.simulate_sleep(agent.sleep_spikes(rates, foragers.generator),
-                                      foragers.generator)  # fmt: skip
-        rule.block(record.hidden, record.output)
+        if backend == "numba":
+            from neuroplastic.kernels.numba_forager import run_sleep_cycle
+
+            run_sleep_cycle(agent, rates, foragers.generator, rule)
+        else:
+            record = agent.simulate_sleep(agent.sleep_spikes(rates, foragers.generator),
+                                          foragers.generator)  # fmt: skip
+            rule.block(record.hidden, record.output)
         rule.reward(reward)
         _apply(foragers, rule.weight)
         tick()

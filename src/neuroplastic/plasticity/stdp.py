@@ -159,11 +159,11 @@ def _pair_with_spikes(coefficient: Tensor, spikes: Tensor) -> Tensor:
 
 
 def _last_trace(decay_back: Tensor, chunks: list[Tensor], window: int) -> Tensor:
-    """``sum_s decay_back[s] z^s`` over the chunks laid end to end (only the last ``window``
-    steps can count)."""
+    """``sum_s decay_back[s] z^s`` over the chunks laid end to end (only the last ``window + 1``
+    steps can count: the last step itself, at weight 0, and the ``window`` before it)."""
     total, offset = 0, 0
     for chunk in chunks:
-        start = max(0, chunk.shape[0] - window)
+        start = max(0, chunk.shape[0] - window - 1)
         weights = decay_back[offset + start : offset + chunk.shape[0]]
         total = total + torch.einsum("s,s...->...", weights, chunk[start:])
         offset += chunk.shape[0]
