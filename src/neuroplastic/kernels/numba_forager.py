@@ -345,9 +345,7 @@ def run_cycle(agent, window, generator, rule=None):
                 f"spikes at step {last} of a {params.cycle}-step cycle pair across cycles; "
                 "use the torch path (backend='torch') for such long activity"
             )
-        old = rule.state.stdp
-        old.pre_history.zero_()
-        old.post_history.zero_()
+        old = rule.state.stdp  # its ring is empty (checked above) and stays so: a quiet end
         zeros = (torch.zeros_like(old.pre_trace), torch.zeros_like(old.post_trace))
         stdp_state = STDPState(*zeros, old.pre_history, old.post_history,
                                old.step + params.cycle)  # fmt: skip
@@ -424,6 +422,12 @@ def run_sleep_cycle(agent, rates, generator, rule, hidden_trains=None):
 
 
 def carries_pairs(rule) -> bool:
-    """Whether spikes of the last ``window`` steps are still to pair with the next cycle's (after
-    a sleep cycle): the compiled waking cycle does not pair across cycles."""
-    return bool(rule.state.stdp.pre_history.any() or rule.state.stdp.post_history.any())
+    """Whether spikes of the last ``window + 1`` steps are still in the rule's STDP ring (after a
+    sleep cycle): the compiled waking cycle does not pair across cycles. Read from the traces,
+    which weigh every slot but the newest by a positive ``a^k`` (they are exactly zero only
+    when those slots are), and from the newest slot: a fraction of the ring's size, checked
+    every cycle."""
+    stdp = rule.state.stdp
+    newest = (stdp.step - 1) % (rule.params.stdp.window + 1)
+    return bool(stdp.pre_trace.any() or stdp.post_trace.any()
+                or stdp.pre_history[newest].any() or stdp.post_history[newest].any())
