@@ -21,7 +21,9 @@ experiment's config values (``--set``; ``--worlds`` sets ``training_worlds``), a
 
 After the unsupervised period it prints how selective the hidden neurons are: how many pairs
 of lit inputs make a hidden neuron fire, and the share of those pairs that are adjacent squares
-(only one particle can light two adjacent squares, so only those pairs name a shape).
+(only one particle can light two adjacent squares, so only those pairs name a shape); and how
+well a linear probe on the hidden layer's activity tells the rewarded from the punished shape on
+each square next to the agent (what a perfect learning rule could read out of the layer).
 
 The scripted reference policies (``envs.foraging_policies``) in the same tests are printed
 first: what stepping onto adjacent rewarded particles alone is worth. Not a timed benchmark;
@@ -82,6 +84,43 @@ def hidden_pair_selectivity(foragers: Foragers) -> tuple[float, float]:
             adjacent_firing += int((fires & adjacent[np.ix_(idx, idx)]).sum())
     neurons = networks.w_in.shape[0] * networks.w_in.shape[1]
     return firing / neurons, adjacent_firing / max(firing, 1)
+
+
+def linear_readout(foragers: Foragers, cycles: int = 300, worlds: int = 32, seed: int = 5,
+                   ridge: float = 1.0) -> tuple[float, float]:
+    """Whether the hidden layer holds what the task needs: per network and adjacent square, a
+    linear probe (ridge regression on which hidden neurons fired, plus a bias) trained on the
+    first two thirds of ``cycles`` of random walks in task-1 worlds to tell the rewarded from
+    the punished shape on that square, scored on the last third. Returns the (lowest, mean)
+    test accuracy over networks and squares; 0.5 is chance."""
+    networks = foragers.networks
+    walkers = networks.repeat(worlds)
+    world = ForagingWorlds(walkers.replicas, "task1", seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    features, around = [], []
+    for _ in range(cycles):
+        record = walkers.simulate_cycle(world.observe(), generator)
+        features.append((record.hidden_spikes > 0).double())
+        around.append(torch.from_numpy(neighbours(world)))
+        world.step(torch.randint(0, len(MOVES), (walkers.replicas,), generator=generator))
+    x = torch.stack(features).reshape(cycles, networks.replicas, worlds, -1)
+    shapes = torch.stack(around).reshape(cycles, networks.replicas, worlds, len(MOVES))
+    split = 2 * cycles // 3
+    rewarded = TASKS["task1"].rewarded[0]
+    accuracies = []
+    for net in range(networks.replicas):
+        for move in range(len(MOVES)):
+            sets = []
+            for part in (slice(0, split), slice(split, cycles)):
+                here = shapes[part, net, :, move].reshape(-1)
+                rows = x[part, net].reshape(-1, x.shape[-1])[here > 0]
+                rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1)
+                sets.append((rows, (here[here > 0] == rewarded).double() * 2 - 1))
+            (train_x, train_y), (test_x, test_y) = sets
+            gram = train_x.T @ train_x + ridge * torch.eye(train_x.shape[1], dtype=train_x.dtype)
+            weights = torch.linalg.solve(gram, train_x.T @ train_y)
+            accuracies.append(float(((test_x @ weights).sign() == test_y).double().mean()))
+    return min(accuracies), sum(accuracies) / len(accuracies)
 
 
 def adjacent_choices(foragers: Foragers, cycles: int = 100, seed: int = 11) -> dict[str, float]:
@@ -146,6 +185,9 @@ def main() -> None:
     pairs, adjacent_share = hidden_pair_selectivity(foragers)
     print(f"hidden neurons: {pairs:.1f} of their 36 input pairs make them fire; "
           f"{adjacent_share:.1%} of those are adjacent squares")  # fmt: skip
+    lowest, mean = linear_readout(foragers)
+    print(f"hidden layer, linear probe: rewarded vs punished shape on an adjacent square, "
+          f"test accuracy {mean:.3f} (lowest square {lowest:.3f}; chance 0.5)")  # fmt: skip
     rule = output_rule(foragers, config.plasticity_gain, config.eligibility_cycles)
     scaling = Scaling(config.target_spikes, config.scaling_step)
     print(f"config (differences from the default): {diff_from_default(config)}")
