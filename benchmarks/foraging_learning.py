@@ -188,7 +188,8 @@ def main() -> None:
     lowest, mean = linear_readout(foragers)
     print(f"hidden layer, linear probe: rewarded vs punished shape on an adjacent square, "
           f"test accuracy {mean:.3f} (lowest square {lowest:.3f}; chance 0.5)")  # fmt: skip
-    rule = output_rule(foragers, config.plasticity_gain, config.eligibility_cycles)
+    rule = output_rule(foragers, config.plasticity_gain, config.eligibility_cycles,
+                       config.activity_normalisation, config.activity_rate)  # fmt: skip
     scaling = Scaling(config.target_spikes, config.scaling_step)
     print(f"config (differences from the default): {diff_from_default(config)}")
     print("cycles  seconds  test disc  meals  lone +  lone -  adjacent + / - / 0   w max")

@@ -199,3 +199,10 @@ def test_the_compiled_backend_runs_every_condition(tiny_runs, tmp_path):
 def test_an_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="backend must be one of"):
         golden.Config(backend="cuda")
+
+
+def test_an_unknown_activity_normalisation_is_refused():
+    with pytest.raises(ValueError, match="activity_normalisation must be one of"):
+        golden.Config(activity_normalisation="sqrt")
+    with pytest.raises(ValueError, match="activity_rate"):
+        golden.Config(activity_normalisation="divide", activity_rate=0.0)

@@ -123,3 +123,49 @@ def test_a_block_of_steps_equals_stepping_through_it():
         changes[by_block] = torch.stack(written)
     assert changes[False].abs().sum() > 0
     torch.testing.assert_close(changes[True], changes[False], rtol=1e-10, atol=1e-15)
+
+
+def run_normalised(kind, rate=0.25):
+    """One pair (pre 10, post 30) per cycle for three cycles, a second (pre 250, post 260) in
+    cycle 2; reward 1 at every cycle end; balance off. Returns (changes, the rule)."""
+    params = PARAMS._replace(activity_normalisation=kind, activity_rate=rate)
+    w = torch.nn.Parameter(torch.tensor([[0.5], [0.25]], dtype=torch.float64))
+    rule = RewardSTDP(w, params, balance_outputs=False)
+    changes = []
+    for cycle in range(3):
+        for t in range(cycle * 100, (cycle + 1) * 100):
+            pre = float(t % 100 == 10 or t == 250)
+            post = float(t % 100 == 30 or t == 260)
+            rule.step(torch.tensor([pre], dtype=torch.float64),
+                      torch.tensor([post, 0.0], dtype=torch.float64))  # fmt: skip
+        changes.append(rule.reward(1.0).clone())
+    return changes, rule
+
+
+def test_activity_normalisation_divides_or_multiplies_by_the_running_average():
+    """By hand: each event's eligibility E (one synapse here), Sum = |E|, Avg starts at the
+    first Sum and moves by Avg <- (1 - d) Avg + d Sum; the change is 0.5 E Avg / Sum
+    (divide) or 0.5 E Sum / Avg (multiply)."""
+    plain, _ = run_normalised("off")
+    eligibility = [c[0, 0].item() / 0.5 for c in plain]
+    assert eligibility[0] < eligibility[1] < eligibility[2]  # traces pile up across cycles
+    for kind in ("divide", "multiply"):
+        changes, rule = run_normalised(kind)
+        average = 0.0
+        for event, e in enumerate(eligibility):
+            total = abs(e)
+            average = total if average == 0 else 0.75 * average + 0.25 * total
+            ratio = average / total if kind == "divide" else total / average
+            assert changes[event][0, 0].item() == pytest.approx(0.5 * e * ratio, rel=1e-12)
+            assert changes[event][1, 0].item() == 0.0
+        assert rule.state.average_activity.item() == pytest.approx(average, rel=1e-12)
+    # divide: every event's total absolute eligibility becomes the running average
+    divided, rule = run_normalised("divide")
+    assert abs(divided[-1][0, 0].item() / 0.5) == pytest.approx(
+        rule.state.average_activity.item(), rel=1e-12)
+
+
+def test_an_unknown_normalisation_is_refused():
+    changes = pytest.raises(ValueError, match="activity_normalisation")
+    with changes:
+        run_normalised("sqrt")

@@ -81,6 +81,7 @@ from neuroplastic.experiments.foraging_protocol import (
 )
 from neuroplastic.kernels import numba_available
 from neuroplastic.models.forager import Forager, ForagerParameters
+from neuroplastic.plasticity.reward_stdp import NORMALISATIONS
 from neuroplastic.results import Key
 from neuroplastic.seeding import derive_seed
 from neuroplastic.stats import mean_ci
@@ -127,6 +128,12 @@ class Config:
     schedule; chosen on validation networks)."""
     eligibility_cycles: int = 6
     """Movement cycles a hidden-to-output trace is kept for (the paper's 6)."""
+    activity_normalisation: str = "off"
+    """A reading of the paper's activity normalisation of the reward-modulated changes
+    (``plasticity.reward_stdp``): ``off`` (the default, as in runs 185-194), ``divide`` or
+    ``multiply``. The published formula does not render which."""
+    activity_rate: float = 0.01
+    """Its running average's rate (not given in the paper)."""
     input_total: float = 0.0
     """Heterosynaptic normalisation of each hidden neuron's input weights to this total during
     the unsupervised period (0: off, the default). Ours, a diagnostic: without it every input
@@ -162,6 +169,11 @@ class Config:
         if self.eligibility_cycles < 1:
             raise ValueError(f"eligibility_cycles must be at least 1, got "
                              f"{self.eligibility_cycles}")  # fmt: skip
+        if self.activity_normalisation not in NORMALISATIONS:
+            raise ValueError(f"activity_normalisation must be one of {NORMALISATIONS}, got "
+                             f"{self.activity_normalisation!r}")  # fmt: skip
+        if not 0 < self.activity_rate <= 1:
+            raise ValueError(f"activity_rate must lie in (0, 1], got {self.activity_rate}")
         if self.input_total < 0:
             raise ValueError(f"input_total must be 0 (off) or positive, got {self.input_total}")
         for name in ("plasticity_gain", "input_weight", "output_weight", "target_spikes"):
@@ -366,7 +378,9 @@ def _run_batch(config: Config, seeds: tuple[int, ...], context: RunContext) -> l
                            config.input_total or None)  # fmt: skip
         progress.update(stage="task1", rule=output_rule(progress["foragers"],
                                                         config.plasticity_gain,
-                                                        config.eligibility_cycles))  # fmt: skip
+                                                        config.eligibility_cycles,
+                                                        config.activity_normalisation,
+                                                        config.activity_rate))  # fmt: skip
         checkpoint.save(progress, force=True)
     if progress["stage"] == "task1":
         foragers, rule = progress["foragers"], progress["rule"]

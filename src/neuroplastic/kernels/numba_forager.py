@@ -298,7 +298,6 @@ def run_cycle(agent, window, generator, rule=None):
     import torch
 
     from neuroplastic.kernels import as_array
-    from neuroplastic.plasticity.reward_stdp import RewardSTDPState
     from neuroplastic.plasticity.stdp import STDPState
 
     params = agent.params
@@ -349,7 +348,7 @@ def run_cycle(agent, window, generator, rule=None):
         zeros = (torch.zeros_like(old.pre_trace), torch.zeros_like(old.post_trace))
         stdp_state = STDPState(*zeros, old.pre_history, old.post_history,
                                old.step + params.cycle)  # fmt: skip
-        rule.state = RewardSTDPState(stdp_state, rule.state.pending)
+        rule.state = rule.state._replace(stdp=stdp_state)
     return torch.from_numpy(counts), torch.from_numpy(fired), torch.from_numpy(hidden_counts)
 
 
@@ -368,7 +367,6 @@ def run_sleep_cycle(agent, rates, generator, rule, hidden_trains=None):
     import torch
 
     from neuroplastic.kernels import as_array
-    from neuroplastic.plasticity.reward_stdp import RewardSTDPState
     from neuroplastic.plasticity.stdp import STDPState
 
     params, stdp = agent.params, rule.params.stdp
@@ -416,8 +414,7 @@ def run_sleep_cycle(agent, rates, generator, rule, hidden_trains=None):
     decay = torch.where(lags >= 2, torch.exp(-(lags - 1) / stdp.tau), 0.0).to(torch.float32)
     traces = [torch.einsum("s,s...->...", decay, torch.from_numpy(tail))
               for tail in (pre_tail, post_tail)]  # fmt: skip
-    rule.state = RewardSTDPState(STDPState(*traces, pre_history, post_history, end),
-                                 state.pending)  # fmt: skip
+    rule.state = state._replace(stdp=STDPState(*traces, pre_history, post_history, end))
     return torch.from_numpy(fired)
 
 

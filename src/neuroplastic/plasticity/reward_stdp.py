@@ -15,8 +15,15 @@ punished in the foraging task), the synapse from presynaptic neuron ``i`` change
 total now) lets neurons with weak outputs grow. The paper writes a product over traces,
 ``prod_k (1 + a D_k)``; each ``D_k`` is at most ``0.04 / c`` (below 1e-4 at c = 600 steps), so
 the sum differs from the product by less than one part in 10^7 and is what this module computes.
-The paper also normalises ``D_k`` by a running average of trace activity, in a formula that its
-published text does not render unambiguously; it is left out here.
+The paper also combines each ``D_k`` with the ratio of ``Sum_tr = sum_k tr_k / (t - t_k + c)``
+to its running average ``Avg_tr <- (1 - d) Avg_tr + d Sum_tr`` ("activity normalisation"). Its
+published text does not render whether the ratio multiplies or divides, nor over what ``Sum_tr``
+is summed; per synapse it would be the change itself, and its square or inverse would lose the
+change's sign, so ``activity_normalisation`` reads it over each network's synapses, on absolute
+values: ``Sum = sum_ij |E_ij|`` at the reward event (``E`` the event's eligibility), ``Avg``
+updated with it (starting at the first nonzero ``Sum``), and ``E`` multiplied by ``Avg / Sum``
+(``"divide"``: every event moves the synapses by the same total, the running average) or by
+``Sum / Avg`` (``"multiply"``); ``"off"`` (the default) leaves it out.
 
 Because every pair made at step ``t_k`` shares that step, the sum is kept exactly without storing
 traces: at each step the step's STDP change ``dW^t`` is added, weighted by
@@ -53,9 +60,15 @@ class RewardSTDPParameters(NamedTuple):
     """Movement cycles a trace is kept for (it meets this many reward events)."""
     offset: float = 600.0
     """``c`` in ``tr / (t - t_k + c)``, in steps (one cycle)."""
+    activity_normalisation: str = "off"
+    """``"off"``, ``"divide"`` or ``"multiply"``: the reading of the paper's activity
+    normalisation (module docstring)."""
+    activity_rate: float = 0.01
+    """``d``, the running average's rate (the paper does not give it)."""
 
 
 GOLDEN2022 = RewardSTDPParameters()
+NORMALISATIONS = ("off", "divide", "multiply")
 
 
 class RewardSTDPState(NamedTuple):
@@ -64,6 +77,9 @@ class RewardSTDPState(NamedTuple):
     """``(cycles_kept, ..., n_post, n_pre)``: for the reward event at the end of cycle ``m``
     (slot ``m mod cycles_kept``), the sum of ``tr_k / (T_m - t_k + c)`` over the traces made so
     far that it will meet."""
+    average_activity: Tensor | None = None
+    """``(...)``: the running average ``Avg`` of each network's eligibility total (only with
+    ``activity_normalisation``; zero until the first event with traces)."""
 
 
 def initial_state(
@@ -88,7 +104,7 @@ def eligibility_step(
             reward_step = (cycle + ahead + 1) * params.cycle - 1  # the cycle's last step
             weight = 1.0 / (reward_step - t + params.offset)
             state.pending[(cycle + ahead) % params.cycles_kept] += weight * change
-    return RewardSTDPState(stdp, state.pending)
+    return state._replace(stdp=stdp)
 
 
 def eligibility_block(
@@ -108,14 +124,14 @@ def eligibility_block(
         ).to(pre.dtype)
     change, stdp = stdp_block(pre, post, state.stdp, params.stdp, weights)
     state.pending.add_(change)
-    return RewardSTDPState(stdp, state.pending)
+    return state._replace(stdp=stdp)
 
 
 def skip_silent_steps(
     state: RewardSTDPState, steps: int, params: RewardSTDPParameters = GOLDEN2022
 ) -> RewardSTDPState:
     """``steps`` steps without spikes: no trace is made, only the STDP traces advance."""
-    return RewardSTDPState(skip_silent(state.stdp, steps, params.stdp), state.pending)
+    return state._replace(stdp=skip_silent(state.stdp, steps, params.stdp))
 
 
 def reward_change(
@@ -135,9 +151,33 @@ def reward_change(
     slot = (steps // params.cycle - 1) % params.cycles_kept
     eligibility = state.pending[slot].clone()
     state.pending[slot].zero_()
+    if params.activity_normalisation != "off":
+        eligibility, state = _normalise_activity(eligibility, state, params)
     reward = torch.as_tensor(reward, dtype=weight.dtype, device=weight.device)
     reward = reward.reshape(*reward.shape, 1, 1)
     scale = torch.ones_like(weight[..., :1, :])
     if balance_outputs:
         scale = (initial_outputs / weight.sum(-2))[..., None, :]
     return weight * scale * reward * eligibility, state
+
+
+def _normalise_activity(
+    eligibility: Tensor, state: RewardSTDPState, params: RewardSTDPParameters
+) -> tuple[Tensor, RewardSTDPState]:
+    """The event's eligibility scaled by ``Avg / Sum`` or ``Sum / Avg`` per network (module
+    docstring), and the running average moved on."""
+    if params.activity_normalisation not in NORMALISATIONS:
+        raise ValueError(f"activity_normalisation must be one of {NORMALISATIONS}, got "
+                         f"{params.activity_normalisation!r}")  # fmt: skip
+    total = eligibility.abs().sum((-2, -1))
+    average = state.average_activity
+    if average is None:
+        average = torch.zeros_like(total)
+    first = (average == 0) & (total > 0)
+    average = torch.where(first, total,
+                          (1 - params.activity_rate) * average + params.activity_rate * total)
+    if params.activity_normalisation == "divide":
+        ratio = torch.where(total > 0, average / total.clamp(min=1e-30), 0.0)
+    else:
+        ratio = torch.where(average > 0, total / average.clamp(min=1e-30), 0.0)
+    return eligibility * ratio[..., None, None], state._replace(average_activity=average)
