@@ -161,3 +161,33 @@ def test_verdict_does_not_hold_and_reports_a_reversed_ordering():
     assert verdict.status == "does not hold"
     assert "FA <= DFA reversed" in verdict.headline
     assert experiment.verdict(runs(fa=(0.019, 0.018), dfa=(0.025, 0.029))[:2]).status == "not run"
+
+
+def test_an_interrupted_seed_resumes_at_its_next_training_to_the_same_numbers(
+    result, tmp_path, monkeypatch
+):
+    """Interrupted in its third (rule, arm), a seed's run keeps the two it finished and trains
+    only the rest when run again, ending with the uninterrupted numbers; the checkpoint goes
+    when the run is done."""
+    outcome, context = result
+    context = dataclasses.replace(context, checkpoint_dir=tmp_path)
+    original, calls = experiment.train, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[1:3])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(TINY, 0, context)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    calls.clear()
+    monkeypatch.setattr(experiment, "train",
+                        lambda *a, **kw: calls.append(a[1:3]) or original(*a, **kw))
+    resumed = experiment.run(TINY, 0, context)
+    assert calls == experiment.cells(TINY)[2:]
+    assert resumed.metrics == outcome.metrics
+    assert resumed.curves == outcome.curves
+    assert not list(tmp_path.glob("*.pt"))

@@ -39,10 +39,12 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 
+from neuroplastic.config import config_to_dict
 from neuroplastic.credit import LOSSES, RULES
 from neuroplastic.credit.diagnostics import feedback_weight_angles, update_angles
 from neuroplastic.experiments.base import (
@@ -61,7 +63,7 @@ from neuroplastic.models.mlp import MLP
 from neuroplastic.results import Key
 from neuroplastic.seeding import derive_seed, generator
 from neuroplastic.stats import Summary, mean_ci
-from neuroplastic.store import RunRecord
+from neuroplastic.store import RunRecord, config_hash
 from neuroplastic.tasks.splits import validation_split
 from neuroplastic.tuning import LogUniform, Objective, Study, Trial, TrialOutcome, Uniform
 
@@ -401,17 +403,26 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
     curves: dict[Key, dict[str, list[float]]] = {}
     hyperparameters: dict[str, dict[str, float]] = {}
     context.progress.start(len(cells(config)) * config.epochs, f"{NAME} seed {seed}")
+    checkpoint = _checkpoint_path(context, config, seed)
+    finished = _load_cells(checkpoint)
     for rule, arm in cells(config):
         params = tuned(config, rule, arm, data, split, context)
         hyperparameters[study_name(rule, arm)] = params
-        rule_curves = train(
-            config, rule, arm, params, seed,
-            (data.train_x[train_index], data.train_y[train_index]),
-            {"val": (data.train_x[validation_index], data.train_y[validation_index]),
-             "test": (data.test_x, data.test_y)},
-            diagnostics=(data.train_x[diagnostic], data.train_y[diagnostic]),
-            context=context,
-        )  # fmt: skip
+        saved = finished.get((rule, arm))
+        if saved is not None and saved[0] == params:
+            rule_curves = saved[1]  # trained before an interruption, with these values
+            context.progress.advance(config.epochs)
+        else:
+            rule_curves = train(
+                config, rule, arm, params, seed,
+                (data.train_x[train_index], data.train_y[train_index]),
+                {"val": (data.train_x[validation_index], data.train_y[validation_index]),
+                 "test": (data.test_x, data.test_y)},
+                diagnostics=(data.train_x[diagnostic], data.train_y[diagnostic]),
+                context=context,
+            )  # fmt: skip
+            finished[(rule, arm)] = (params, rule_curves)
+            _save_cells(checkpoint, finished)
         epochs = list(range(1, config.epochs + 1))
         for key, values in rule_curves.items():
             curves[key] = {"x": epochs[: len(values)], "y": values}
@@ -423,7 +434,34 @@ def run(config: Config, seed: int, context: RunContext) -> RunResult:
         metrics[Key(rule, "converged", setting=arm)] = float(
             converged(val_errors, config.convergence_window)
         )
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return RunResult(metrics, curves, "epoch", hyperparameters)
+
+
+def _checkpoint_path(context: RunContext, config: Config, seed: int) -> Path | None:
+    """Where a seed's finished (rule, arm) trainings are kept until the seed's run is recorded,
+    so an interrupted run (a seed trains 12 or more networks) resumes at its next one."""
+    if context.checkpoint_dir is None:
+        return None
+    digest = config_hash(config_to_dict(config))[:12]
+    return context.checkpoint_dir / f"credit-{config.model}-{digest}-seed-{seed}.pt"
+
+
+def _load_cells(path: Path | None) -> dict:
+    """``{(rule, arm): (hyper-parameters, curves)}`` saved by an interrupted run, or nothing."""
+    if path is None or not path.exists():
+        return {}
+    return torch.load(path, weights_only=False)
+
+
+def _save_cells(path: Path | None, finished: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    torch.save(finished, partial)
+    partial.replace(path)  # an interrupted save leaves the last one intact
 
 
 def paired_difference(runs: Sequence[RunRecord], rule: str, other: str, arm: str) -> Summary:
