@@ -74,6 +74,12 @@ def test_with_release_noise_the_counts_follow_the_same_distribution():
         theirs = reference[replica * 200:(replica + 1) * 200].mean(0)
         spread = reference[replica * 200:(replica + 1) * 200].std(0) / 200**0.5 + 0.05
         assert ((ours - theirs).abs() <= 4 * spread).all()
+    # the noise itself: the counts vary as much as the reference's (a kernel that dropped the
+    # noise would give the same counts in every copy)
+    ours_spread = fast.reshape(3, 200, -1).std(1)
+    their_spread = reference.reshape(3, 200, -1).std(1)
+    assert their_spread.sum() > 1.0
+    assert (ours_spread - their_spread).abs().sum() <= 0.25 * their_spread.sum()
 
 
 def test_activity_too_long_for_a_cycle_is_refused():
