@@ -43,6 +43,28 @@ def _seed(seed):
 
 
 @numba.njit(cache=True)
+def _release(excite, inhibit, noise):
+    """One hidden spike's drive onto one output: excitation plus balanced inhibition, each
+    scaled by its own release noise ``1 + noise u``, ``u`` uniform on [-1, 1)."""
+    if noise:
+        excite = excite * (np.float32(1.0) + np.float32(noise)
+                           * np.float32(2.0 * np.random.random() - 1.0))
+        inhibit = inhibit * (np.float32(1.0) + np.float32(noise)
+                             * np.float32(2.0 * np.random.random() - 1.0))
+    return excite + inhibit
+
+
+@numba.njit(cache=True)
+def _pair_changes(potentiation, depression, tau, window):
+    """A spike pair's change by delay ``post - pre`` (index ``window + delay``), zero at 0."""
+    pair_change = np.zeros(2 * window + 1)
+    for delay in range(1, window + 1):
+        pair_change[window + delay] = potentiation * math.exp(-delay / tau)
+        pair_change[window - delay] = depression * math.exp(-delay / tau)
+    return pair_change
+
+
+@numba.njit(cache=True)
 def training_cycles(
     w_in, volley, w_out, inhibition, alpha, decay, v_th, decision, noise, potentiation,
     depression, tau, window, ages, pending, slots, counts, fired, hidden_counts,
@@ -63,11 +85,7 @@ def training_cycles(
     hidden_who = np.empty(4 * n_hidden + 64, np.int64)
     out_time = np.empty(length * n_out, np.int64)
     out_who = np.empty(length * n_out, np.int64)
-    # each pair's change by delay, weighted by each reward event's age at the later spike
-    pair_change = np.zeros(2 * window + 1)
-    for delay in range(1, window + 1):
-        pair_change[window + delay] = potentiation * math.exp(-delay / tau)
-        pair_change[window - delay] = depression * math.exp(-delay / tau)
+    pair_change = _pair_changes(potentiation, depression, tau, window)
     reach = f_decay / (np.float32(1.0) - f_decay)
     for r in range(replicas):
         # hidden layer: spikes (time, neuron) in time order per neuron
@@ -99,13 +117,7 @@ def training_cycles(
             if t + 1 > length:
                 continue
             for j in range(n_out):
-                excite, inhibit = w_out[r, j, h], inhibition[r, h]
-                if noise:
-                    excite = excite * (np.float32(1.0) + np.float32(noise)
-                                       * np.float32(2.0 * np.random.random() - 1.0))
-                    inhibit = inhibit * (np.float32(1.0) + np.float32(noise)
-                                         * np.float32(2.0 * np.random.random() - 1.0))
-                drive[t + 1, j] += excite + inhibit
+                drive[t + 1, j] += _release(w_out[r, j, h], inhibition[r, h], noise)
         # outputs
         n_out_spikes = 0
         hidden_end = -1
@@ -195,10 +207,7 @@ def sleep_cycles(
     length = ages.shape[1]
     span = window + 1
     f_alpha, f_decay, f_th = np.float32(alpha), np.float32(decay), np.float32(v_th)
-    pair_change = np.zeros(2 * window + 1)
-    for delay in range(1, window + 1):
-        pair_change[window + delay] = potentiation * math.exp(-delay / tau)
-        pair_change[window - delay] = depression * math.exp(-delay / tau)
+    pair_change = _pair_changes(potentiation, depression, tau, window)
     # steps -window .. length - 1, shifted by window; hidden spikes bucketed by step
     total = length + window
     for r in range(replicas):
@@ -223,13 +232,7 @@ def sleep_cycles(
             who[fill[t + window]] = h
             fill[t + window] += 1
             for j in range(n_out):
-                excite, inhibit = w_out[r, j, h], inhibition[r, h]
-                if noise:
-                    excite = excite * (np.float32(1.0) + np.float32(noise)
-                                       * np.float32(2.0 * np.random.random() - 1.0))
-                    inhibit = inhibit * (np.float32(1.0) + np.float32(noise)
-                                         * np.float32(2.0 * np.random.random() - 1.0))
-                drive[t + 1, j] += excite + inhibit
+                drive[t + 1, j] += _release(w_out[r, j, h], inhibition[r, h], noise)
         # outputs from rest, all cycle long; spikes as (step, output), the tail's first
         out_time = np.empty(window * n_out + length * n_out, np.int64)
         out_who = np.empty(window * n_out + length * n_out, np.int64)
