@@ -5,6 +5,7 @@
     python benchmarks/foraging_learning.py --set scaling_step=0.01 target_spikes=8 \\
         plasticity_gain=10 --cycles 5000 --worlds 8
     python benchmarks/foraging_learning.py --backend numba ...   # the compiled cycle
+    python benchmarks/foraging_learning.py --hidden shapes ...   # hidden neurons that name a shape
 
 It runs the experiment's unsupervised period and then task-1 training with any of the
 experiment's config values (``--set``; ``--worlds`` sets ``training_worlds``), and every
@@ -56,6 +57,30 @@ from neuroplastic.experiments.foraging_protocol import (
 from neuroplastic.models.forager import Forager
 
 TEST_CYCLES, TEST_WORLDS, TEST_SEED = 300, 8, 7
+SHAPE_OFFSETS = ((0, 1), (1, 0), (-1, 1), (1, 1))
+"""The second pixel of each shape from its first: horizontal, vertical, /, \\ (envs.foraging)."""
+
+
+def shape_detectors(foragers: Foragers) -> None:
+    """Replace every hidden neuron's input synapses by one detector of one shape at one place:
+    the two inputs a particle of that shape lights there, each at ``input_max`` (one lit input
+    alone stays under the threshold, the two together fire the neuron). The 156 placements that
+    miss the centre are dealt out in turn over the 784 neurons. A diagnostic: what the
+    hidden-to-output rule learns from hidden neurons that each name a shape."""
+    agent, view = foragers.agent, foragers.networks.params.view
+    centre = (view * view) // 2
+    placements = []
+    for dr, dc in SHAPE_OFFSETS:
+        for r in range(view):
+            for c in range(view):
+                first, r2, c2 = r * view + c, r + dr, c + dc
+                if 0 <= r2 < view and 0 <= c2 < view and centre not in (first, r2 * view + c2):
+                    placements.append((first, r2 * view + c2))
+    mask = torch.zeros_like(agent.in_mask[0])
+    for neuron in range(mask.shape[0]):
+        mask[neuron, list(placements[neuron % len(placements)])] = 1.0
+    agent.in_mask = mask.expand_as(agent.in_mask).clone()
+    agent.w_in = agent.in_mask * foragers.networks.params.input_max
 
 
 def hidden_pair_selectivity(foragers: Foragers) -> tuple[float, float]:
@@ -86,8 +111,9 @@ def hidden_pair_selectivity(foragers: Foragers) -> tuple[float, float]:
     return firing / neurons, adjacent_firing / max(firing, 1)
 
 
-def linear_readout(foragers: Foragers, cycles: int = 300, worlds: int = 32, seed: int = 5,
-                   ridge: float = 1.0) -> tuple[float, float]:
+def linear_readout(
+    foragers: Foragers, cycles: int = 300, worlds: int = 32, seed: int = 5, ridge: float = 1.0
+) -> tuple[float, float]:
     """Whether the hidden layer holds what the task needs: per network and adjacent square, a
     linear probe (ridge regression on which hidden neurons fired, plus a bias) trained on the
     first two thirds of ``cycles`` of random walks in task-1 worlds to tell the rewarded from
@@ -159,6 +185,8 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=None, help="task-1 training cycles")
     parser.add_argument("--every", type=int, default=1000)
     parser.add_argument("--worlds", type=int, default=None, help="training worlds per network")
+    parser.add_argument("--hidden", default="learnt", choices=("learnt", "shapes"),
+                        help="shapes: the input synapses replaced by shape detectors")  # fmt: skip
     parser.add_argument("--backend", default="torch", choices=BACKENDS,
                         help="numba: the compiled cycle (the fast extra)")  # fmt: skip
     args = parser.parse_args()
@@ -182,6 +210,8 @@ def main() -> None:
                         copies)  # fmt: skip
     unsupervised_phase(foragers, config.unsupervised_cycles,
                        input_total=config.input_total or None)  # fmt: skip
+    if args.hidden == "shapes":
+        shape_detectors(foragers)
     pairs, adjacent_share = hidden_pair_selectivity(foragers)
     print(f"hidden neurons: {pairs:.1f} of their 36 input pairs make them fire; "
           f"{adjacent_share:.1%} of those are adjacent squares")  # fmt: skip
