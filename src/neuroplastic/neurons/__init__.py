@@ -1,5 +1,6 @@
-"""Spiking neurons as pure step functions with explicit state (``lif_step``, ``alif_step``),
-surrogate gradients named after their papers, and thin modules on top (``LIFCell``)."""
+"""Spiking neurons as pure step functions with explicit state (``lif_step``, ``alif_step``,
+Rulkov's map ``rulkov_step``), surrogate gradients named after their papers, and thin modules
+on top (``LIFCell``)."""
 
 from neuroplastic.neurons.cells import LIFCell
 from neuroplastic.neurons.lif import (
@@ -11,12 +12,20 @@ from neuroplastic.neurons.lif import (
     lif_step,
     pseudo_derivative_of,
 )
+from neuroplastic.neurons.rulkov import (
+    RulkovParameters,
+    RulkovState,
+    rulkov_resting_state,
+    rulkov_step,
+)
 from neuroplastic.neurons.surrogate import bellec2020_pseudo_derivative, pseudo_derivative
 
 __all__ = [
     "LIFCell",
     "LIFParameters",
     "LIFState",
+    "RulkovParameters",
+    "RulkovState",
     "alif_step",
     "bellec2020_pseudo_derivative",
     "decay",
@@ -24,4 +33,6 @@ __all__ = [
     "lif_step",
     "pseudo_derivative",
     "pseudo_derivative_of",
+    "rulkov_resting_state",
+    "rulkov_step",
 ]
