@@ -71,9 +71,9 @@ def rulkov_resting_state(
 ) -> RulkovState:
     """The fixed point without input: ``V* = sigma - 1`` and ``I* = V* - alpha / (1 - V*)``
     (stable for the paper's sigma; see the module docstring)."""
-    shape = (batch, neurons)
-    v = torch.zeros(shape, dtype=dtype, device=device) + (torch.as_tensor(params.sigma) - 1)
-    slow = v - torch.as_tensor(params.alpha, dtype=v.dtype, device=v.device) / (1 - v)
+    sigma = torch.as_tensor(params.sigma, dtype=dtype, device=device)  # the state's dtype
+    v = (sigma - 1).expand(batch, neurons).clone()
+    slow = v - torch.as_tensor(params.alpha, dtype=dtype, device=device) / (1 - v)
     return RulkovState(v, v.clone(), slow, torch.zeros_like(v))
 
 
