@@ -49,7 +49,6 @@ from neuroplastic.experiments.foraging_protocol import (
     Foragers,
     Scaling,
     discriminability,
-    output_rule,
     task_phase,
     test_phase,
     unsupervised_phase,
@@ -218,8 +217,7 @@ def main() -> None:
     lowest, mean = linear_readout(foragers)
     print(f"hidden layer, linear probe: rewarded vs punished shape on an adjacent square, "
           f"test accuracy {mean:.3f} (lowest square {lowest:.3f}; chance 0.5)")  # fmt: skip
-    rule = output_rule(foragers, config.plasticity_gain, config.eligibility_cycles,
-                       config.activity_normalisation, config.activity_rate)  # fmt: skip
+    rule = golden.hidden_to_output_rule(foragers, config)
     scaling = Scaling(config.target_spikes, config.scaling_step)
     print(f"config (differences from the default): {diff_from_default(config)}")
     print("cycles  seconds  test disc  meals  lone +  lone -  adjacent + / - / 0   w max")

@@ -206,3 +206,33 @@ def test_an_unknown_activity_normalisation_is_refused():
         golden.Config(activity_normalisation="sqrt")
     with pytest.raises(ValueError, match="activity_rate"):
         golden.Config(activity_normalisation="divide", activity_rate=0.0)
+
+
+def test_the_authors_code_options_reach_the_rule_and_the_agent():
+    from neuroplastic.experiments.foraging_protocol import Foragers
+    from neuroplastic.models.forager import Forager
+
+    config = golden.Config(activity_normalisation="per_synapse", activity_rate=0.001,
+                           change_cap=0.01, pair_tau=40.0, decision_steps=600)  # fmt: skip
+    params = golden.forager_parameters(config)
+    assert params.decision == 600
+    agent = Forager(1, params, seed=0)
+    foragers = Foragers(agent, ForagingWorlds(1, "task1", seed=0), torch.Generator(), 1)
+    rule = golden.hidden_to_output_rule(foragers, config).params
+    assert (rule.activity_normalisation, rule.activity_rate) == ("per_synapse", 0.001)
+    assert (rule.change_cap, rule.stdp.tau) == (0.01, 40.0)
+    default = golden.hidden_to_output_rule(foragers, golden.Config()).params
+    assert default.change_cap == math.inf and default.stdp.tau == 80.0
+    for bad, message in ((dict(change_cap=-0.01), "change_cap"), (dict(pair_tau=0.0), "pair_tau"),
+                         (dict(decision_steps=601), "decision_steps")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            golden.Config(**bad)
+
+
+def test_runs_recorded_before_the_authors_code_options_are_default_runs():
+    """Runs 185-194 predate ``change_cap``, ``pair_tau`` and ``decision_steps``; their defaults
+    keep what those runs did, so the verdict still reads them."""
+    old = {k: v for k, v in dataclasses.asdict(golden.Config()).items()
+           if k not in golden.Config.OPTIONS_ADDED_LATER}  # fmt: skip
+    record = recorded_run(golden.NAME, old, 0, {})
+    assert golden.default_runs([record], golden.Config) == [record]

@@ -169,3 +169,115 @@ def test_an_unknown_normalisation_is_refused():
     changes = pytest.raises(ValueError, match="activity_normalisation")
     with changes:
         run_normalised("sqrt")
+
+
+def code_reference(pairs, rewards, rate, cap, weight=0.5, cycle=100, kept=3, offset=100.0):
+    """A scalar transcription of the authors' per-synapse rule for one synapse, over stored
+    traces (the pairs' spikes lie more than the STDP window from any other pair's, so each pair
+    is one trace): at each event, drop traces older than ``kept`` cycles, move the signed running
+    average of the trace sum first (floored at 1e-10 in magnitude), then multiply the weight by
+    ``1 + D_k`` for each trace, ``D_k`` its share times the reward times Sum / Avg, clipped.
+    ``pairs`` are (pre, post) step pairs. Returns the change each event makes to a fixed
+    ``weight`` (no balancing), and a bound on its terms beyond the first order."""
+    traces = []  # (step of the later spike, STDP change)
+    for pre, post in pairs:
+        later = max(pre, post)
+        sign = 1.0 if post > pre else -1.0
+        traces.append((later, sign * 0.04 * math.exp(-abs(post - pre) / 80)))
+    average, changes, second_order = 0.0, [], []
+    for event, reward in enumerate(rewards):
+        now = (event + 1) * cycle - 1
+        alive = [(t, m) for t, m in traces if t <= now and now - t < kept * cycle]
+        shares = [m / (now - t + offset) for t, m in alive]
+        total = sum(shares)
+        average = (1 - rate) * average + rate * total
+        if 0 <= average < 1e-10:
+            average = 1e-10
+        elif -1e-10 < average < 0:
+            average = -1e-10
+        factor, size = 1.0, 0.0
+        for share in shares:
+            relative = min(cap, max(-cap, share * reward * total / average))
+            factor *= 1 + relative
+            size += abs(relative)
+        changes.append(weight * (factor - 1))
+        # a product of (1 + D_k) differs from 1 + sum D_k by at most this
+        second_order.append(weight * (math.exp(size) - 1 - size))
+    return changes, second_order
+
+
+def run_per_synapse(pairs, rewards, rate, cap=math.inf):
+    """The rule on the same synapse (post neuron 0 of ``run``'s pair), balance off."""
+    params = PARAMS._replace(activity_normalisation="per_synapse", activity_rate=rate,
+                             change_cap=cap)  # fmt: skip
+    w = torch.nn.Parameter(torch.tensor([[0.5], [0.25]], dtype=torch.float64))
+    rule = RewardSTDP(w, params, balance_outputs=False)
+    pre_times = {pre for pre, _ in pairs}
+    post_times = {post for _, post in pairs}
+    changes = []
+    for event, reward in enumerate(rewards):
+        for t in range(event * 100, (event + 1) * 100):
+            rule.step(torch.tensor([float(t in pre_times)], dtype=torch.float64),
+                      torch.tensor([float(t in post_times), 0.0], dtype=torch.float64))  # fmt: skip
+        changes.append(rule.reward(reward).clone())
+    return changes, rule
+
+
+def test_per_synapse_normalisation_follows_the_authors_rule_over_stored_traces():
+    """Several traces per synapse, of both signs, none clipped (rate 0.25 keeps Sum / Avg
+    small): the change is the code's product over traces to within its terms beyond the first
+    order (each D_k below 1e-2)."""
+    pairs = [(10, 30), (170, 160), (320, 340), (480, 470), (630, 635)]
+    rewards = [1.0, -0.5, 1.0, 2.0, 1.0, -1.0, 1.0, 0.5]
+    changes, rule = run_per_synapse(pairs, rewards, rate=0.25)
+    expected, second_order = code_reference(pairs, rewards, rate=0.25, cap=math.inf)
+    assert any(abs(e) > 1e-6 for e in expected)
+    for event, (e, bound) in enumerate(zip(expected, second_order, strict=True)):
+        assert abs(changes[event][0, 0].item() - e) <= bound + 1e-15
+        assert bound <= 0.02 * abs(e)  # the check can tell
+        assert changes[event][1, 0].item() == 0.0  # no traces: its average sits at the floor
+    assert rule.state.average_activity[1, 0].item() == 1e-10
+
+
+def test_per_synapse_normalisation_takes_its_sign_from_the_synapse_average():
+    """A synapse that has only been depressed (negative average) and then gets a potentiating
+    pair is depressed by a reward: the change is S E^2 / Avg, exactly, event by event."""
+    pairs = [(30, 10), (180, 160), (330, 310), (910, 930)]  # three post-pre, then a pre-post
+    rewards = [1.0] * 10
+    changes, rule = run_per_synapse(pairs, rewards, rate=0.25)
+    plain, _ = run_per_synapse(pairs, [0.0] * 10, rate=0.25)  # reward 0 leaves E untouched
+    eligibility = []
+    for event in range(10):  # E by hand: the shares of the traces alive at each event
+        now = (event + 1) * 100 - 1
+        e = 0.0
+        for pre, post in pairs:
+            later = max(pre, post)
+            if later <= now and now - later < 300:
+                sign = 1.0 if post > pre else -1.0
+                e += sign * 0.04 * math.exp(-abs(post - pre) / 80) / (now - later + 100)
+        eligibility.append(e)
+    average = 0.0
+    for event, e in enumerate(eligibility):
+        average = 0.75 * average + 0.25 * e
+        average = max(average, 1e-10) if average >= 0 else min(average, -1e-10)
+        assert changes[event][0, 0].item() == pytest.approx(0.5 * e * e / average, rel=1e-12)
+    assert eligibility[9] > 0 and changes[9][0, 0].item() < 0  # potentiation, against the average
+    assert all(c.abs().max().item() == 0.0 for c in plain)
+
+
+def test_the_change_cap_clips_each_synapse_at_each_event():
+    """At the code's rate (0.001), a first trace meets an average a thousandth of it: its
+    relative change is capped at 0.01 (one trace per synapse: equal to the code's per-trace
+    clip), then decays below the cap as the trace ages."""
+    pairs = [(10, 30)]
+    rewards = [1.0, 1.0, 1.0]
+    changes, _ = run_per_synapse(pairs, rewards, rate=0.001, cap=0.01)
+    expected, _ = code_reference(pairs, rewards, rate=0.001, cap=0.01)
+    assert changes[0][0, 0].item() == pytest.approx(0.5 * 0.01, rel=1e-12)
+    for event, e in enumerate(expected):
+        assert changes[event][0, 0].item() == pytest.approx(e, rel=1e-12)
+    uncapped, _ = run_per_synapse(pairs, rewards, rate=0.001)
+    assert uncapped[0][0, 0].item() > 10 * changes[0][0, 0].item()
+    # the cap leaves smaller changes as they are, in any reading
+    w, plain = run({10}, {30}, [1.0, 2.0])
+    assert max(c.abs().max().item() for c in plain) < 1e-3

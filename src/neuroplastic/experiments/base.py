@@ -203,16 +203,26 @@ def finished_by_config(records: Sequence[RunRecord]) -> dict[str, list[RunRecord
 
 
 def default_runs(records: Sequence[RunRecord], config_cls: type) -> list[RunRecord]:
-    """The finished, full (not ``--quick``) runs of the default config: what a verdict reads."""
+    """The finished, full (not ``--quick``) runs of the default config: what a verdict reads.
+
+    A config class may name, in a class attribute ``OPTIONS_ADDED_LATER``, fields added after
+    runs were recorded whose defaults keep what the code did before them. A run that lacks only
+    such fields, and recorded the default value of every other, is a run of the default config.
+    (Not every added field keeps the old behaviour, so this is declared, never assumed.)"""
     from neuroplastic.config import config_to_dict
     from neuroplastic.store import config_hash
 
-    default_hash = config_hash(config_to_dict(config_cls()))
-    return [
-        r
-        for r in records
-        if r.status == "finished" and not r.quick and r.config_hash == default_hash
-    ]
+    defaults = config_to_dict(config_cls())
+    default_hash = config_hash(defaults)
+    added_later = set(getattr(config_cls, "OPTIONS_ADDED_LATER", ()))
+
+    def is_default(record: RunRecord) -> bool:
+        if record.config_hash == default_hash:
+            return True
+        missing = set(defaults) - set(record.config)
+        return missing <= added_later and {**defaults, **record.config} == defaults
+
+    return [r for r in records if r.status == "finished" and not r.quick and is_default(r)]
 
 
 def chosen_hyperparameter(record: RunRecord, study: str, name: str) -> Any:

@@ -29,6 +29,7 @@ rules' tests).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -131,21 +132,23 @@ class Foragers:
 
 
 def output_rule(foragers: Foragers, gain: float = 1.0, cycles_kept: int = 6,
-                activity_normalisation: str = "off", activity_rate: float = 0.01
+                activity_normalisation: str = "off", activity_rate: float = 0.01,
+                change_cap: float = math.inf, pair_tau: float = FORAGING.tau,
                 ) -> RewardSTDP:  # fmt: skip
     """The hidden-to-output rule, on a copy of the agents' weights, with the agent's cycle
     length (and the paper's offset of one cycle), its pair changes ``gain`` times the paper's
-    (a compressed schedule), its traces kept for ``cycles_kept`` movement cycles (the paper's
-    6), and a reading of the paper's activity normalisation (``plasticity.reward_stdp``; per
-    replica, so per copy of a network). Keep one for the whole schedule: its output balancing
-    refers to the weights it was made with."""
+    (a compressed schedule) decaying over ``pair_tau`` steps, its traces kept for
+    ``cycles_kept`` movement cycles (the paper's 6), a reading of the paper's activity
+    normalisation (``plasticity.reward_stdp``; per replica, so per copy of a network) and a
+    cap on each synapse's relative change per reward event. Keep one for the whole schedule:
+    its output balancing refers to the weights it was made with."""
     cycle = foragers.agent.params.cycle
     stdp = FORAGING._replace(potentiation=gain * FORAGING.potentiation,
-                             depression=gain * FORAGING.depression)  # fmt: skip
+                             depression=gain * FORAGING.depression, tau=pair_tau)  # fmt: skip
     params = RewardSTDPParameters(stdp=stdp, cycle=cycle, offset=float(cycle),
                                   cycles_kept=cycles_kept,
                                   activity_normalisation=activity_normalisation,
-                                  activity_rate=activity_rate)  # fmt: skip
+                                  activity_rate=activity_rate, change_cap=change_cap)  # fmt: skip
     return RewardSTDP(torch.nn.Parameter(foragers.agent.w_out.clone()), params)
 
 

@@ -48,6 +48,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -82,6 +83,8 @@ from neuroplastic.experiments.foraging_protocol import (
 from neuroplastic.kernels import numba_available
 from neuroplastic.models.forager import Forager, ForagerParameters
 from neuroplastic.plasticity.reward_stdp import NORMALISATIONS
+from neuroplastic.plasticity.rules import RewardSTDP
+from neuroplastic.plasticity.stdp import FORAGING
 from neuroplastic.results import Key
 from neuroplastic.seeding import derive_seed
 from neuroplastic.stats import mean_ci
@@ -107,6 +110,9 @@ by at most KEPT (upper bound of the interval) while task 2 reaches NEW_TASK."""
 
 @dataclass(frozen=True)
 class Config:
+    OPTIONS_ADDED_LATER: ClassVar[tuple[str, ...]] = ("change_cap", "pair_tau", "decision_steps")
+    """Options added after runs 185-194, whose defaults keep what those runs did."""
+
     dataset: str = "foraging"
     """The 50 x 50 foraging world (``envs.foraging``), generated, no files."""
     unsupervised_cycles: int = 1000
@@ -130,10 +136,18 @@ class Config:
     """Movement cycles a hidden-to-output trace is kept for (the paper's 6)."""
     activity_normalisation: str = "off"
     """A reading of the paper's activity normalisation of the reward-modulated changes
-    (``plasticity.reward_stdp``): ``off`` (the default, as in runs 185-194), ``divide`` or
-    ``multiply``. The published formula does not render which."""
+    (``plasticity.reward_stdp``): ``off`` (the default, as in runs 185-194), ``divide``,
+    ``multiply`` or ``per_synapse`` (the authors' code's)."""
     activity_rate: float = 0.01
-    """Its running average's rate (not given in the paper)."""
+    """Its running average's rate (not given in the paper; the authors' code: 0.001)."""
+    change_cap: float = 0.0
+    """Largest relative change of a hidden-to-output synapse at one reward event, before
+    output balancing (0: no cap, as in runs 185-194; the authors' code: 0.01 per trace)."""
+    pair_tau: float = FORAGING.tau
+    """Decay of a pair's STDP change with its spikes' delay, in steps (the authors' code: 40)."""
+    decision_steps: int = ForagerParameters.decision
+    """Steps at each cycle's start whose output spikes choose the move (the paper's text: the
+    first half, 300; the authors' code: the whole cycle, 600)."""
     input_total: float = 0.0
     """Heterosynaptic normalisation of each hidden neuron's input weights to this total during
     the unsupervised period (0: off, the default). Ours, a diagnostic: without it every input
@@ -174,6 +188,14 @@ class Config:
                              f"{self.activity_normalisation!r}")  # fmt: skip
         if not 0 < self.activity_rate <= 1:
             raise ValueError(f"activity_rate must lie in (0, 1], got {self.activity_rate}")
+        if self.change_cap < 0:
+            raise ValueError(f"change_cap must be 0 (no cap) or positive, got {self.change_cap}")
+        if not self.pair_tau > 0:
+            raise ValueError(f"pair_tau must be positive, got {self.pair_tau}")
+        cycle = ForagerParameters.cycle
+        if not 1 <= self.decision_steps <= cycle:
+            raise ValueError(f"decision_steps must lie in [1, {cycle}] (a movement cycle), got "
+                             f"{self.decision_steps}")  # fmt: skip
         if self.input_total < 0:
             raise ValueError(f"input_total must be 0 (off) or positive, got {self.input_total}")
         for name in ("plasticity_gain", "input_weight", "output_weight", "target_spikes"):
@@ -207,7 +229,15 @@ def forager_parameters(config: Config) -> ForagerParameters:
         input_weight=config.input_weight,
         input_max=2 * config.input_weight,
         output_weight=config.output_weight,
+        decision=config.decision_steps,
     )
+
+
+def hidden_to_output_rule(foragers: Foragers, config: Config) -> RewardSTDP:
+    """The reward-modulated rule on the agents' output weights, as the config sets it."""
+    return output_rule(foragers, config.plasticity_gain, config.eligibility_cycles,
+                       config.activity_normalisation, config.activity_rate,
+                       config.change_cap or math.inf, config.pair_tau)  # fmt: skip
 
 
 class _Ticks:
@@ -376,11 +406,7 @@ def _run_batch(config: Config, seeds: tuple[int, ...], context: RunContext) -> l
     if progress["stage"] == "unsupervised":
         unsupervised_phase(progress["foragers"], config.unsupervised_cycles, count,
                            config.input_total or None)  # fmt: skip
-        progress.update(stage="task1", rule=output_rule(progress["foragers"],
-                                                        config.plasticity_gain,
-                                                        config.eligibility_cycles,
-                                                        config.activity_normalisation,
-                                                        config.activity_rate))  # fmt: skip
+        progress.update(stage="task1", rule=hidden_to_output_rule(progress["foragers"], config))
         checkpoint.save(progress, force=True)
     if progress["stage"] == "task1":
         foragers, rule = progress["foragers"], progress["rule"]

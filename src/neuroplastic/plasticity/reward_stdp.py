@@ -25,6 +25,20 @@ updated with it (starting at the first nonzero ``Sum``), and ``E`` multiplied by
 (``"divide"``: every event moves the synapses by the same total, the running average) or by
 ``Sum / Avg`` (``"multiply"``); ``"off"`` (the default) leaves it out.
 
+The authors' simulation (bazhlab-ucsd/spirit3PublicRepo, ``Network::apply_STDP_traces``) settles
+the reading: per synapse and signed (``"per_synapse"``). At each reward event, each synapse's
+``Sum`` is its own eligibility ``E_ji = sum_k tr_k / (t - t_k + c)``, its running average moves
+first, ``Avg_ji <- (1 - d) Avg_ji + d E_ji`` (kept at least 1e-10 in magnitude, its sign
+kept, at ``d = 0.001`` there), and each trace changes the weight by the relative amount
+``D_k = S (tr_k / (t - t_k + c)) E_ji / Avg_ji``, clipped to ``+-0.01``, then scaled by the
+output balancing: ``W_ji <- W_ji prod_k (1 + (W_i^0 / W_i) D_k)``. Unclipped, the traces sum to
+``S E_ji^2 / Avg_ji``: a synapse far more active than it usually is at a reward moves by its
+full cap, whatever the size of its pair changes, in the direction of its usual activity's sign.
+Here the clip (``change_cap``) applies to the event's sum per synapse, which is what the code
+computes whenever a synapse holds at most one trace, as in its sparse hidden layer (0.01 spikes
+per cycle per neuron); with several traces of one sign it caps their sum at one trace's cap.
+``change_cap`` applies to the other readings too.
+
 Because every pair made at step ``t_k`` shares that step, the sum is kept exactly without storing
 traces: at each step the step's STDP change ``dW^t`` is added, weighted by
 ``1 / (T_m - t + c)``, to the accumulators of the ``cycles_kept`` reward events ``T_m`` it will
@@ -35,6 +49,7 @@ each accumulator's ages as weights), equal to stepping through it.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -61,14 +76,17 @@ class RewardSTDPParameters(NamedTuple):
     offset: float = 600.0
     """``c`` in ``tr / (t - t_k + c)``, in steps (one cycle)."""
     activity_normalisation: str = "off"
-    """``"off"``, ``"divide"`` or ``"multiply"``: the reading of the paper's activity
-    normalisation (module docstring)."""
+    """``"off"``, ``"divide"``, ``"multiply"`` or ``"per_synapse"``: the reading of the paper's
+    activity normalisation (module docstring)."""
     activity_rate: float = 0.01
-    """``d``, the running average's rate (the paper does not give it)."""
+    """``d``, the running average's rate (the paper does not give it; the authors' code: 0.001)."""
+    change_cap: float = math.inf
+    """Largest relative change ``|S E|`` (after normalisation) of a synapse at one reward event,
+    before output balancing (the authors' code: 0.01 per trace; module docstring)."""
 
 
 GOLDEN2022 = RewardSTDPParameters()
-NORMALISATIONS = ("off", "divide", "multiply")
+NORMALISATIONS = ("off", "divide", "multiply", "per_synapse")
 
 
 class RewardSTDPState(NamedTuple):
@@ -78,8 +96,9 @@ class RewardSTDPState(NamedTuple):
     (slot ``m mod cycles_kept``), the sum of ``tr_k / (T_m - t_k + c)`` over the traces made so
     far that it will meet."""
     average_activity: Tensor | None = None
-    """``(...)``: the running average ``Avg`` of each network's eligibility total (only with
-    ``activity_normalisation``; zero until the first event with traces)."""
+    """The running average ``Avg`` (only with ``activity_normalisation``): ``(...)``, of each
+    network's eligibility total, zero until the first event with traces; ``(..., n_post,
+    n_pre)``, signed, of each synapse's eligibility with ``"per_synapse"``."""
 
 
 def initial_state(
@@ -154,11 +173,13 @@ def reward_change(
     if params.activity_normalisation != "off":
         eligibility, state = _normalise_activity(eligibility, state, params)
     reward = torch.as_tensor(reward, dtype=weight.dtype, device=weight.device)
-    reward = reward.reshape(*reward.shape, 1, 1)
+    relative_change = reward.reshape(*reward.shape, 1, 1) * eligibility
+    if params.change_cap < math.inf:
+        relative_change = relative_change.clamp(-params.change_cap, params.change_cap)
     scale = torch.ones_like(weight[..., :1, :])
     if balance_outputs:
         scale = (initial_outputs / weight.sum(-2))[..., None, :]
-    return weight * scale * reward * eligibility, state
+    return weight * scale * relative_change, state
 
 
 def _normalise_activity(
@@ -169,6 +190,8 @@ def _normalise_activity(
     if params.activity_normalisation not in NORMALISATIONS:
         raise ValueError(f"activity_normalisation must be one of {NORMALISATIONS}, got "
                          f"{params.activity_normalisation!r}")  # fmt: skip
+    if params.activity_normalisation == "per_synapse":
+        return _normalise_per_synapse(eligibility, state, params)
     total = eligibility.abs().sum((-2, -1))
     average = state.average_activity
     if average is None:
@@ -181,3 +204,23 @@ def _normalise_activity(
     else:
         ratio = torch.where(average > 0, total / average.clamp(min=1e-30), 0.0)
     return eligibility * ratio[..., None, None], state._replace(average_activity=average)
+
+
+AVERAGE_FLOOR = 1e-10
+"""The smallest magnitude of a synapse's running average (the authors' code), so that a synapse
+that has long been silent gets a large but finite ratio."""
+
+
+def _normalise_per_synapse(
+    eligibility: Tensor, state: RewardSTDPState, params: RewardSTDPParameters
+) -> tuple[Tensor, RewardSTDPState]:
+    """Each synapse's eligibility times its ratio ``E / Avg`` to its own signed running average,
+    the average moved on first (module docstring)."""
+    average = state.average_activity
+    if average is None:
+        average = torch.zeros_like(eligibility)
+    average = (1 - params.activity_rate) * average + params.activity_rate * eligibility
+    # the floor keeps the sign; an average of exactly zero counts as positive, as in the code
+    average = torch.where(average >= 0, average.clamp(min=AVERAGE_FLOOR),
+                          average.clamp(max=-AVERAGE_FLOOR))  # fmt: skip
+    return eligibility * (eligibility / average), state._replace(average_activity=average)
