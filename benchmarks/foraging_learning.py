@@ -208,7 +208,8 @@ def main() -> None:
     foragers = Foragers(agent.repeat(copies), worlds, torch.Generator().manual_seed(args.seed),
                         copies)  # fmt: skip
     unsupervised_phase(foragers, config.unsupervised_cycles,
-                       input_total=config.input_total or None)  # fmt: skip
+                       input_total=config.input_total or None,
+                       homeostasis=golden.hidden_homeostasis(config))  # fmt: skip
     if args.hidden == "shapes":
         shape_detectors(foragers)
     pairs, adjacent_share = hidden_pair_selectivity(foragers)

@@ -39,6 +39,28 @@ def test_input_normalisation_holds_each_hidden_neurons_total_within_bounds():
         protocol.unsupervised_phase(foragers(), 1, input_total=9 * bound + 0.1)
 
 
+def test_hidden_homeostasis_moves_each_neurons_total_against_its_firing():
+    """One cycle, the mean taken from that cycle alone (rate 1), step 0.1, a target below one
+    spike: a neuron that fired has its total lowered to 0.36, a silent one raised to 0.44."""
+    f = foragers()
+    homeostasis = protocol.HiddenHomeostasis(target_spikes=0.5, step=0.1, rate=1.0)
+    protocol.unsupervised_phase(f, 1, input_total=0.4, homeostasis=homeostasis)
+    totals = f.agent.w_in.sum(-1)
+    lowered, raised = torch.isclose(totals, torch.tensor(0.36)), torch.isclose(
+        totals, torch.tensor(0.44))
+    assert (lowered | raised).all() and lowered.any() and raised.any()
+    # the neurons lowered are exactly those that fired in that cycle: replay it
+    replay = foragers()
+    replay.agent.w_in = protocol._hold_input_totals(replay.agent.w_in, replay.agent.in_mask, 0.4,
+                                                    replay.agent.params.input_max)  # fmt: skip
+    spikes = replay.agent.simulate_cycle(replay.worlds.observe(), replay.generator).hidden_spikes
+    assert torch.equal(lowered, spikes > 0)
+    with pytest.raises(ValueError, match="set input_total"):
+        protocol.unsupervised_phase(foragers(), 1, homeostasis=homeostasis)
+    with pytest.raises(ValueError, match="target spikes"):
+        protocol.HiddenHomeostasis(target_spikes=0.0)
+
+
 def test_the_output_rule_keeps_traces_for_the_cycles_asked():
     f = foragers()
     assert protocol.output_rule(f).params.cycles_kept == 6  # the paper's

@@ -223,8 +223,14 @@ def test_the_authors_code_options_reach_the_rule_and_the_agent():
     assert (rule.change_cap, rule.stdp.tau) == (0.01, 40.0)
     default = golden.hidden_to_output_rule(foragers, golden.Config()).params
     assert default.change_cap == math.inf and default.stdp.tau == 80.0
+    assert golden.hidden_homeostasis(config) is None
+    sparse = golden.Config(input_total=0.4, hidden_target_spikes=0.01, hidden_scaling_step=0.02)
+    assert golden.hidden_homeostasis(sparse) == golden.HiddenHomeostasis(0.01, 0.02, 0.01)
     for bad, message in ((dict(change_cap=-0.01), "change_cap"), (dict(pair_tau=0.0), "pair_tau"),
-                         (dict(decision_steps=601), "decision_steps")):  # fmt: skip
+                         (dict(decision_steps=601), "decision_steps"),
+                         (dict(hidden_target_spikes=0.01), "set input_total"),
+                         (dict(input_total=0.4, hidden_target_spikes=0.01,
+                               hidden_average_rate=0.0), "rate average")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             golden.Config(**bad)
 

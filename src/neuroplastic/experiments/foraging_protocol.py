@@ -3,7 +3,8 @@ of an explicit :class:`Foragers` state: replicas of the agent (``models.forager`
 each (``envs.foraging``), and the plasticity attached as the paper describes.
 
 - :func:`unsupervised_phase`: all four shapes, input-to-hidden STDP applied after every cycle
-  (weights kept in ``[0, params.input_max]`` and on each hidden neuron's 9 synapses), no reward.
+  (weights kept in ``[0, params.input_max]`` and on each hidden neuron's 9 synapses), no reward;
+  optionally each neuron's input total held, and moved by homeostasis (:class:`HiddenHomeostasis`).
 - :func:`task_phase`: one task's world, hidden-to-output reward-modulated STDP with the cycle's
   reward (``plasticity.RewardSTDP``), then synaptic scaling of each output's target total
   (:class:`Scaling`) and heterosynaptic normalisation of its inputs to that target.
@@ -157,23 +158,54 @@ def _switch(foragers: Foragers, task: str) -> None:
         foragers.worlds.reset(task=task)
 
 
+@dataclass(frozen=True)
+class HiddenHomeostasis:
+    """Homeostasis of the hidden layer in the unsupervised period, after the authors' code: each
+    hidden neuron's input total (what its input weights are held at, ``input_total`` to start)
+    grows by ``step`` (relative) in each cycle in which its running mean of spikes per cycle is
+    below ``target_spikes``, and shrinks by as much while above. The mean moves at ``rate`` per
+    cycle, from the target. The code's values, over its 10^7 unsupervised cycles: target 0.01,
+    step 1e-5, rate 1e-4; ours are compressed by the same factors as the schedule."""
+
+    target_spikes: float
+    step: float = 0.01
+    rate: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not self.target_spikes > 0:
+            raise ValueError(f"hidden target spikes must be positive, got {self.target_spikes}")
+        if not 0 < self.step < 1:
+            raise ValueError(f"hidden scaling step must lie in (0, 1), got {self.step}")
+        if not 0 < self.rate <= 1:
+            raise ValueError(f"hidden rate average must lie in (0, 1], got {self.rate}")
+
+
 def unsupervised_phase(
     foragers: Foragers, cycles: int, tick: Callable[[], None] = lambda: None,
-    input_total: float | None = None,
+    input_total: float | None = None, homeostasis: HiddenHomeostasis | None = None,
 ) -> None:  # fmt: skip
     """``cycles`` in the world of all four shapes with input-to-hidden STDP. With
     ``input_total``, each hidden neuron's input weights are also held at that total after
     every change (heterosynaptic normalisation, as on the output synapses), so its inputs
     compete: without it, a single input volley per cycle only ever potentiates, and every
-    weight runs to ``input_max``."""
+    weight runs to ``input_max``. With ``homeostasis`` (which needs ``input_total`` to start
+    from), each neuron's total moves towards a target rate of firing."""
+    if homeostasis is not None and input_total is None:
+        raise ValueError("hidden homeostasis moves each neuron's input total: set input_total "
+                         "(the total it starts from) as well")  # fmt: skip
     _switch(foragers, "unsupervised")
     agent = foragers.agent
     weight = torch.nn.Parameter(agent.w_in.clone())
+    totals = None
     if input_total is not None:
+        totals = torch.full((*weight.shape[:-1], 1), float(input_total))
         with torch.no_grad():
             weight.copy_(_hold_input_totals(weight, agent.in_mask, input_total,
                                             agent.params.input_max))  # fmt: skip
         agent.w_in = weight.detach().clone()
+    if homeostasis is not None:
+        mean_spikes = torch.full(weight.shape[:-1], homeostasis.target_spikes)
+        reachable = agent.params.input_max * agent.in_mask.sum(-1, keepdim=True)
     rule = STDP(weight)
     for _ in range(cycles):
         record = agent.simulate_cycle(foragers.worlds.observe(), foragers.generator)
@@ -183,8 +215,13 @@ def unsupervised_phase(
         with torch.no_grad():
             weight -= foragers.shared(weight.grad)
             weight.clamp_(0.0, agent.params.input_max).mul_(agent.in_mask)
-            if input_total is not None:
-                weight.copy_(_hold_input_totals(weight, agent.in_mask, input_total,
+            if homeostasis is not None:
+                fired = foragers.shared(record.hidden_spikes.to(weight.dtype)) / foragers.copies
+                mean_spikes += homeostasis.rate * (fired - mean_spikes)
+                totals = scale_targets(totals, mean_spikes[..., None], homeostasis.target_spikes,
+                                       homeostasis.step).clamp(max=reachable)  # fmt: skip
+            if totals is not None:
+                weight.copy_(_hold_input_totals(weight, agent.in_mask, totals,
                                                 agent.params.input_max))  # fmt: skip
             weight.grad = None
         agent.w_in = weight.detach().clone()
@@ -193,11 +230,13 @@ def unsupervised_phase(
         tick()
 
 
-def _hold_input_totals(weight: Tensor, mask: Tensor, total: float, bound: float,
+def _hold_input_totals(weight: Tensor, mask: Tensor, total: float | Tensor, bound: float,
                        rounds: int = 5) -> Tensor:  # fmt: skip
-    """Each hidden neuron's inputs rescaled to sum to ``total`` within ``[0, bound]``: scale,
-    clip at the bound, and scale the unclipped ones again (a few rounds settle it)."""
-    if total > bound * mask.sum(-1).min():
+    """Each hidden neuron's inputs rescaled to sum to ``total`` (a number, or one per neuron
+    ``(..., n_hidden, 1)``) within ``[0, bound]``: scale, clip at the bound, and scale the
+    unclipped ones again (a few rounds settle it)."""
+    reachable = bound * mask.sum(-1, keepdim=True)
+    if (torch.as_tensor(total) > reachable * (1 + 1e-6)).any():
         raise ValueError(
             f"input_total {total} cannot be reached with {int(mask.sum(-1).min())} inputs "
             f"of at most {bound}"

@@ -69,6 +69,7 @@ from neuroplastic.experiments.base import (
 from neuroplastic.experiments.foraging_protocol import (
     BACKENDS,
     Foragers,
+    HiddenHomeostasis,
     Scaling,
     Sleep,
     discriminability,
@@ -110,7 +111,10 @@ by at most KEPT (upper bound of the interval) while task 2 reaches NEW_TASK."""
 
 @dataclass(frozen=True)
 class Config:
-    OPTIONS_ADDED_LATER: ClassVar[tuple[str, ...]] = ("change_cap", "pair_tau", "decision_steps")
+    OPTIONS_ADDED_LATER: ClassVar[tuple[str, ...]] = (
+        "change_cap", "pair_tau", "decision_steps", "hidden_target_spikes",
+        "hidden_scaling_step", "hidden_average_rate",
+    )  # fmt: skip
     """Options added after runs 185-194, whose defaults keep what those runs did."""
 
     dataset: str = "foraging"
@@ -152,6 +156,14 @@ class Config:
     """Heterosynaptic normalisation of each hidden neuron's input weights to this total during
     the unsupervised period (0: off, the default). Ours, a diagnostic: without it every input
     weight runs to its bound (docs/experiments/golden2022-foraging.md)."""
+    hidden_target_spikes: float = 0.0
+    """Hidden homeostasis in the unsupervised period (``foraging_protocol.HiddenHomeostasis``):
+    each hidden neuron's input total, from ``input_total``, moves towards this many spikes per
+    cycle (0: off; the authors' code: 0.01)."""
+    hidden_scaling_step: float = 0.01
+    """Its relative change of a total per cycle (the code: 1e-5 over 10^7 cycles)."""
+    hidden_average_rate: float = 0.01
+    """Its running mean's rate per cycle (the code: 1e-4)."""
     target_spikes: float = 1.0
     """Synaptic scaling: each output's target spikes per cycle."""
     scaling_step: float = 0.0
@@ -198,6 +210,13 @@ class Config:
                              f"{self.decision_steps}")  # fmt: skip
         if self.input_total < 0:
             raise ValueError(f"input_total must be 0 (off) or positive, got {self.input_total}")
+        if self.hidden_target_spikes < 0:
+            raise ValueError(f"hidden_target_spikes must be 0 (off) or positive, got "
+                             f"{self.hidden_target_spikes}")  # fmt: skip
+        if self.hidden_target_spikes and not self.input_total:
+            raise ValueError("hidden_target_spikes moves each hidden neuron's input total: set "
+                             "input_total (the total it starts from) as well")  # fmt: skip
+        hidden_homeostasis(self)  # validates its step and rate
         for name in ("plasticity_gain", "input_weight", "output_weight", "target_spikes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -231,6 +250,14 @@ def forager_parameters(config: Config) -> ForagerParameters:
         output_weight=config.output_weight,
         decision=config.decision_steps,
     )
+
+
+def hidden_homeostasis(config: Config) -> HiddenHomeostasis | None:
+    """The unsupervised period's hidden homeostasis, or None when off."""
+    if not config.hidden_target_spikes:
+        return None
+    return HiddenHomeostasis(config.hidden_target_spikes, config.hidden_scaling_step,
+                             config.hidden_average_rate)  # fmt: skip
 
 
 def hidden_to_output_rule(foragers: Foragers, config: Config) -> RewardSTDP:
@@ -405,7 +432,7 @@ def _run_batch(config: Config, seeds: tuple[int, ...], context: RunContext) -> l
     n, block = config.task_cycles, config.block_cycles
     if progress["stage"] == "unsupervised":
         unsupervised_phase(progress["foragers"], config.unsupervised_cycles, count,
-                           config.input_total or None)  # fmt: skip
+                           config.input_total or None, hidden_homeostasis(config))  # fmt: skip
         progress.update(stage="task1", rule=hidden_to_output_rule(progress["foragers"], config))
         checkpoint.save(progress, force=True)
     if progress["stage"] == "task1":
