@@ -18,7 +18,8 @@ experiment's config values (``--set``; ``--worlds`` sets ``training_worlds``), a
 - ``adjacent +/-``: in the test worlds, how often the network's own choice (no exploration)
   steps onto an adjacent rewarded (+) or punished (-) particle when one is there, and onto an
   empty square (``0``), chance 1/8;
-- ``w max``: the largest hidden-to-output weight (it starts at ``output_weight``).
+- ``w max``: the largest hidden-to-output weight (it starts at ``output_weight``);
+- ``gains``: the outputs' lowest and highest input gain (``scaling_mode=gain``; else 1).
 
 After the unsupervised period it prints how selective the hidden neurons are: how many pairs
 of lit inputs make a hidden neuron fire, and the share of those pairs that are adjacent squares
@@ -47,7 +48,6 @@ from neuroplastic.experiments import golden2022_foraging as golden
 from neuroplastic.experiments.foraging_protocol import (
     BACKENDS,
     Foragers,
-    Scaling,
     discriminability,
     task_phase,
     test_phase,
@@ -175,6 +175,14 @@ def adjacent_choices(foragers: Foragers, cycles: int = 100, seed: int = 11) -> d
     return {label: hits / max(total, 1) for label, (hits, total) in taken.items()}
 
 
+def gain_range(foragers: Foragers) -> str:
+    """The outputs' input gains, lowest to highest (1 without gain homeostasis)."""
+    gain = foragers.agent.output_gain
+    if gain is None:
+        return "1"
+    return f"{float(gain.min()):.3g}-{float(gain.max()):.3g}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -219,9 +227,9 @@ def main() -> None:
     print(f"hidden layer, linear probe: rewarded vs punished shape on an adjacent square, "
           f"test accuracy {mean:.3f} (lowest square {lowest:.3f}; chance 0.5)")  # fmt: skip
     rule = golden.hidden_to_output_rule(foragers, config)
-    scaling = Scaling(config.target_spikes, config.scaling_step)
+    scaling = golden.output_scaling(config)
     print(f"config (differences from the default): {diff_from_default(config)}")
-    print("cycles  seconds  test disc  meals  lone +  lone -  adjacent + / - / 0   w max")
+    print("cycles  seconds  test disc  meals  lone +  lone -  adjacent + / - / 0   w max  gains")
     start, done = time.perf_counter(), 0
     while done < cycles:
         block = min(args.every, cycles - done)
@@ -236,8 +244,8 @@ def main() -> None:
         adjacent = adjacent_choices(foragers)
         print(f"{done:6d}  {time.perf_counter() - start:7.0f}  {disc:9.3f}  {meals:.3f}  "
               f"{lone[0]:6.2f}  {lone[1]:6.2f}  {adjacent['+']:.2f} / {adjacent['-']:.2f} / "
-              f"{adjacent['0']:.2f}      {float(foragers.agent.w_out.max()):5.2f}",
-              flush=True)  # fmt: skip
+              f"{adjacent['0']:.2f}      {float(foragers.agent.w_out.max()):5.2f}  "
+              f"{gain_range(foragers)}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

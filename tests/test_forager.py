@@ -5,6 +5,7 @@ import torch
 
 from neuroplastic.envs import ForagingWorlds
 from neuroplastic.models.forager import Forager, ForagerParameters, choose_moves
+from neuroplastic.plasticity import balanced_inhibition
 
 PARAMS = ForagerParameters()
 
@@ -128,6 +129,7 @@ def test_a_cycle_simulated_layer_by_layer_equals_the_stepped_reference():
     params = ForagerParameters(output_weight=0.3, release_noise=0.0)
     agent = Forager(3, params, seed=1, dtype=torch.float64)
     agent.w_out = agent.w_out * (1 + torch.rand(agent.w_out.shape, dtype=torch.float64))
+    agent.output_gain = 0.5 + torch.rand(3, params.n_moves, dtype=torch.float64)
     worlds = ForagingWorlds(3, "unsupervised", seed=2)
     outcomes = []
     for layered in (False, True):
@@ -229,3 +231,28 @@ def test_sleep_spikes_are_bernoulli_per_step_at_each_neurons_rate():
     per_step = trains[:, :, 2].mean(0)  # rate 0.5: every step equally likely
     assert (per_step - 0.5).abs().max() < 0.1
     assert agent.sleep_spikes(torch.zeros(1, agent.n_hidden), gen).sum() == 0
+
+
+
+def test_an_output_gain_scales_each_outputs_whole_input_and_travels_with_its_replicas():
+    """``output_gain`` multiplies an output's drive, excitation and inhibition together (the
+    authors' resistance): with release noise (the same draws) in the layered cycle's drive,
+    without it in the stepped cycle's; ``repeat`` and ``select`` keep each replica's gains."""
+    params = ForagerParameters(output_weight=0.3, release_noise=0.12)
+    agent = Forager(2, params, seed=0, dtype=torch.float64)
+    agent.w_out = agent.w_out * (1 + torch.rand(agent.w_out.shape, dtype=torch.float64))
+    spikes = (torch.rand(30, 2, agent.n_hidden, dtype=torch.float64) < 0.02).double()
+    plain = agent._drive(spikes, torch.Generator().manual_seed(4))
+    stepped_plain = agent._output_drive(spikes[0], balanced_inhibition(agent.w_out),
+                                        torch.Generator().manual_seed(5))  # fmt: skip
+    gain = torch.tensor([[0.5, 2.0, 1.0, 0.0, 3.0, 1.5, 0.25, 1.0],
+                         [2.0, 0.5, 0.0, 1.0, 1.0, 1.0, 4.0, 0.75]], dtype=torch.float64)
+    agent.output_gain = gain
+    assert plain.abs().sum() > 0
+    torch.testing.assert_close(agent._drive(spikes, torch.Generator().manual_seed(4)),
+                               plain * gain, rtol=1e-12, atol=1e-14)  # fmt: skip
+    torch.testing.assert_close(agent._output_drive(spikes[0], balanced_inhibition(agent.w_out),
+                                                   torch.Generator().manual_seed(5)),
+                               stepped_plain * gain, rtol=1e-12, atol=1e-14)  # fmt: skip
+    assert torch.equal(agent.repeat(3).output_gain, gain.repeat_interleave(3, 0))
+    assert torch.equal(agent.select(1).output_gain, gain[1:])

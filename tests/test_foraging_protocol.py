@@ -1,6 +1,7 @@
 """The foraging experiment's phases (``experiments.foraging_protocol``) on a small budget: each
 phase changes what it should and nothing else."""
 
+import dataclasses
 import math
 
 import pytest
@@ -173,3 +174,43 @@ def test_lone_particle_counts_read_a_wired_network_move_by_move():
     assert counts.shape == (8, 8)
     assert (counts.diagonal() > 0).all()
     assert (counts - torch.diag(counts.diagonal())).sum() == 0
+
+
+def test_gain_homeostasis_moves_each_outputs_gain_against_its_running_rate():
+    """``Scaling(mode="gain")``: each output's running mean of spikes per cycle starts at the
+    target and moves by ``rate`` towards the cycle's count; the gain is divided by 1.1 where
+    the mean is above the target and by 0.9 where below; the weights' totals stay put."""
+    f = foragers(1)
+    totals = f.targets.clone()
+    rule = protocol.output_rule(f, gain=1000.0)
+    scaling = protocol.Scaling(target_spikes=0.5, step=0.1, mode="gain", rate=0.5)
+    gains, rates = torch.ones(2, SMALL.n_moves), torch.full((2, SMALL.n_moves), 0.5)
+    for _ in range(4):
+        protocol.task_phase(f, "task1", 1, rule, scaling)
+        fired = (f.output_rates - 0.5 * rates) / 0.5  # the cycle's count, read back
+        torch.testing.assert_close(fired, fired.round())
+        rates = f.output_rates
+        gains = gains / torch.where(rates > 0.5, 1.1, torch.where(rates < 0.5, 0.9, 1.0))
+        torch.testing.assert_close(f.agent.output_gain, gains)
+    assert (gains < 1).any() and (gains > 1).any()  # outputs that fired, and silent ones
+    torch.testing.assert_close(f.targets, totals)
+    torch.testing.assert_close(f.agent.w_out.sum(-1), totals)
+    with pytest.raises(ValueError, match="scaling mode"):
+        protocol.Scaling(mode="resistance")
+    with pytest.raises(ValueError, match="scaling rate"):
+        protocol.Scaling(rate=0.0)
+
+
+def test_output_weights_are_bounded_before_they_are_normalised():
+    """A synapse pushed from 0.3 to 10.3 is cut to the bound 0.5, then the output's inputs are
+    rescaled to their total: 0.5 T / (T + 0.2), as the authors' code orders the two."""
+    params = dataclasses.replace(SMALL, output_max=0.5)
+    f = protocol.Foragers(Forager(1, params, seed=0), ForagingWorlds(1, "task1", seed=0),
+                          torch.Generator().manual_seed(0))  # fmt: skip
+    weight = torch.nn.Parameter(f.agent.w_out.clone())
+    weight.grad = torch.zeros_like(weight)
+    weight.grad[0, 2, 5] = -10.0  # the rule's convention: minus the change
+    total = float(f.targets[0, 2])
+    protocol._apply(f, weight)
+    assert math.isclose(float(f.agent.w_out[0, 2, 5]), 0.5 * total / (total + 0.2), rel_tol=1e-5)
+    torch.testing.assert_close(f.agent.w_out.sum(-1), f.targets)

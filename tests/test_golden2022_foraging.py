@@ -226,7 +226,15 @@ def test_the_authors_code_options_reach_the_rule_and_the_agent():
     assert golden.hidden_homeostasis(config) is None
     sparse = golden.Config(input_total=0.4, hidden_target_spikes=0.01, hidden_scaling_step=0.02)
     assert golden.hidden_homeostasis(sparse) == golden.HiddenHomeostasis(0.01, 0.02, 0.01)
+    coded = golden.Config(scaling_mode="gain", scaling_step=0.001, scaling_rate=0.01,
+                          target_spikes=0.5, output_max=15.0)  # fmt: skip
+    assert golden.forager_parameters(coded).output_max == 15.0
+    assert golden.forager_parameters(golden.Config(output_max=0.0)).output_max == math.inf
+    assert golden.output_scaling(coded) == golden.Scaling(0.5, 0.001, "gain", 0.01)
     for bad, message in ((dict(change_cap=-0.01), "change_cap"), (dict(pair_tau=0.0), "pair_tau"),
+                         (dict(scaling_mode="resistance"), "scaling mode"),
+                         (dict(scaling_rate=1.5), "scaling rate"),
+                         (dict(output_max=-1.0), "output_max"),
                          (dict(decision_steps=601), "decision_steps"),
                          (dict(hidden_target_spikes=0.01), "set input_total"),
                          (dict(input_total=0.4, hidden_target_spikes=0.01,

@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from neuroplastic.plasticity import balanced_inhibition, normalise_inputs, scale_targets
+from neuroplastic.plasticity import (
+    balanced_inhibition,
+    normalise_inputs,
+    scale_gains,
+    scale_targets,
+)
 
 
 def test_normalisation_rescales_each_neurons_inputs_to_its_target():
@@ -29,3 +34,10 @@ def test_inhibition_cancels_a_uniform_pattern():
     net = weight + inhibition
     assert torch.allclose(net[:, 1], torch.zeros(2))  # neuron 1 drives both outputs alike
     assert torch.allclose(net.sum(0), torch.zeros(2))
+
+
+def test_gains_follow_the_authors_resistance_against_the_firing_rate():
+    """The resistance ``R`` grows by ``1 + d`` above the target and shrinks by ``1 - d`` below;
+    the gain is ``1 / R``: 2 / 1.1, 2 / 0.9 and unchanged at the target."""
+    gains = scale_gains(torch.full((3,), 2.0), torch.tensor([0.9, 0.1, 0.5]), 0.5, 0.1)
+    assert torch.allclose(gains, torch.tensor([2.0 / 1.1, 2.0 / 0.9, 2.0]))

@@ -16,11 +16,13 @@ from neuroplastic.models.forager import Forager, ForagerParameters  # noqa: E402
 from neuroplastic.plasticity import RewardSTDP, RewardSTDPParameters  # noqa: E402
 
 
-def agents(noise: float, seed: int = 0) -> Forager:
+def agents(noise: float, seed: int = 0, gained: bool = False) -> Forager:
     agent = Forager(3, ForagerParameters(release_noise=noise), seed=seed)
     gen = torch.Generator().manual_seed(seed)
     agent.w_in = agent.w_in * 1.6  # more hidden activity than at the start
     agent.w_out = 0.1 + torch.rand(agent.w_out.shape, generator=gen)  # outputs that fire
+    if gained:  # outputs' input gains (gain homeostasis), some above 1 and some below
+        agent.output_gain = 0.5 + torch.rand(agent.replicas, agent.params.n_moves, generator=gen)
     return agent
 
 
@@ -29,8 +31,9 @@ def rule(agent: Forager) -> RewardSTDP:
     return RewardSTDP(torch.nn.Parameter(agent.w_out.clone()), params)
 
 
-def test_the_compiled_cycle_equals_the_reference_without_noise():
-    agent = agents(noise=0.0)
+@pytest.mark.parametrize("gained", [False, True])
+def test_the_compiled_cycle_equals_the_reference_without_noise(gained):
+    agent = agents(noise=0.0, gained=gained)
     worlds = ForagingWorlds(3, "task1", seed=4)
     reference, fast = rule(agent), rule(agent)
     spiked = 0
@@ -122,13 +125,14 @@ def sleep_rates(agent: Forager, seed: int = 0) -> torch.Tensor:
     return rates * (torch.rand(rates.shape, generator=gen) < 0.7)
 
 
-def test_sleep_cycles_on_the_same_spikes_equal_the_reference_across_cycles():
+@pytest.mark.parametrize("gained", [False, True])
+def test_sleep_cycles_on_the_same_spikes_equal_the_reference_across_cycles(gained):
     """Three sleep cycles, then a waking one, on the reference's own hidden spikes and without
     release noise: the same output spikes, eligibility, reward changes and STDP state (ring and
     traces), so pairs across the cycles' boundaries are counted as the reference counts them."""
     from neuroplastic.kernels.numba_forager import carries_pairs, run_sleep_cycle
 
-    agent = agents(noise=0.0, seed=3)
+    agent = agents(noise=0.0, seed=3, gained=gained)
     agent.w_out = agent.w_out * 0.5  # outputs that fire some of the time, not all
     rates = sleep_rates(agent)
     reference, fast = rule(agent), rule(agent)

@@ -44,6 +44,7 @@ from neuroplastic.plasticity import (
     RewardSTDP,
     RewardSTDPParameters,
     normalise_inputs,
+    scale_gains,
     scale_targets,
 )
 from neuroplastic.plasticity.stdp import FORAGING
@@ -52,14 +53,53 @@ SLEEP_REWARD = 0.5
 """The constant reward factor of the paper's sleep."""
 
 
+SCALING_MODES = ("target", "gain")
+
+
 @dataclass(frozen=True)
 class Scaling:
-    """Synaptic scaling of each output's target total input (the paper's homeostasis): once
-    per cycle the target grows by ``step`` (relative) if the output fired fewer than
-    ``target_spikes`` spikes in the cycle, and shrinks by ``step`` if more."""
+    """Homeostasis of the outputs, once per cycle, against each output's spikes per cycle: the
+    cycle's own count, or with ``rate < 1`` a running mean moved by ``rate`` per cycle (from
+    ``target_spikes``). Below ``target_spikes`` the output is made more excitable by ``step``
+    (relative), above it less. What moves (``mode``):
+
+    - ``"target"``: the output's target total input weight (the paper's synaptic scaling; the
+      heterosynaptic normalisation then rescales its weights to it);
+    - ``"gain"``: a gain on its whole input, excitation and inhibition (``Forager.output_gain``),
+      the authors' code's resistance; the weights' totals stay at their initial values. The
+      code's values over its 5 x 10^6 cycles per task: target 0.5, step 1e-5, rate 1e-4."""
 
     target_spikes: float = 1.0
     step: float = 0.0
+    mode: str = "target"
+    rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in SCALING_MODES:
+            raise ValueError(f"scaling mode must be one of {SCALING_MODES}, got {self.mode!r}")
+        if not 0 < self.rate <= 1:
+            raise ValueError(f"scaling rate must lie in (0, 1], got {self.rate}")
+
+    def update(self, foragers: Foragers, output_spikes: Tensor) -> None:
+        """One cycle's homeostasis of ``foragers`` from its outputs' spikes ``(replicas,
+        n_moves)`` (averaged over a network's copies, so that they stay identical)."""
+        if not self.step:
+            return
+        fired = foragers.shared(output_spikes.to(foragers.targets.dtype)) / foragers.copies
+        if self.rate == 1:
+            rates = fired
+        else:
+            if foragers.output_rates is None:
+                foragers.output_rates = torch.full_like(fired, self.target_spikes)
+            rates = foragers.output_rates + self.rate * (fired - foragers.output_rates)
+            foragers.output_rates = rates
+        if self.mode == "target":
+            foragers.targets = scale_targets(foragers.targets, rates, self.target_spikes,
+                                             self.step)  # fmt: skip
+        else:
+            agent = foragers.agent
+            gains = agent.output_gain if agent.output_gain is not None else torch.ones_like(rates)
+            agent.output_gain = scale_gains(gains, rates, self.target_spikes, self.step)
 
 
 @dataclass
@@ -77,6 +117,8 @@ class Foragers:
     targets: Tensor = field(init=False)
     waking: dict[str, tuple[Tensor, int]] = field(init=False)
     """Per training task: (hidden spikes summed over its cycles, cycles)."""
+    output_rates: Tensor | None = field(init=False, default=None)
+    """Each output's running mean of spikes per cycle, when :class:`Scaling` keeps one."""
 
     def __post_init__(self) -> None:
         replicas = self.agent.replicas
@@ -249,10 +291,12 @@ def _hold_input_totals(weight: Tensor, mask: Tensor, total: float | Tensor, boun
 
 
 def _apply(foragers: Foragers, weight: torch.nn.Parameter) -> None:
-    """Take the rule's step, keep weights positive, normalise each output's inputs."""
+    """Take the rule's step, keep weights positive and under the agent's ``output_max`` (in
+    this order, as the authors' code does: the normalisation can take a weight past the bound),
+    normalise each output's inputs."""
     with torch.no_grad():
         weight -= foragers.shared(weight.grad)
-        weight.clamp_(min=1e-9)
+        weight.clamp_(min=1e-9, max=foragers.agent.params.output_max)
         weight.copy_(normalise_inputs(weight, foragers.targets))
         weight.grad = None
     foragers.agent.w_out = weight.detach().clone()
@@ -308,11 +352,7 @@ def task_phase(
         rewarded += torch.isin(eaten, torch.tensor(spec.rewarded)).float()
         punished += torch.isin(eaten, torch.tensor(spec.punished)).float()
         rule.reward(rewards)
-        if scaling.step:
-            fired = foragers.shared(output_spikes.to(foragers.targets.dtype))
-            fired = fired / foragers.copies
-            foragers.targets = scale_targets(foragers.targets, fired, scaling.target_spikes,
-                                             scaling.step)  # fmt: skip
+        scaling.update(foragers, output_spikes)
         _apply(foragers, rule.weight)
         foragers.record_waking(task, hidden_spikes)
         tick()

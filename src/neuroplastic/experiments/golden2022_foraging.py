@@ -113,7 +113,7 @@ by at most KEPT (upper bound of the interval) while task 2 reaches NEW_TASK."""
 class Config:
     OPTIONS_ADDED_LATER: ClassVar[tuple[str, ...]] = (
         "change_cap", "pair_tau", "decision_steps", "hidden_target_spikes",
-        "hidden_scaling_step", "hidden_average_rate",
+        "hidden_scaling_step", "hidden_average_rate", "scaling_mode", "scaling_rate", "output_max",
     )  # fmt: skip
     """Options added after runs 185-194, whose defaults keep what those runs did."""
 
@@ -168,6 +168,17 @@ class Config:
     """Synaptic scaling: each output's target spikes per cycle."""
     scaling_step: float = 0.0
     """Synaptic scaling: relative change of an output's target total input per cycle (0: off)."""
+    scaling_mode: str = "target"
+    """What the outputs' homeostasis moves (``foraging_protocol.Scaling``): ``target``, each
+    output's target total input weight (the paper's synaptic scaling, as in runs 185-194);
+    ``gain``, a gain on each output's whole input (the authors' code's resistance)."""
+    scaling_rate: float = 1.0
+    """Rate of the running mean of an output's spikes per cycle that homeostasis compares with
+    ``target_spikes`` (1: the cycle's own count, as in runs 185-194; the authors' code:
+    1e-4)."""
+    output_max: float = 0.0
+    """Upper bound of each hidden-to-output weight (0: none, as in runs 185-194; the authors'
+    code: 50 times the initial weight)."""
     sleep_noise: str = "waking"
     """``waking``: each hidden neuron's sleep noise at its mean waking rate (the paper's);
     ``uniform``: the population's mean rate (the paper's control)."""
@@ -222,6 +233,10 @@ class Config:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.scaling_step < 1:
             raise ValueError(f"scaling_step must lie in [0, 1), got {self.scaling_step}")
+        output_scaling(self)  # validates its mode and rate
+        if self.output_max < 0:
+            raise ValueError(f"output_max must be 0 (no bound) or positive, got "
+                             f"{self.output_max}")  # fmt: skip
         Sleep(noise=self.sleep_noise)  # validates the noise's name
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
@@ -249,7 +264,14 @@ def forager_parameters(config: Config) -> ForagerParameters:
         input_max=2 * config.input_weight,
         output_weight=config.output_weight,
         decision=config.decision_steps,
+        output_max=config.output_max or math.inf,
     )
+
+
+def output_scaling(config: Config) -> Scaling:
+    """The outputs' homeostasis as the config sets it."""
+    return Scaling(config.target_spikes, config.scaling_step, config.scaling_mode,
+                   config.scaling_rate)  # fmt: skip
 
 
 def hidden_homeostasis(config: Config) -> HiddenHomeostasis | None:
@@ -418,7 +440,7 @@ def _run_batch(config: Config, seeds: tuple[int, ...], context: RunContext) -> l
         progress["cycles"] += 1
         tick()
 
-    scaling = Scaling(config.target_spikes, config.scaling_step)
+    scaling = output_scaling(config)
     metrics, curves, weights = progress["metrics"], progress["curves"], progress["weights"]
 
     def train(state: Foragers, rule, condition: str, task: str, cycles: int, start: int) -> None:

@@ -55,6 +55,15 @@ def _release(excite, inhibit, noise):
 
 
 @numba.njit(cache=True)
+def _apply_gain(drive, gain):
+    """Each output's summed drive (steps, O) times its gain, as the reference scales it."""
+    for j in range(drive.shape[1]):
+        if gain[j] != 1:
+            for t in range(drive.shape[0]):
+                drive[t, j] *= gain[j]
+
+
+@numba.njit(cache=True)
 def _pair_changes(potentiation, depression, tau, window):
     """A spike pair's change by delay ``post - pre`` (index ``window + delay``), zero at 0."""
     pair_change = np.zeros(2 * window + 1)
@@ -66,12 +75,13 @@ def _pair_changes(potentiation, depression, tau, window):
 
 @numba.njit(cache=True)
 def training_cycles(
-    w_in, volley, w_out, inhibition, alpha, decay, v_th, decision, noise, potentiation,
+    w_in, volley, w_out, inhibition, gain, alpha, decay, v_th, decision, noise, potentiation,
     depression, tau, window, ages, pending, slots, counts, fired, hidden_counts,
 ):  # fmt: skip
     """One cycle for each replica ``r``: ``w_in`` (R, H, I), ``volley`` (R, I), ``w_out``
-    (R, O, H), ``inhibition`` (R, H); ``ages`` (A, L) the reward events' weights by step
-    (``A`` events, ``L`` steps at most), added into ``pending[slots[a], r]`` (O, H);
+    (R, O, H), ``inhibition`` (R, H), ``gain`` (R, O) each output's input gain; ``ages``
+    (A, L) the reward events' weights by step (``A`` events, ``L`` steps at most), added
+    into ``pending[slots[a], r]`` (O, H);
     ``counts`` (R, O) receives the decision-window spike counts, ``fired`` (R, O) the cycle's
     output spikes and ``hidden_counts`` (R, H) the hidden ones. With no reward events
     (``A == 0``) no pair is formed (a test cycle). Returns the last step with a spike (-1 if
@@ -118,6 +128,7 @@ def training_cycles(
                 continue
             for j in range(n_out):
                 drive[t + 1, j] += _release(w_out[r, j, h], inhibition[r, h], noise)
+        _apply_gain(drive, gain[r])
         # outputs
         n_out_spikes = 0
         hidden_end = -1
@@ -193,16 +204,16 @@ def sleep_spikes(rates, steps):
 
 @numba.njit(cache=True)
 def sleep_cycles(
-    starts, times, neurons, w_out, inhibition, alpha, decay, v_th, noise, potentiation,
+    starts, times, neurons, w_out, inhibition, gain, alpha, decay, v_th, noise, potentiation,
     depression, tau, window, ages, pending, slots, pre_tail, post_tail, fired,
 ):  # fmt: skip
     """One sleep cycle of ``L`` steps (``ages`` (A, L)) for each replica ``r``: hidden spikes
     ``times``/``neurons`` at ``starts[r]:starts[r + 1]``; the outputs driven by them as when
-    awake (release noise ``noise``), counted into ``fired`` (R, O); every hidden/output pair
-    within ``window`` whose later spike falls in this cycle added, weighted by the reward
-    events' ages at that step, into ``pending[slots[a], r]``. ``pre_tail`` (S, R, H) and
-    ``post_tail`` (S, R, O), ``S = window + 1``, hold the steps ``-S .. -1`` before the cycle and
-    are overwritten with its last ``S`` steps."""
+    awake (release noise ``noise``, input gains ``gain`` (R, O)), counted into ``fired``
+    (R, O); every hidden/output pair within ``window`` whose later spike falls in this cycle
+    added, weighted by the reward events' ages at that step, into ``pending[slots[a], r]``.
+    ``pre_tail`` (S, R, H) and ``post_tail`` (S, R, O), ``S = window + 1``, hold the steps
+    ``-S .. -1`` before the cycle and are overwritten with its last ``S`` steps."""
     replicas, n_out, n_hidden = w_out.shape
     length = ages.shape[1]
     span = window + 1
@@ -233,6 +244,7 @@ def sleep_cycles(
             fill[t + window] += 1
             for j in range(n_out):
                 drive[t + 1, j] += _release(w_out[r, j, h], inhibition[r, h], noise)
+        _apply_gain(drive, gain[r])
         # outputs from rest, all cycle long; spikes as (step, output), the tail's first
         out_time = np.empty(window * n_out + length * n_out, np.int64)
         out_who = np.empty(window * n_out + length * n_out, np.int64)
@@ -312,6 +324,7 @@ def run_cycle(agent, window, generator, rule=None):
     fired = np.zeros((replicas, n_moves), np.float32)
     hidden_counts = np.zeros((replicas, n_hidden), np.float32)
     inhibition = as_array(-agent.w_out.mean(1))
+    gain = _gains(agent)
     if params.release_noise:  # drawn only when used, so that without noise the caller's
         _seed(int(torch.randint(0, 2**62, (1,), generator=generator)))  # stream is untouched
     stdp = rule.params.stdp if rule is not None else None
@@ -335,7 +348,7 @@ def run_cycle(agent, window, generator, rule=None):
         pending = np.zeros((0, replicas, n_moves, n_hidden), np.float32)
     window_steps = stdp.window if stdp is not None else 0
     last = training_cycles(
-        as_array(agent.w_in), volley, as_array(agent.w_out), inhibition, agent.neuron.alpha,
+        as_array(agent.w_in), volley, as_array(agent.w_out), inhibition, gain, agent.neuron.alpha,
         agent.synapse, params.v_th, params.decision, params.release_noise,
         stdp.potentiation if stdp else 0.0, stdp.depression if stdp else 0.0,
         stdp.tau if stdp else 1.0, window_steps, ages, pending, slots, counts, fired,
@@ -353,6 +366,14 @@ def run_cycle(agent, window, generator, rule=None):
                                old.step + params.cycle)  # fmt: skip
         rule.state = rule.state._replace(stdp=stdp_state)
     return torch.from_numpy(counts), torch.from_numpy(fired), torch.from_numpy(hidden_counts)
+
+
+def _gains(agent) -> np.ndarray:
+    """``(R, O)`` float32: the agent's output gains, ones when it has none."""
+    replicas, n_moves, _ = agent.w_out.shape
+    if agent.output_gain is None:
+        return np.ones((replicas, n_moves), np.float32)
+    return np.ascontiguousarray(agent.output_gain.detach().cpu().numpy(), dtype=np.float32)
 
 
 def _ring_order(step: int, slots: int) -> list[int]:
@@ -402,9 +423,9 @@ def run_sleep_cycle(agent, rates, generator, rule, hidden_trains=None):
     fired = np.zeros((replicas, n_moves), np.float32)
     sleep_cycles(
         starts, times, neurons, as_array(agent.w_out), as_array(-agent.w_out.mean(1)),
-        agent.neuron.alpha, agent.synapse, params.v_th, params.release_noise, stdp.potentiation,
-        stdp.depression, stdp.tau, window, reward_ages(rule.params), state.pending.numpy(),
-        slots, pre_tail, post_tail, fired,
+        _gains(agent), agent.neuron.alpha, agent.synapse, params.v_th, params.release_noise,
+        stdp.potentiation, stdp.depression, stdp.tau, window, reward_ages(rule.params),
+        state.pending.numpy(), slots, pre_tail, post_tail, fired,
     )  # fmt: skip
     end = state.stdp.step + length
     pre_history, post_history = state.stdp.pre_history, state.stdp.post_history

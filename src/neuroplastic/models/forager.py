@@ -73,6 +73,9 @@ class ForagerParameters:
     release_noise: float = 0.12
     """Each synaptic event onto an output is scaled by a draw from U[1 - r, 1 + r] (the paper's
     R): with all weights equal and inhibition balanced, it is what first makes outputs fire."""
+    output_max: float = math.inf
+    """Upper bound of each hidden-to-output weight under plasticity (none by default; the
+    authors' code bounds its weights at 50 times their initial value)."""
     exploration: float = 0.01
     """Probability of a random move."""
     exploration_step: float = 0.01
@@ -126,7 +129,13 @@ class Forager:
     """``replicas`` independent agents. Weights: ``w_in`` ``(replicas, n_hidden, 49)`` (zero off
     each hidden neuron's 9 synapses, ``in_mask``), ``w_out`` ``(replicas, n_moves, n_hidden)``
     excitatory; the inhibition is derived from ``w_out`` each cycle. :meth:`run_cycle` simulates
-    one movement cycle; plasticity rules see it through ``step(pre, post)`` and ``skip(steps)``."""
+    one movement cycle; plasticity rules see it through ``step(pre, post)`` and ``skip(steps)``.
+
+    ``output_gain`` ``(replicas, n_moves)``, if set, multiplies each output's whole synaptic
+    input, excitation and inhibition alike: the authors' code divides it by a "resistance"
+    that output homeostasis moves (``foraging_protocol.Scaling``). ``None`` is a gain of 1."""
+
+    output_gain: Tensor | None = None
 
     def __init__(
         self, replicas: int, params: ForagerParameters = ForagerParameters(), seed: int = 0,
@@ -157,7 +166,11 @@ class Forager:
         if not hidden_spikes.any():
             return hidden_spikes.new_zeros(self.replicas, self.params.n_moves)
         weights = self._noisy(self.w_out, generator) + self._noisy(inhibition, generator)
-        return torch.einsum("roh,rh->ro", weights, hidden_spikes)
+        return self._gained(torch.einsum("roh,rh->ro", weights, hidden_spikes))
+
+    def _gained(self, drive: Tensor) -> Tensor:
+        """``drive`` ``(..., replicas, n_moves)`` times each output's gain."""
+        return drive if self.output_gain is None else drive * self.output_gain.to(drive)
 
     def _noisy(self, weights: Tensor, generator: torch.Generator | None) -> Tensor:
         """``weights`` with each synaptic event scaled by U[1 - r, 1 + r] (release noise)."""
@@ -176,6 +189,8 @@ class Forager:
         clone.in_mask = self.in_mask.repeat_interleave(copies, 0)
         clone.w_in = self.w_in.repeat_interleave(copies, 0)
         clone.w_out = self.w_out.repeat_interleave(copies, 0)
+        if self.output_gain is not None:
+            clone.output_gain = self.output_gain.repeat_interleave(copies, 0)
         return clone
 
     def select(self, index: int | slice) -> Forager:
@@ -186,6 +201,8 @@ class Forager:
         clone.in_mask = self.in_mask[index]
         clone.w_in = self.w_in[index]
         clone.w_out = self.w_out[index]
+        if self.output_gain is not None:
+            clone.output_gain = self.output_gain[index]
         clone.replicas = clone.w_in.shape[0]
         return clone
 
@@ -367,7 +384,8 @@ class Forager:
         inhibition = balanced_inhibition(self.w_out)
         r = self.params.release_noise
         if not r:
-            return torch.einsum("trh,roh->tro", hidden_trains, self.w_out + inhibition)
+            return self._gained(torch.einsum("trh,roh->tro", hidden_trains,
+                                             self.w_out + inhibition))  # fmt: skip
         step, replica, neuron = hidden_trains.nonzero(as_tuple=True)
         excitatory = self.w_out[replica, :, neuron]  # (spikes, n_moves)
         inhibitory = inhibition[replica, :, neuron]
@@ -375,7 +393,7 @@ class Forager:
         noise = 1 + r * (2 * draw.to(excitatory.device) - 1)
         events = excitatory * noise[0] + inhibitory * noise[1]
         drive = hidden_trains.new_zeros(*hidden_trains.shape[:2], self.params.n_moves)
-        return drive.index_put_((step, replica), events, accumulate=True)
+        return self._gained(drive.index_put_((step, replica), events, accumulate=True))
 
     def _layer_quiet(self, state: LIFState, current: Tensor) -> bool:
         """No spike now, and none possible later without new input (see :meth:`_quiet`)."""

@@ -8,6 +8,7 @@ from neuroplastic.plasticity.hebbian import HebbianRule, SimilarityMatching
 from neuroplastic.plasticity.homeostasis import (
     balanced_inhibition,
     normalise_inputs,
+    scale_gains,
     scale_targets,
 )
 from neuroplastic.plasticity.reward_stdp import RewardSTDPParameters
@@ -19,5 +20,6 @@ __all__ = [
     "ExploratoryHebbian", "HebbianRule", "SimilarityMatching",
     "STDP", "RewardSTDP", "RewardSTDPParameters", "SRCParameters", "SleepReplay",
     "STDPParameters", "STDPState",
-    "balanced_inhibition", "initial_state", "normalise_inputs", "scale_targets", "stdp_step",
+    "balanced_inhibition", "initial_state", "normalise_inputs", "scale_gains", "scale_targets",
+    "stdp_step",
 ]  # fmt: skip

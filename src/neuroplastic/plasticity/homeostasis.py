@@ -5,6 +5,10 @@ are ``(..., n_post, n_pre)``; leading dimensions are replicas.
 - Synaptic scaling: each postsynaptic neuron ``j`` has a target total input ``W_j^0``, moved once
   per movement cycle by a factor ``1 + delta`` when the neuron fired below its target rate and
   ``1 - delta`` when above (:func:`scale_targets`).
+- Gain homeostasis, the authors' code's form for the outputs: each output's whole synaptic
+  input is divided by a "resistance" ``R_j``, moved once per cycle by ``1 + delta`` when the
+  neuron's running rate is above its target and ``1 - delta`` when below
+  (:func:`scale_gains`, on the gain ``1 / R_j``); the weights' totals stay where they are.
 - Heterosynaptic normalisation: after plasticity, each neuron's inputs are rescaled together to
   their target total, ``W_ji <- W_ji W_j^0 / sum_i W_ji`` (:func:`normalise_inputs`): a synapse
   grows only at its neighbours' expense.
@@ -34,6 +38,15 @@ def scale_targets(targets: Tensor, rates: Tensor, target_rate: float, delta: flo
     factor = torch.where(rates < target_rate, 1.0 + delta, 1.0)
     factor = torch.where(rates > target_rate, 1.0 - delta, factor)
     return targets * factor
+
+
+def scale_gains(gains: Tensor, rates: Tensor, target_rate: float, delta: float) -> Tensor:
+    """Input gains ``1 / R_j``, the resistance ``R_j`` times ``1 + delta`` where ``rates`` lie
+    above ``target_rate`` and ``1 - delta`` where below (the authors' ``spike_rate_adaptation``
+    for the output layer), unchanged where equal."""
+    factor = torch.where(rates > target_rate, 1.0 + delta, 1.0)
+    factor = torch.where(rates < target_rate, 1.0 - delta, factor)
+    return gains / factor
 
 
 def balanced_inhibition(weight: Tensor) -> Tensor:
