@@ -195,6 +195,9 @@ def test_gain_homeostasis_moves_each_outputs_gain_against_its_running_rate():
     assert (gains < 1).any() and (gains > 1).any()  # outputs that fired, and silent ones
     torch.testing.assert_close(f.targets, totals)
     torch.testing.assert_close(f.agent.w_out.sum(-1), totals)
+    protocol.sleep_phase(f, protocol.Sleep(2), rule, scaling=scaling)  # it goes on in sleep
+    assert not torch.equal(f.agent.output_gain, gains)
+    assert not torch.equal(f.output_rates, rates)
     with pytest.raises(ValueError, match="scaling mode"):
         protocol.Scaling(mode="resistance")
     with pytest.raises(ValueError, match="scaling rate"):

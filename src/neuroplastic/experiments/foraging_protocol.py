@@ -383,9 +383,12 @@ class Sleep:
 
 
 def sleep_phase(foragers: Foragers, sleep: Sleep, rule: RewardSTDP,
-                tick: Callable[[], None] = lambda: None, backend: str = "torch") -> None:
+                tick: Callable[[], None] = lambda: None, backend: str = "torch",
+                scaling: Scaling = Scaling()) -> None:  # fmt: skip
     """One sleep phase at the waking rates measured so far. ``backend``: see ``BACKENDS``
-    (``numba`` draws the hidden spikes in the kernel: the same process, another stream)."""
+    (``numba`` draws the hidden spikes in the kernel: the same process, another stream). The
+    outputs' homeostasis ``scaling`` goes on in sleep, as in the authors' code (off by
+    default: runs 185-194 had none)."""
     _check_backend(backend)
     agent = foragers.agent
     rates = sleep.rates(foragers)
@@ -394,12 +397,14 @@ def sleep_phase(foragers: Foragers, sleep: Sleep, rule: RewardSTDP,
         if backend == "numba":
             from neuroplastic.kernels.numba_forager import run_sleep_cycle
 
-            run_sleep_cycle(agent, rates, foragers.generator, rule)
+            fired = run_sleep_cycle(agent, rates, foragers.generator, rule)
         else:
             record = agent.simulate_sleep(agent.sleep_spikes(rates, foragers.generator),
                                           foragers.generator)  # fmt: skip
             rule.block(record.hidden, record.output)
+            fired = record.output.sum(0)
         rule.reward(reward)
+        scaling.update(foragers, fired)
         _apply(foragers, rule.weight)
         tick()
 

@@ -486,7 +486,7 @@ def _run_batch(config: Config, seeds: tuple[int, ...], context: RunContext) -> l
                 train(state, branch_rule, condition, "task2", block, start)
             else:
                 train(state, branch_rule, condition, "task2", block, start)
-                sleep_phase(state, sleep, branch_rule, count, config.backend)
+                sleep_phase(state, sleep, branch_rule, count, config.backend, scaling)
             progress["branch"] = (start + block, state, branch_rule)
             checkpoint.save(progress)
         metrics.update(_test(state, config, seeds, condition, count))
