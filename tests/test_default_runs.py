@@ -50,3 +50,23 @@ def test_other_values_quick_and_unfinished_runs_are_not_default_runs():
         recorded_run("demo", After(), 0, {}, id=6),
     ]
     assert [r.id for r in default_runs(records, After)] == [6]
+
+
+@dataclass(frozen=True)
+class Executed:
+    """A config with an execution option: ``backend`` picks how, not what."""
+
+    EXECUTION_OPTIONS: ClassVar[tuple[str, ...]] = ("backend",)
+    dataset: str = "none"
+    rate: float = 0.1
+    backend: str = "reference"
+
+
+def test_runs_that_differ_only_in_an_execution_option_are_default_runs():
+    records = [
+        recorded_run("demo", Executed(), 0, {}, id=1),
+        recorded_run("demo", Executed(backend="compiled"), 1, {}, id=2),
+        recorded_run("demo", Executed(rate=0.2, backend="compiled"), 2, {}, id=3),
+    ]
+    assert [r.id for r in default_runs(records, Executed)] == [1, 2]
+    assert [r.id for r in default_runs(records[1:], After)] == []  # not declared there

@@ -212,8 +212,7 @@ def test_the_authors_code_options_reach_the_rule_and_the_agent():
     from neuroplastic.experiments.foraging_protocol import Foragers
     from neuroplastic.models.forager import Forager
 
-    config = golden.Config(activity_normalisation="per_synapse", activity_rate=0.001,
-                           change_cap=0.01, pair_tau=40.0, decision_steps=600)  # fmt: skip
+    config = golden.Config()  # the authors' code's values, the defaults since 2026-12-02
     params = golden.forager_parameters(config)
     assert params.decision == 600
     agent = Forager(1, params, seed=0)
@@ -221,9 +220,12 @@ def test_the_authors_code_options_reach_the_rule_and_the_agent():
     rule = golden.hidden_to_output_rule(foragers, config).params
     assert (rule.activity_normalisation, rule.activity_rate) == ("per_synapse", 0.001)
     assert (rule.change_cap, rule.stdp.tau) == (0.01, 40.0)
-    default = golden.hidden_to_output_rule(foragers, golden.Config()).params
-    assert default.change_cap == math.inf and default.stdp.tau == 80.0
-    assert golden.hidden_homeostasis(config) is None
+    first = golden.Config(activity_normalisation="off", change_cap=0.0, pair_tau=80.0,
+                          decision_steps=300, input_total=0.0, hidden_target_spikes=0.0)
+    assert golden.forager_parameters(first).decision == 300
+    old_rule = golden.hidden_to_output_rule(foragers, first).params
+    assert old_rule.change_cap == math.inf and old_rule.stdp.tau == 80.0
+    assert golden.hidden_homeostasis(first) is None
     sparse = golden.Config(input_total=0.4, hidden_target_spikes=0.01, hidden_scaling_step=0.02)
     assert golden.hidden_homeostasis(sparse) == golden.HiddenHomeostasis(0.01, 0.02, 0.01)
     coded = golden.Config(scaling_mode="gain", scaling_step=0.001, scaling_rate=0.01,
@@ -236,17 +238,24 @@ def test_the_authors_code_options_reach_the_rule_and_the_agent():
                          (dict(scaling_rate=1.5), "scaling rate"),
                          (dict(output_max=-1.0), "output_max"),
                          (dict(decision_steps=601), "decision_steps"),
-                         (dict(hidden_target_spikes=0.01), "set input_total"),
+                         (dict(input_total=0.0), "set input_total"),
                          (dict(input_total=0.4, hidden_target_spikes=0.01,
                                hidden_average_rate=0.0), "rate average")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             golden.Config(**bad)
 
 
-def test_runs_recorded_before_the_authors_code_options_are_default_runs():
-    """Runs 185-194 predate ``change_cap``, ``pair_tau`` and ``decision_steps``; their defaults
-    keep what those runs did, so the verdict still reads them."""
-    old = {k: v for k, v in dataclasses.asdict(golden.Config()).items()
-           if k not in golden.Config.OPTIONS_ADDED_LATER}  # fmt: skip
-    record = recorded_run(golden.NAME, old, 0, {})
-    assert golden.default_runs([record], golden.Config) == [record]
+def test_runs_of_the_first_defaults_are_no_longer_default_runs_and_the_backend_does_not_count():
+    """Runs 185-194 (the defaults before 2026-12-02, recorded without the keys added since) are
+    not runs of today's default config; a run on the compiled backend is."""
+    first = dict(dataclasses.asdict(golden.Config()), task_cycles=1500, training_worlds=4,
+                 plasticity_gain=300.0, activity_normalisation="off", activity_rate=0.01,
+                 input_total=0.0, target_spikes=1.0, scaling_step=0.0)  # fmt: skip
+    for added in ("change_cap", "pair_tau", "decision_steps", "hidden_target_spikes",
+                  "hidden_scaling_step", "hidden_average_rate", "scaling_mode", "scaling_rate",
+                  "output_max"):  # fmt: skip
+        del first[added]
+    old = recorded_run(golden.NAME, first, 0, {}, id=1)
+    compiled = recorded_run(golden.NAME, dict(dataclasses.asdict(golden.Config()), backend="numba"),
+                            0, {}, id=2)  # fmt: skip
+    assert [r.id for r in golden.default_runs([old, compiled], golden.Config)] == [2]

@@ -208,19 +208,27 @@ def default_runs(records: Sequence[RunRecord], config_cls: type) -> list[RunReco
     A config class may name, in a class attribute ``OPTIONS_ADDED_LATER``, fields added after
     runs were recorded whose defaults keep what the code did before them. A run that lacks only
     such fields, and recorded the default value of every other, is a run of the default config.
-    (Not every added field keeps the old behaviour, so this is declared, never assumed.)"""
+    (Not every added field keeps the old behaviour, so this is declared, never assumed.)
+
+    It may also name, in ``EXECUTION_OPTIONS``, fields that choose how the same computation is
+    carried out (a compiled backend equal to the reference in distribution), not what is
+    computed: a run that differs from the defaults only in those is a run of the default
+    config."""
     from neuroplastic.config import config_to_dict
     from neuroplastic.store import config_hash
 
     defaults = config_to_dict(config_cls())
     default_hash = config_hash(defaults)
     added_later = set(getattr(config_cls, "OPTIONS_ADDED_LATER", ()))
+    execution = set(getattr(config_cls, "EXECUTION_OPTIONS", ()))
 
     def is_default(record: RunRecord) -> bool:
         if record.config_hash == default_hash:
             return True
         missing = set(defaults) - set(record.config)
-        return missing <= added_later and {**defaults, **record.config} == defaults
+        merged = {k: v for k, v in {**defaults, **record.config}.items() if k not in execution}
+        wanted = {k: v for k, v in defaults.items() if k not in execution}
+        return missing <= added_later and merged == wanted
 
     return [r for r in records if r.status == "finished" and not r.quick and is_default(r)]
 
