@@ -187,6 +187,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="golden2022-foraging config values")  # fmt: skip
+    parser.add_argument("--base", default="default", choices=("default", "first"),
+                        help="the config --set starts from: today's defaults, or the first "
+                             "configuration (runs 185-194)")  # fmt: skip
     parser.add_argument("--networks", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1000, help="validation seeds start here")
     parser.add_argument("--cycles", type=int, default=None, help="task-1 training cycles")
@@ -200,7 +203,8 @@ def main() -> None:
     if args.seed < 1000:
         parser.error("validation networks use seeds from 1000 up; 0-9 are the reported ones")
     torch.set_num_threads(1)
-    config = apply_overrides(golden.Config(), args.set)
+    base = golden.first_configuration() if args.base == "first" else golden.Config()
+    config = apply_overrides(base, args.set)
     if args.worlds:
         config = dataclasses.replace(config, training_worlds=args.worlds)
     cycles = args.cycles or config.task_cycles

@@ -248,9 +248,7 @@ def test_the_authors_code_options_reach_the_rule_and_the_agent():
 def test_runs_of_the_first_defaults_are_no_longer_default_runs_and_the_backend_does_not_count():
     """Runs 185-194 (the defaults before 2026-12-02, recorded without the keys added since) are
     not runs of today's default config; a run on the compiled backend is."""
-    first = dict(dataclasses.asdict(golden.Config()), task_cycles=1500, training_worlds=4,
-                 plasticity_gain=300.0, activity_normalisation="off", activity_rate=0.01,
-                 input_total=0.0, target_spikes=1.0, scaling_step=0.0)  # fmt: skip
+    first = dataclasses.asdict(golden.first_configuration())
     for added in ("change_cap", "pair_tau", "decision_steps", "hidden_target_spikes",
                   "hidden_scaling_step", "hidden_average_rate", "scaling_mode", "scaling_rate",
                   "output_max"):  # fmt: skip

@@ -249,6 +249,15 @@ class Config:
             raise ValueError("backend 'numba' needs Numba: pip install 'neuroplastic[fast]'")
 
 
+def first_configuration() -> Config:
+    """The defaults until 2026-12-02, those of runs 185-194 (the doc's first configuration)."""
+    return Config(task_cycles=1500, training_worlds=4, plasticity_gain=300.0,
+                  activity_normalisation="off", activity_rate=0.01, change_cap=0.0,
+                  pair_tau=80.0, decision_steps=300, input_total=0.0, hidden_target_spikes=0.0,
+                  target_spikes=1.0, scaling_step=0.0, scaling_mode="target", scaling_rate=1.0,
+                  output_max=0.0)  # fmt: skip
+
+
 def quick(config: Config) -> Config:
     """A few minutes on one core: a shorter unsupervised period, 1000 training cycles per task
     in 4 worlds per network (task 1 is learnt within 1000 cycles in 8 worlds on validation
