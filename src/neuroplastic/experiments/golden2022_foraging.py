@@ -598,10 +598,18 @@ def verdict(records: Sequence[RunRecord]) -> Verdict:
     return Verdict(status, headline)
 
 
+def _reported(records: Sequence[RunRecord]) -> list[RunRecord]:
+    """The runs a report shows: the default config's, else the finished full runs, else any
+    finished ones (a store of ``--quick`` or custom runs)."""
+    runs = default_runs(records, Config)
+    runs = runs or [r for r in records if r.status == "finished" and not r.quick]
+    return runs or [r for r in records if r.status == "finished"]
+
+
 def tables(records: Sequence[RunRecord]) -> list[ReportTable]:
-    """The four conditions against the paper's values."""
-    runs = [r for r in records if r.status == "finished" and not r.quick]
-    runs = runs or [r for r in records if r.status == "finished"]
+    """The four conditions against the paper's values, from the default config's runs (those
+    the verdict reads) or, without them, from every finished run."""
+    runs = _reported(records)
     if not runs:
         return []
     rows = []
@@ -657,9 +665,8 @@ def figures(records: Sequence[RunRecord], out_dir: Path) -> list[tuple[str, Path
     task 1) and the task-relevant-synapse analysis."""
     from neuroplastic.envs.render import save_gif, save_png
 
-    runs = [r for r in records if r.status == "finished"]
     key = Key("sleep", "episode_moves", setting="task1")
-    runs = [r for r in runs if key in r.curves]
+    runs = [r for r in _reported(records) if key in r.curves]
     if not runs:
         return []
     out = []
