@@ -117,6 +117,17 @@ def test_registered_and_the_verdict_follows_the_criterion():
     assert golden.verdict(outcome(0.7, 0.5, 0.7, 0.7)[:9]).status == "not run"
 
 
+def test_the_reports_table_reads_the_default_configs_runs_when_there_are_some():
+    """Runs of another config in the same store (runs 185-194 beside 292-301) stay out of the
+    table the verdict's runs fill; a store without default runs shows what it has."""
+    current = outcome(0.70, 0.52, 0.70, 0.68)
+    first = [dataclasses.replace(r, id=100 + r.seed, config=dataclasses.asdict(
+        golden.first_configuration()), config_hash="first") for r in current]  # fmt: skip
+    title = golden.tables(current + first)[0].title
+    assert title.endswith("(n=10)")
+    assert golden.tables(first)[0].title.endswith("(n=10)")
+
+
 def test_the_report_shows_the_world_an_episode_and_the_synapses(tiny_runs, tmp_path):
     from neuroplastic.report import experiment_report
 
